@@ -1,0 +1,630 @@
+#!/usr/bin/env python3
+"""Benchmark: how fast can one process wake a *sleeping* uvloop consumer in a forked child?
+
+What is measured
+    Ping-pong round trips between a parent and a forked child, both running a uvloop event
+    loop. The parent "rings" a one-way doorbell (a tiny message), the child's loop wakes,
+    rings a second doorbell back, and the parent's loop wakes. The wall time of each round
+    trip is recorded with ``time.perf_counter_ns``; we report median and p99. Each process
+    also measures the CPU time it burned during the timed rounds (``time.process_time_ns``,
+    i.e. CLOCK_PROCESS_CPUTIME_ID: all threads, ns resolution, unlike tick-based rusage);
+    the child sends its figure back over a result pipe when it is done.
+
+Doorbells compared (the same kind is used in both directions)
+    eventfd    os.eventfd + os.eventfd_write/read, registered with loop.add_reader.
+    pipe       os.pipe, one byte per ring, read end registered with loop.add_reader.
+    posix_sem  posix_ipc.Semaphore; a parked waiter thread blocks in sem_timedwait and hands
+               each token to the loop with loop.call_soon_threadsafe.
+    hybrid     the waiter polls a sequence counter in an anonymous MAP_SHARED mapping (made
+               before fork, read through memoryview.cast("Q")) for a bounded spin window,
+               calling os.sched_yield() between polls, then publishes a "sleeping" flag and
+               sleeps on an eventfd via add_reader. The producer only writes the eventfd when
+               it sees the flag set. Spin windows of 0, 20 and 100 us are tried. Note that
+               the spin runs synchronously inside the coroutine, so it blocks the event loop
+               for up to the window.
+
+Placements
+    unpinned   the scheduler places both processes on any allowed CPU.
+    1cpu       the whole tree pinned to one CPU (affinity set before fork, inherited).
+    split      parent pinned to one CPU, child to another.
+
+Why
+    The pool's frames travel over shared-memory rings; what is left is the doorbell that
+    wakes an idle consumer. This decides which mechanism that doorbell uses and whether a
+    short spin before sleeping is worth its CPU cost.
+
+Usage
+    python scripts/bench_wakeup.py [--rounds 3000] [--warmup 300] [--json PATH]
+
+The script does not import wool_local. Every child is reaped (SIGKILL after a grace period),
+every descriptor is closed, and every wait is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import asyncio
+import gc
+import json
+import math
+import mmap
+import os
+import platform
+import resource
+import signal
+import statistics
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import NoReturn, TypeVar
+
+import posix_ipc
+import uvloop
+
+T = TypeVar("T")
+
+# A threading.Lock that is always held by the calling thread. release() + acquire() on it runs
+# sem_post + sem_trywait in glibc (CPython 3.11 locks are POSIX semaphores), both of which use
+# lock-prefixed read-modify-write instructions. On x86-64 a locked instruction is a full
+# barrier, which is the store-load fence the hybrid doorbell's flag handshake needs. This is
+# NOT a portable guarantee (on ARM a release/acquire pair is not a store-load fence).
+_FENCE_LOCK = threading.Lock()
+_FENCE_LOCK.acquire()
+
+
+def _fence() -> None:
+    """Full memory barrier on x86-64 (see _FENCE_LOCK)."""
+    _FENCE_LOCK.release()
+    _FENCE_LOCK.acquire()
+
+
+class Doorbell(abc.ABC):
+    """One direction of the ping-pong channel.
+
+    Created before fork so both processes inherit it. The producer calls ``ring()``; the
+    consumer calls ``attach(loop)`` once, then awaits ``wait()`` once per ring.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._pending = 0
+
+    @abc.abstractmethod
+    def ring(self) -> None:
+        """Send one wake-up to the consumer (producer side, synchronous)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every kernel object this process holds for the doorbell (idempotent)."""
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start delivering wake-ups into ``loop`` (consumer side)."""
+        self._loop = loop
+
+    def detach(self) -> None:
+        """Stop delivering wake-ups; must be called before the loop closes."""
+        self._loop = None
+
+    async def wait(self) -> None:
+        """Return once one ring has arrived, sleeping in the event loop until then."""
+        while self._pending == 0:
+            assert self._loop is not None, "attach() first"
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        self._pending -= 1
+
+    def _wake_waiter(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _deliver(self, count: int) -> None:
+        self._pending += count
+        self._wake_waiter()
+
+
+class EventfdBell(Doorbell):
+    """eventfd counter; the consumer's loop watches it with add_reader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def ring(self) -> None:
+        os.eventfd_write(self._fd, 1)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().attach(loop)
+        loop.add_reader(self._fd, self._on_readable)
+
+    def detach(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._fd)
+        super().detach()
+
+    def _on_readable(self) -> None:
+        try:
+            count = os.eventfd_read(self._fd)
+        except BlockingIOError:
+            return
+        self._deliver(count)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class PipeBell(Doorbell):
+    """Anonymous pipe, one byte per ring; the consumer's loop watches the read end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+
+    def ring(self) -> None:
+        os.write(self._wfd, b"\x01")
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().attach(loop)
+        loop.add_reader(self._rfd, self._on_readable)
+
+    def detach(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._rfd)
+        super().detach()
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._rfd, 4096)
+        except BlockingIOError:
+            return
+        self._deliver(len(data))
+
+    def close(self) -> None:
+        for fd in (self._rfd, self._wfd):
+            if fd >= 0:
+                os.close(fd)
+        self._rfd = self._wfd = -1
+
+
+class SemaphoreBell(Doorbell):
+    """POSIX named semaphore bridged into the loop by a parked waiter thread."""
+
+    _POLL_S = 0.1  # sem_timedwait timeout, only bounds how long detach() takes
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sem = posix_ipc.Semaphore(None, posix_ipc.O_CREX, initial_value=0)
+        # Both processes use the mapping inherited through fork, so the name can go now;
+        # nothing is left behind in /dev/shm even if the run is killed.
+        self._sem.unlink()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def ring(self) -> None:
+        self._sem.release()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().attach(loop)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._pump, args=(loop,), daemon=True)
+        self._thread.start()
+
+    def detach(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5 * self._POLL_S)
+            self._thread = None
+        super().detach()
+
+    def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Waiter thread: block on the semaphore, forward each token to the loop."""
+        while not self._stop.is_set():
+            try:
+                self._sem.acquire(self._POLL_S)
+            except posix_ipc.BusyError:
+                continue
+            loop.call_soon_threadsafe(self._deliver, 1)
+
+    def close(self) -> None:
+        self.detach()
+        if self._sem is not None:
+            self._sem.close()
+            self._sem = None
+
+
+# Word indices into the hybrid doorbell's shared page (8-byte words). The producer-written
+# sequence and the consumer-written flag live on different 64-byte cache lines.
+_SEQ = 0
+_SLEEPING = 8
+
+
+class HybridBell(Doorbell):
+    """Spin on a shared sequence counter, then sleep on an eventfd.
+
+    Lost-wakeup hazard: the handshake is Dekker-style. The producer stores SEQ and then loads
+    SLEEPING; the consumer stores SLEEPING and then loads SEQ. x86-64 may reorder a store with
+    a later load (store buffer), so without a fence both could read the old value: the
+    producer sees "awake" and skips the eventfd write, the consumer sees no new sequence and
+    goes to sleep -- a lost wake-up that would hang until a timeout. Each side therefore
+    issues _fence() between its store and its load, so at least one of them sees the other's
+    store. If both do, the result is only a spurious eventfd count, which the reader callback
+    drains and the wait loop tolerates by re-checking SEQ.
+    """
+
+    def __init__(self, spin_us: int) -> None:
+        super().__init__()
+        self._spin_ns = spin_us * 1000
+        self._mm = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self._words: memoryview | None = memoryview(self._mm).cast("Q")
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._sent = 0  # producer-local count of rings
+        self._seen = 0  # consumer-local count of consumed rings
+
+    def ring(self) -> None:
+        words = self._words
+        assert words is not None
+        self._sent += 1
+        words[_SEQ] = self._sent  # aligned 8-byte store: single-copy atomic on x86-64
+        _fence()  # store SEQ -> load SLEEPING must not be reordered
+        if words[_SLEEPING]:
+            os.eventfd_write(self._efd, 1)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().attach(loop)
+        loop.add_reader(self._efd, self._on_readable)
+
+    def detach(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._efd)
+        super().detach()
+
+    def _on_readable(self) -> None:
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            return
+        self._wake_waiter()
+
+    async def wait(self) -> None:
+        words = self._words
+        loop = self._loop
+        assert words is not None and loop is not None, "attach() first"
+        target = self._seen + 1
+        self._seen = target
+        if words[_SEQ] >= target:
+            return
+        if self._spin_ns:
+            deadline = time.perf_counter_ns() + self._spin_ns
+            while time.perf_counter_ns() < deadline:
+                os.sched_yield()
+                if words[_SEQ] >= target:
+                    return
+        try:
+            while True:
+                words[_SLEEPING] = 1
+                _fence()  # store SLEEPING -> load SEQ must not be reordered
+                if words[_SEQ] >= target:
+                    return
+                self._waiter = loop.create_future()
+                await self._waiter
+        finally:
+            words[_SLEEPING] = 0
+
+    def close(self) -> None:
+        if self._words is not None:
+            self._words.release()
+            self._words = None
+            self._mm.close()
+        if self._efd >= 0:
+            os.close(self._efd)
+            self._efd = -1
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A doorbell kind under test."""
+
+    name: str
+    make: Callable[[], Doorbell]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """CPU affinity for parent and child; None means "all allowed" / "inherit"."""
+
+    name: str
+    parent_cpus: frozenset[int] | None
+    child_cpus: frozenset[int] | None
+
+
+@dataclass
+class Result:
+    """Outcome of one (variant, placement) run; times in microseconds."""
+
+    variant: str
+    placement: str
+    rounds: int
+    median_us: float | None = None
+    p99_us: float | None = None
+    min_us: float | None = None
+    mean_us: float | None = None
+    max_us: float | None = None
+    parent_cpu_us_per_rt: float | None = None
+    child_cpu_us_per_rt: float | None = None
+    parent_sleeps_per_rt: float | None = None
+    child_sleeps_per_rt: float | None = None
+    error: str | None = None
+
+
+VARIANTS: list[Variant] = [
+    Variant("eventfd", EventfdBell),
+    Variant("pipe", PipeBell),
+    Variant("posix_sem+thread", SemaphoreBell),
+    Variant("hybrid spin=0us", partial(HybridBell, 0)),
+    Variant("hybrid spin=20us", partial(HybridBell, 20)),
+    Variant("hybrid spin=100us", partial(HybridBell, 100)),
+]
+
+
+def make_placements() -> list[Placement]:
+    """Unpinned, one CPU, and split across two CPUs (if two are allowed)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    first = frozenset(cpus[:1])
+    placements = [
+        Placement("unpinned", None, None),
+        Placement(f"1cpu (cpu{cpus[0]})", first, None),
+    ]
+    if len(cpus) >= 2:
+        placements.append(
+            Placement(f"split (cpu{cpus[0]}/cpu{cpus[1]})", first, frozenset(cpus[1:2]))
+        )
+    return placements
+
+
+@dataclass
+class Usage:
+    """CPU time and voluntary context switches (real sleeps) over the timed rounds."""
+
+    cpu_ns: int
+    nvcsw: int
+
+
+def _usage() -> Usage:
+    return Usage(time.process_time_ns(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw)
+
+
+def _usage_since(start: Usage) -> Usage:
+    now = _usage()
+    return Usage(now.cpu_ns - start.cpu_ns, now.nvcsw - start.nvcsw)
+
+
+async def _drive(out: Doorbell, inp: Doorbell, warmup: int, rounds: int) -> tuple[list[int], Usage]:
+    """Parent: ring, await the reply; return per-round-trip ns and usage of the timed part."""
+    inp.attach(asyncio.get_running_loop())
+    try:
+        for _ in range(warmup):
+            out.ring()
+            await inp.wait()
+        perf = time.perf_counter_ns
+        latencies = [0] * rounds
+        gc.disable()
+        usage = _usage()
+        for i in range(rounds):
+            start = perf()
+            out.ring()
+            await inp.wait()
+            latencies[i] = perf() - start
+        return latencies, _usage_since(usage)
+    finally:
+        gc.enable()
+        inp.detach()
+
+
+async def _echo(inp: Doorbell, out: Doorbell, warmup: int, rounds: int) -> Usage:
+    """Child: await each ring and answer it; return its usage over the timed rounds."""
+    inp.attach(asyncio.get_running_loop())
+    try:
+        for _ in range(warmup):
+            await inp.wait()
+            out.ring()
+        gc.disable()
+        usage = _usage()
+        for _ in range(rounds):
+            await inp.wait()
+            out.ring()
+        return _usage_since(usage)
+    finally:
+        inp.detach()
+
+
+def _run_on_uvloop(main: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """Run ``main()`` on a fresh uvloop loop, cancelling it after ``timeout`` seconds."""
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(main(), timeout))
+    finally:
+        loop.close()
+
+
+def _child(
+    p2c: Doorbell,
+    c2p: Doorbell,
+    result_fd: int,
+    cpus: frozenset[int] | None,
+    warmup: int,
+    rounds: int,
+    timeout: float,
+) -> NoReturn:
+    """Body of the forked child; never returns (always ``os._exit``)."""
+    code = 1
+    try:
+        signal.alarm(math.ceil(timeout) + 5)  # hard backstop if the parent vanishes
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        usage = _run_on_uvloop(lambda: _echo(p2c, c2p, warmup, rounds), timeout)
+        os.write(result_fd, json.dumps(asdict(usage)).encode())
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        # _exit closes every descriptor the child holds; skip atexit and inherited buffers.
+        os._exit(code)
+
+
+def _reap(pid: int, grace: float) -> int:
+    """Wait up to ``grace`` seconds for ``pid``, then SIGKILL it; return its exit code."""
+    deadline = time.monotonic() + grace
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+
+
+def _read_to_eof(fd: int) -> bytes:
+    """Read a pipe whose every writer is closed (so this cannot block forever)."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _summarise(result: Result, latencies_ns: list[int], parent: Usage) -> None:
+    lat = sorted(latencies_ns)
+    n = len(lat)
+    result.median_us = statistics.median(lat) / 1000
+    result.p99_us = lat[min(n - 1, math.ceil(0.99 * n) - 1)] / 1000
+    result.min_us = lat[0] / 1000
+    result.mean_us = statistics.fmean(lat) / 1000
+    result.max_us = lat[-1] / 1000
+    result.parent_cpu_us_per_rt = parent.cpu_ns / n / 1000
+    result.parent_sleeps_per_rt = parent.nvcsw / n
+
+
+def run_case(
+    variant: Variant, placement: Placement, warmup: int, rounds: int, timeout: float
+) -> Result:
+    """Fork a child, run the ping-pong for one (variant, placement) and clean up."""
+    result = Result(variant.name, placement.name, rounds)
+    original_cpus = os.sched_getaffinity(0)
+    p2c = variant.make()
+    c2p = variant.make()
+    result_r, result_w = os.pipe()
+    pid = -1
+    try:
+        os.sched_setaffinity(0, placement.parent_cpus or original_cpus)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(result_r)
+            _child(p2c, c2p, result_w, placement.child_cpus, warmup, rounds, timeout)
+        os.close(result_w)
+        result_w = -1
+        latencies, usage = _run_on_uvloop(lambda: _drive(p2c, c2p, warmup, rounds), timeout)
+        _summarise(result, latencies, usage)
+    except Exception as exc:
+        result.error = f"parent: {type(exc).__name__}: {exc}"
+    finally:
+        if result_w >= 0:
+            os.close(result_w)
+        if pid > 0:
+            status = _reap(pid, grace=0.0 if result.error else 5.0)
+            if status != 0 and result.error is None:
+                result.error = f"child exit status {status}"
+        report = _read_to_eof(result_r)
+        os.close(result_r)
+        p2c.close()
+        c2p.close()
+        os.sched_setaffinity(0, original_cpus)
+    if report and result.error is None:
+        child = Usage(**json.loads(report))
+        result.child_cpu_us_per_rt = child.cpu_ns / rounds / 1000
+        result.child_sleeps_per_rt = child.nvcsw / rounds
+    return result
+
+
+_COLUMNS = (
+    ("variant", 18, "variant"),
+    ("placement", 22, "placement"),
+    ("median us", 10, "median_us"),
+    ("p99 us", 9, "p99_us"),
+    ("parent CPU us/rt", 17, "parent_cpu_us_per_rt"),
+    ("child CPU us/rt", 16, "child_cpu_us_per_rt"),
+    ("sleeps/rt p", 11, "parent_sleeps_per_rt"),
+    ("sleeps/rt c", 11, "child_sleeps_per_rt"),
+)
+
+
+def _format_row(result: Result) -> str:
+    cells = []
+    for _, width, attr in _COLUMNS:
+        value = getattr(result, attr)
+        if isinstance(value, float):
+            precision = 2 if attr.endswith("sleeps_per_rt") else 1
+            cells.append(f"{value:>{width}.{precision}f}")
+        elif value is None:
+            cells.append(f"{'-':>{width}}")
+        else:
+            cells.append(f"{value:<{width}}")
+    line = "  ".join(cells)
+    return f"{line}  ERROR: {result.error}" if result.error else line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run every (placement, variant) pair, print and optionally save."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3000, help="timed round trips per case")
+    parser.add_argument("--warmup", type=int, default=300, help="untimed round trips first")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds per case")
+    parser.add_argument("--json", metavar="PATH", help="also write results as JSON")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    print(
+        f"python {platform.python_version()}, uvloop {uvloop.__version__}, "
+        f"kernel {platform.release()}, allowed CPUs {sorted(os.sched_getaffinity(0))}, "
+        f"{args.rounds} round trips after {args.warmup} warm-up"
+    )
+    print("  ".join(f"{title:<{width}}" for title, width, _ in _COLUMNS))
+    results: list[Result] = []
+    for placement in make_placements():
+        for variant in VARIANTS:
+            result = run_case(variant, placement, args.warmup, args.rounds, args.timeout)
+            results.append(result)
+            print(_format_row(result), flush=True)
+    elapsed = time.monotonic() - started
+    print(f"total {elapsed:.1f} s")
+
+    if args.json:
+        payload = {
+            "python": platform.python_version(),
+            "uvloop": uvloop.__version__,
+            "kernel": platform.release(),
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "elapsed_s": elapsed,
+            "results": [asdict(r) for r in results],
+        }
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2)
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,555 @@
+"""A single-producer/single-consumer byte ring in shared memory.
+
+Layout (all fields little-endian u64, producer and consumer fields on
+separate cache lines so neither side's writes bounce the other's line)::
+
+    +0    magic | version << 32      +8   capacity
+    +64   head   (bytes ever written; producer-owned)
+    +72   writer_waiting  +80 writer_closed
+    +128  tail   (bytes ever released; consumer-owned)
+    +136  reader_waiting  +144 reader_closed
+    +256  data[capacity]
+
+Every frame starts on an 8-byte boundary with one header word
+``length | 0x574C << 32 | FRAME_VERSION << 48 | kind << 56`` and stays
+contiguous in memory: when a frame would cross the end of the data area the
+producer writes a PAD frame to the end and starts again at offset 0, so a
+reader can always decode straight from ring memory. A frame whose payload
+exceeds ``inline_max`` travels in a one-off "spill" segment whose name is
+sent through the ring; size is then bounded only by memory.
+
+Wake-up handshake (see ``docs/architecture.md``): the consumer sets
+``reader_waiting``, runs a full fence, re-reads ``head`` and only then
+sleeps on its doorbell; the producer stores ``head``, runs a full fence and
+rings the doorbell only if ``reader_waiting`` is set. With the fences on both
+sides at least one of them sees the other's store, so no wake-up is lost; a
+busy consumer costs the producer no syscall. Free space works the same way
+with the roles swapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from .doorbell import Doorbell, PeerWatch
+from .errors import FrameError, PeerDied, ProtocolVersionError, RingClosed
+from .fence import Fence
+from .segment import Segment, make_name, unlink_name
+
+HEADER_SIZE = 256
+RING_MAGIC = 0x474E_5257  # "WRNG"
+RING_VERSION = 1
+FRAME_MAGIC = 0x574C
+FRAME_VERSION = 1
+KIND_DATA, KIND_PAD, KIND_SPILL = 1, 2, 3
+
+# u64 word indexes into the header.
+_MAGIC, _CAPACITY = 0, 1
+_HEAD, _WRITER_WAITING, _WRITER_CLOSED = 8, 9, 10
+_TAIL, _READER_WAITING, _READER_CLOSED = 16, 17, 18
+
+_SPILL_WORD = (FRAME_MAGIC << 32) | (FRAME_VERSION << 48) | (KIND_SPILL << 56)
+_DATA_WORD = (FRAME_MAGIC << 32) | (FRAME_VERSION << 48) | (KIND_DATA << 56)
+_PAD_WORD = (FRAME_MAGIC << 32) | (FRAME_VERSION << 48) | (KIND_PAD << 56)
+_LEN_MASK = 0xFFFF_FFFF
+
+#: Default bounded spin before sleeping, in seconds.
+DEFAULT_SPIN = 20e-6
+
+Buffer = bytes | bytearray | memoryview
+Parts = Buffer | Sequence[Buffer]
+
+
+def ring_size(capacity: int) -> int:
+    """Bytes a ring of ``capacity`` data bytes occupies in a segment."""
+    return HEADER_SIZE + capacity
+
+
+def init_ring(buf: memoryview, offset: int, capacity: int) -> None:
+    """Format a fresh ring at ``buf[offset:]``; do this once, before either end attaches."""
+    if capacity < 64 or capacity % 8:
+        raise ValueError(f"ring capacity must be a multiple of 8 and >= 64, got {capacity}")
+    if offset % 8 or offset + ring_size(capacity) > len(buf):
+        raise ValueError("ring does not fit the buffer at that offset")
+    hdr = buf[offset : offset + HEADER_SIZE].cast("Q")
+    for i in range(len(hdr)):
+        hdr[i] = 0
+    hdr[_CAPACITY] = capacity
+    hdr[_MAGIC] = RING_MAGIC | (RING_VERSION << 32)
+    hdr.release()
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _as_parts(parts: Parts) -> Sequence[memoryview]:
+    if isinstance(parts, bytes | bytearray | memoryview):
+        parts = (parts,)
+    views = []
+    for p in parts:
+        mv = p if isinstance(p, memoryview) else memoryview(p)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        views.append(mv)
+    return views
+
+
+class _End:
+    """What both ends share: header views, doorbells, peer watch, fences."""
+
+    def __init__(
+        self,
+        buf: memoryview,
+        offset: int,
+        bell: Doorbell,
+        peer_bell: Doorbell,
+        peer: PeerWatch | None,
+    ) -> None:
+        hdr = buf[offset : offset + HEADER_SIZE].cast("Q")
+        word = hdr[_MAGIC]
+        if word & 0xFFFF_FFFF != RING_MAGIC:
+            hdr.release()
+            raise FrameError(f"no ring at offset {offset} (magic {word & 0xFFFF_FFFF:#x})")
+        if word >> 32 != RING_VERSION:
+            hdr.release()
+            raise ProtocolVersionError(
+                f"ring layout version {word >> 32}, this build speaks {RING_VERSION}"
+            )
+        self.capacity: int = hdr[_CAPACITY]
+        self._hdr = hdr
+        self._data = buf[offset + HEADER_SIZE : offset + HEADER_SIZE + self.capacity]
+        self._words = self._data.cast("Q")
+        self.bell = bell
+        self.peer_bell = peer_bell
+        self.peer = peer
+        self._fence = Fence()
+
+    def _check_peer(self) -> None:
+        if self.peer is not None and not self.peer.alive():
+            raise PeerDied(self.peer.pid)
+
+    def _release_views(self) -> None:
+        for view in (self._words, self._data, self._hdr):
+            try:
+                view.release()
+            except BufferError:
+                pass
+
+    def _sleep_blocking(self, deadline: float | None, what: str) -> None:
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError(f"timed out waiting for {what}")
+        self.bell.wait(timeout, self.peer.fd if self.peer is not None else None)
+
+    async def _sleep_async(self) -> None:
+        if self.peer is not None:
+            self.peer.notify(self.bell)
+        await self.bell.wait_async()
+
+
+class RingWriter(_End):
+    """The producing end: copies frames in, waits when the ring is full."""
+
+    def __init__(
+        self,
+        buf: memoryview,
+        offset: int,
+        *,
+        bell: Doorbell,
+        peer_bell: Doorbell,
+        peer: PeerWatch | None = None,
+        inline_max: int | None = None,
+    ) -> None:
+        super().__init__(buf, offset, bell, peer_bell, peer)
+        self._head: int = self._hdr[_HEAD]
+        limit = self.capacity // 2 - 8
+        self.inline_max = limit if inline_max is None else min(inline_max, limit)
+        self._spills: deque[tuple[int, str]] = deque()
+        self.closed = False
+
+    # -- writing -----------------------------------------------------------
+
+    def try_write(self, parts: Parts) -> bool:
+        """Write one frame made of ``parts`` if there is room; never blocks."""
+        hdr = self._hdr
+        if hdr[_READER_CLOSED]:
+            raise RingClosed("the reader closed this ring")
+        if self.closed:
+            raise RingClosed("this ring was closed for writing")
+        views = _as_parts(parts)
+        total = sum(v.nbytes for v in views)
+        if total > self.inline_max:
+            return self._write_spill(views, total)
+        return self._write_inline(views, total, _DATA_WORD)
+
+    def _write_inline(self, views: Sequence[memoryview], total: int, word: int) -> bool:
+        hdr = self._hdr
+        cap = self.capacity
+        need = 8 + _align8(total)
+        head = self._head
+        free = cap - (head - hdr[_TAIL])
+        off = head % cap
+        to_end = cap - off
+        if need > to_end:
+            # The frame must stay contiguous: pad out the end, then retry at 0.
+            if free < to_end:
+                return False
+            self._words[off >> 3] = _PAD_WORD | (to_end - 8)
+            head += to_end
+            free -= to_end
+            off = 0
+            if need > free:
+                self._publish(head)
+                return False
+        elif need > free:
+            return False
+        data = self._data
+        pos = off + 8
+        for v in views:
+            n = v.nbytes
+            data[pos : pos + n] = v
+            pos += n
+        self._words[off >> 3] = word | total
+        self._publish(head + need)
+        return True
+
+    def _publish(self, head: int) -> None:
+        self._fence.publish()  # frame bytes before head (no-op on x86-64)
+        self._hdr[_HEAD] = self._head = head
+        self._fence.full()  # head store before reader_waiting load
+        if self._hdr[_READER_WAITING]:
+            self.peer_bell.ring()
+        if self._spills:
+            self._forget_spills()
+
+    def _fits(self, nbytes: int) -> bool:
+        """Whether an inline frame of ``nbytes`` payload fits now (pad included)."""
+        cap = self.capacity
+        need = 8 + _align8(nbytes)
+        free = cap - (self._head - self._hdr[_TAIL])
+        to_end = cap - self._head % cap
+        return free >= (to_end + need if need > to_end else need)
+
+    def _write_spill(self, views: Sequence[memoryview], total: int) -> bool:
+        name = make_name()
+        record = total.to_bytes(8, "little") + name.encode()
+        # Check ring room first, so a full ring never strands a spill segment;
+        # room only grows while we hold the producer role.
+        if not self._fits(len(record)):
+            return False
+        seg = Segment.create(max(total, 1), name=name)
+        try:
+            pos = 0
+            buf = seg.buf
+            for v in views:
+                n = v.nbytes
+                buf[pos : pos + n] = v
+                pos += n
+        except BaseException:
+            seg.unlink()
+            raise
+        finally:
+            seg.close()
+        written = self._write_inline((memoryview(record),), len(record), _SPILL_WORD)
+        assert written, "ring room shrank under the only producer"
+        self._spills.append((self._head, name))
+        return True
+
+    def _forget_spills(self) -> None:
+        # The reader unlinks a spill segment before releasing its frame.
+        tail = self._hdr[_TAIL]
+        spills = self._spills
+        while spills and spills[0][0] <= tail:
+            spills.popleft()
+
+    def free(self) -> int:
+        """Bytes currently free in the ring."""
+        return self.capacity - (self._head - self._hdr[_TAIL])
+
+    # -- waiting -----------------------------------------------------------
+
+    def _arm(self, tail: int) -> bool:
+        """Announce a wait for space; False if the reader already moved."""
+        hdr = self._hdr
+        hdr[_WRITER_WAITING] = 1
+        self._fence.full()
+        if hdr[_TAIL] != tail or hdr[_READER_CLOSED]:
+            hdr[_WRITER_WAITING] = 0
+            return False
+        return True
+
+    def write_blocking(self, parts: Parts, timeout: float | None = None) -> None:
+        """Write one frame, blocking while the ring is full."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            tail = self._hdr[_TAIL]
+            if self.try_write(parts):
+                return
+            if self._arm(tail):
+                try:
+                    self._check_peer()
+                    self._sleep_blocking(deadline, "ring space")
+                finally:
+                    self._hdr[_WRITER_WAITING] = 0
+
+    async def write(self, parts: Parts) -> None:
+        """Write one frame, awaiting (not blocking the loop) while the ring is full."""
+        while True:
+            tail = self._hdr[_TAIL]
+            if self.try_write(parts):
+                return
+            if self._arm(tail):
+                try:
+                    self._check_peer()
+                    await self._sleep_async()
+                finally:
+                    self._hdr[_WRITER_WAITING] = 0
+
+    def close(self) -> None:
+        """Tell the reader no more frames follow; it sees :class:`RingClosed` after draining."""
+        if self.closed:
+            return
+        self.closed = True
+        self._hdr[_WRITER_CLOSED] = 1
+        self._fence.full()
+        self.peer_bell.ring()
+
+    def discard(self) -> None:
+        """Drop this end: unlink spill segments the reader never took, unmap views."""
+        for _, name in self._spills:
+            unlink_name(name)
+        self._spills.clear()
+        self._release_views()
+
+
+class Frame:
+    """One received frame; ``data`` is a view of ring memory valid until :meth:`release`."""
+
+    __slots__ = ("_end", "_reader", "_segment", "data", "released")
+
+    def __init__(self, reader: RingReader, end: int, data: memoryview, segment: Any) -> None:
+        self._reader = reader
+        self._end = end
+        self._segment = segment
+        self.data = data
+        self.released = False
+
+    def release(self) -> None:
+        """Give the frame's space back to the producer (idempotent)."""
+        if not self.released:
+            self.released = True
+            try:
+                self.data.release()
+            except BufferError:
+                pass
+            if self._segment is not None:
+                self._segment.close()
+                self._segment = None
+            self._reader._on_release()
+
+    def __enter__(self) -> Frame:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __len__(self) -> int:
+        return self.data.nbytes if not self.released else 0
+
+
+class RingReader(_End):
+    """The consuming end: hands out zero-copy frames, releases space in order."""
+
+    def __init__(
+        self,
+        buf: memoryview,
+        offset: int,
+        *,
+        bell: Doorbell,
+        peer_bell: Doorbell,
+        peer: PeerWatch | None = None,
+    ) -> None:
+        super().__init__(buf, offset, bell, peer_bell, peer)
+        self._pos: int = self._hdr[_TAIL]
+        self._pending: deque[Frame | int] = deque()
+        self._broken: FrameError | None = None
+
+    def try_read(self) -> Frame | None:
+        """The next frame, or None if the ring is empty right now."""
+        if self._broken is not None:
+            raise self._broken
+        hdr = self._hdr
+        cap = self.capacity
+        while True:
+            pos = self._pos
+            head = hdr[_HEAD]
+            if pos == head:
+                if hdr[_WRITER_CLOSED]:
+                    raise RingClosed("the writer closed this ring")
+                return None
+            self._fence.publish()  # head load before frame loads (no-op on x86-64)
+            off = pos % cap
+            word = self._words[off >> 3]
+            length = word & _LEN_MASK
+            kind = word >> 56
+            if (word >> 32) & 0xFFFF != FRAME_MAGIC:
+                raise self._fail(FrameError(f"corrupt frame at ring position {pos}: bad magic"))
+            if (word >> 48) & 0xFF != FRAME_VERSION:
+                raise self._fail(
+                    ProtocolVersionError(
+                        f"frame at ring position {pos} has version {(word >> 48) & 0xFF}, "
+                        f"this build reads {FRAME_VERSION}"
+                    )
+                )
+            size = 8 + _align8(length)
+            if off + size > cap or pos + size > head:
+                raise self._fail(
+                    FrameError(
+                        f"truncated frame at ring position {pos}: {length} bytes declared, "
+                        f"{min(cap - off, head - pos) - 8} available"
+                    )
+                )
+            self._pos = pos + size
+            if kind == KIND_PAD:
+                if self._pending:
+                    self._pending.append(pos + size)
+                else:
+                    self._advance_tail(pos + size)
+                continue
+            if kind == KIND_DATA:
+                frame = Frame(self, pos + size, self._data[off + 8 : off + 8 + length], None)
+            elif kind == KIND_SPILL:
+                frame = self._open_spill(pos, off, length, pos + size)
+            else:
+                raise self._fail(FrameError(f"corrupt frame at ring position {pos}: kind {kind}"))
+            self._pending.append(frame)
+            return frame
+
+    def _open_spill(self, pos: int, off: int, length: int, end: int) -> Frame:
+        record = bytes(self._data[off + 8 : off + 8 + length])
+        if length < 10:
+            raise self._fail(FrameError(f"corrupt spill frame at ring position {pos}"))
+        size = int.from_bytes(record[:8], "little")
+        name = record[8:].decode("ascii", "replace")
+        try:
+            seg = Segment.attach(name, unlink=True, populate=True)
+        except Exception as exc:
+            raise self._fail(
+                FrameError(f"spill segment {name} of frame at position {pos} is gone: {exc}")
+            ) from exc
+        if seg.size < size:
+            seg.close()
+            raise self._fail(
+                FrameError(f"truncated spill frame at position {pos}: {size} bytes declared")
+            )
+        return Frame(self, end, seg.buf[:size], seg)
+
+    def _fail(self, exc: FrameError) -> FrameError:
+        self._broken = exc
+        return exc
+
+    def _on_release(self) -> None:
+        pending = self._pending
+        end = 0
+        while pending:
+            first = pending[0]
+            if isinstance(first, int):
+                end = first
+            elif first.released:
+                end = first._end
+            else:
+                break
+            pending.popleft()
+        if end:
+            self._advance_tail(end)
+
+    def _advance_tail(self, tail: int) -> None:
+        self._fence.publish()  # frame loads before the tail store (aarch64 load-store)
+        hdr = self._hdr
+        hdr[_TAIL] = tail
+        self._fence.full()
+        if hdr[_WRITER_WAITING]:
+            self.peer_bell.ring()
+
+    def readable(self) -> bool:
+        """True if a frame (or the writer's close) is waiting."""
+        hdr = self._hdr
+        return self._pos != hdr[_HEAD] or bool(hdr[_WRITER_CLOSED])
+
+    # -- waiting -----------------------------------------------------------
+
+    def _spin(self, spin: float) -> bool:
+        """Poll for data up to ``spin`` seconds, yielding the CPU between polls."""
+        if spin <= 0:
+            return False
+        hdr = self._hdr
+        pos = self._pos
+        deadline = time.perf_counter() + spin
+        while hdr[_HEAD] == pos:
+            if time.perf_counter() >= deadline:
+                return False
+            # Let a producer that shares this CPU run (never starve it).
+            os.sched_yield()
+        return True
+
+    def _arm(self) -> bool:
+        hdr = self._hdr
+        hdr[_READER_WAITING] = 1
+        self._fence.full()
+        if self._pos != hdr[_HEAD] or hdr[_WRITER_CLOSED]:
+            hdr[_READER_WAITING] = 0
+            return False
+        return True
+
+    def read_blocking(self, timeout: float | None = None, spin: float = DEFAULT_SPIN) -> Frame:
+        """The next frame, blocking (after a bounded spin) until one arrives."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            frame = self.try_read()
+            if frame is not None:
+                return frame
+            if self._spin(spin):
+                continue
+            if self._arm():
+                try:
+                    self._check_peer()
+                    self._sleep_blocking(deadline, "a frame")
+                finally:
+                    self._hdr[_READER_WAITING] = 0
+
+    async def read(self, spin: float = 0.0) -> Frame:
+        """The next frame, awaiting until one arrives (optionally spinning first)."""
+        while True:
+            frame = self.try_read()
+            if frame is not None:
+                return frame
+            if self._spin(spin):
+                continue
+            if self._arm():
+                try:
+                    self._check_peer()
+                    await self._sleep_async()
+                finally:
+                    self._hdr[_READER_WAITING] = 0
+
+    def close(self) -> None:
+        """Tell the writer nothing more will be read; its writes raise :class:`RingClosed`."""
+        self._hdr[_READER_CLOSED] = 1
+        self._fence.full()
+        self.peer_bell.ring()
+
+    def discard(self) -> None:
+        """Drop this end: close spill mappings of unreleased frames and unmap views."""
+        for item in self._pending:
+            if isinstance(item, Frame) and item._segment is not None:
+                item.released = True
+                item._segment.close()
+                item._segment = None
+        self._pending.clear()
+        self._release_views()
