@@ -8,7 +8,15 @@ What is measured
     trip is recorded with ``time.perf_counter_ns``; we report median and p99. Each process
     also measures the CPU time it burned during the timed rounds (``time.process_time_ns``,
     i.e. CLOCK_PROCESS_CPUTIME_ID: all threads, ns resolution, unlike tick-based rusage);
-    the child sends its figure back over a result pipe when it is done.
+    the child sends its figure back over a result pipe when it is done. Voluntary context
+    switches per round trip (rusage ru_nvcsw) show how often each side really went to sleep;
+    sched_yield() does not count as one.
+
+    Back-to-back ping-pong is the busy case: the reply arrives within a microsecond or two
+    of a side starting to wait, so any spin window catches it and nobody sleeps. To measure
+    an idle consumer, ``--gap-us N`` makes the parent block for N us (untimed, and its usage
+    subtracted) before each round trip, so the child's spin window expires first and the
+    child has to be woken from a real sleep.
 
 Doorbells compared (the same kind is used in both directions)
     eventfd    os.eventfd + os.eventfd_write/read, registered with loop.add_reader.
@@ -34,7 +42,7 @@ Why
     short spin before sleeping is worth its CPU cost.
 
 Usage
-    python scripts/bench_wakeup.py [--rounds 3000] [--warmup 300] [--json PATH]
+    python scripts/bench_wakeup.py [--rounds 3000] [--warmup 300] [--gap-us 0] [--json PATH]
 
 The script does not import wool_local. Every child is reaped (SIGKILL after a grace period),
 every descriptor is closed, and every wait is bounded by a timeout.
@@ -346,6 +354,35 @@ class Placement:
     child_cpus: frozenset[int] | None
 
 
+@dataclass(frozen=True)
+class Settings:
+    """Run parameters shared by every case."""
+
+    rounds: int
+    warmup: int
+    gap_us: int
+    timeout: float
+
+
+@dataclass
+class Usage:
+    """CPU time and voluntary context switches (i.e. real sleeps) of one process."""
+
+    cpu_ns: int = 0
+    nvcsw: int = 0
+
+    @classmethod
+    def now(cls) -> Usage:
+        """Snapshot for the whole calling process (all threads)."""
+        return cls(time.process_time_ns(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw)
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.cpu_ns + other.cpu_ns, self.nvcsw + other.nvcsw)
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.cpu_ns - other.cpu_ns, self.nvcsw - other.nvcsw)
+
+
 @dataclass
 class Result:
     """Outcome of one (variant, placement) run; times in microseconds."""
@@ -353,6 +390,7 @@ class Result:
     variant: str
     placement: str
     rounds: int
+    gap_us: int
     median_us: float | None = None
     p99_us: float | None = None
     min_us: float | None = None
@@ -390,58 +428,51 @@ def make_placements() -> list[Placement]:
     return placements
 
 
-@dataclass
-class Usage:
-    """CPU time and voluntary context switches (real sleeps) over the timed rounds."""
+async def _drive(out: Doorbell, inp: Doorbell, cfg: Settings) -> tuple[list[int], Usage]:
+    """Parent: ring, await the reply; return per-round-trip ns and usage of the timed part.
 
-    cpu_ns: int
-    nvcsw: int
-
-
-def _usage() -> Usage:
-    return Usage(time.process_time_ns(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw)
-
-
-def _usage_since(start: Usage) -> Usage:
-    now = _usage()
-    return Usage(now.cpu_ns - start.cpu_ns, now.nvcsw - start.nvcsw)
-
-
-async def _drive(out: Doorbell, inp: Doorbell, warmup: int, rounds: int) -> tuple[list[int], Usage]:
-    """Parent: ring, await the reply; return per-round-trip ns and usage of the timed part."""
+    With a gap, the parent blocks in time.sleep between round trips so the child's spin
+    window expires and it really falls asleep; the gap's own usage is subtracted.
+    """
     inp.attach(asyncio.get_running_loop())
+    gap_s = cfg.gap_us / 1e6
     try:
-        for _ in range(warmup):
+        for _ in range(cfg.warmup):
             out.ring()
             await inp.wait()
         perf = time.perf_counter_ns
-        latencies = [0] * rounds
+        latencies = [0] * cfg.rounds
+        excluded = Usage()
         gc.disable()
-        usage = _usage()
-        for i in range(rounds):
+        start_usage = Usage.now()
+        for i in range(cfg.rounds):
+            if gap_s:
+                before_gap = Usage.now()
+                time.sleep(gap_s)
+                excluded += Usage.now() - before_gap
             start = perf()
             out.ring()
             await inp.wait()
             latencies[i] = perf() - start
-        return latencies, _usage_since(usage)
+        return latencies, Usage.now() - start_usage - excluded
     finally:
         gc.enable()
         inp.detach()
 
 
-async def _echo(inp: Doorbell, out: Doorbell, warmup: int, rounds: int) -> Usage:
+async def _echo(inp: Doorbell, out: Doorbell, cfg: Settings) -> Usage:
     """Child: await each ring and answer it; return its usage over the timed rounds."""
     inp.attach(asyncio.get_running_loop())
     try:
-        for _ in range(warmup):
+        for _ in range(cfg.warmup):
             await inp.wait()
             out.ring()
         gc.disable()
-        usage = _usage()
-        for _ in range(rounds):
+        start_usage = Usage.now()
+        for _ in range(cfg.rounds):
             await inp.wait()
             out.ring()
-        return _usage_since(usage)
+        return Usage.now() - start_usage
     finally:
         inp.detach()
 
@@ -456,21 +487,15 @@ def _run_on_uvloop(main: Callable[[], Awaitable[T]], timeout: float) -> T:
 
 
 def _child(
-    p2c: Doorbell,
-    c2p: Doorbell,
-    result_fd: int,
-    cpus: frozenset[int] | None,
-    warmup: int,
-    rounds: int,
-    timeout: float,
+    p2c: Doorbell, c2p: Doorbell, result_fd: int, cpus: frozenset[int] | None, cfg: Settings
 ) -> NoReturn:
     """Body of the forked child; never returns (always ``os._exit``)."""
     code = 1
     try:
-        signal.alarm(math.ceil(timeout) + 5)  # hard backstop if the parent vanishes
+        signal.alarm(math.ceil(cfg.timeout) + 5)  # hard backstop if the parent vanishes
         if cpus is not None:
             os.sched_setaffinity(0, cpus)
-        usage = _run_on_uvloop(lambda: _echo(p2c, c2p, warmup, rounds), timeout)
+        usage = _run_on_uvloop(lambda: _echo(p2c, c2p, cfg), cfg.timeout)
         os.write(result_fd, json.dumps(asdict(usage)).encode())
         code = 0
     except BaseException:
@@ -515,16 +540,15 @@ def _summarise(result: Result, latencies_ns: list[int], parent: Usage) -> None:
     result.parent_sleeps_per_rt = parent.nvcsw / n
 
 
-def run_case(
-    variant: Variant, placement: Placement, warmup: int, rounds: int, timeout: float
-) -> Result:
+def run_case(variant: Variant, placement: Placement, cfg: Settings) -> Result:
     """Fork a child, run the ping-pong for one (variant, placement) and clean up."""
-    result = Result(variant.name, placement.name, rounds)
+    result = Result(variant.name, placement.name, cfg.rounds, cfg.gap_us)
     original_cpus = os.sched_getaffinity(0)
     p2c = variant.make()
     c2p = variant.make()
     result_r, result_w = os.pipe()
     pid = -1
+    report = b""
     try:
         os.sched_setaffinity(0, placement.parent_cpus or original_cpus)
         sys.stdout.flush()
@@ -532,10 +556,10 @@ def run_case(
         pid = os.fork()
         if pid == 0:
             os.close(result_r)
-            _child(p2c, c2p, result_w, placement.child_cpus, warmup, rounds, timeout)
+            _child(p2c, c2p, result_w, placement.child_cpus, cfg)
         os.close(result_w)
         result_w = -1
-        latencies, usage = _run_on_uvloop(lambda: _drive(p2c, c2p, warmup, rounds), timeout)
+        latencies, usage = _run_on_uvloop(lambda: _drive(p2c, c2p, cfg), cfg.timeout)
         _summarise(result, latencies, usage)
     except Exception as exc:
         result.error = f"parent: {type(exc).__name__}: {exc}"
@@ -546,15 +570,15 @@ def run_case(
             status = _reap(pid, grace=0.0 if result.error else 5.0)
             if status != 0 and result.error is None:
                 result.error = f"child exit status {status}"
-        report = _read_to_eof(result_r)
+            report = _read_to_eof(result_r)
         os.close(result_r)
         p2c.close()
         c2p.close()
         os.sched_setaffinity(0, original_cpus)
     if report and result.error is None:
         child = Usage(**json.loads(report))
-        result.child_cpu_us_per_rt = child.cpu_ns / rounds / 1000
-        result.child_sleeps_per_rt = child.nvcsw / rounds
+        result.child_cpu_us_per_rt = child.cpu_ns / cfg.rounds / 1000
+        result.child_sleeps_per_rt = child.nvcsw / cfg.rounds
     return result
 
 
@@ -590,21 +614,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3000, help="timed round trips per case")
     parser.add_argument("--warmup", type=int, default=300, help="untimed round trips first")
+    parser.add_argument(
+        "--gap-us", type=int, default=0, help="idle pause before each round trip (default 0)"
+    )
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds per case")
     parser.add_argument("--json", metavar="PATH", help="also write results as JSON")
     args = parser.parse_args(argv)
+    cfg = Settings(args.rounds, args.warmup, args.gap_us, args.timeout)
 
     started = time.monotonic()
     print(
         f"python {platform.python_version()}, uvloop {uvloop.__version__}, "
         f"kernel {platform.release()}, allowed CPUs {sorted(os.sched_getaffinity(0))}, "
-        f"{args.rounds} round trips after {args.warmup} warm-up"
+        f"{cfg.rounds} round trips after {cfg.warmup} warm-up, gap {cfg.gap_us} us"
     )
     print("  ".join(f"{title:<{width}}" for title, width, _ in _COLUMNS))
     results: list[Result] = []
     for placement in make_placements():
         for variant in VARIANTS:
-            result = run_case(variant, placement, args.warmup, args.rounds, args.timeout)
+            result = run_case(variant, placement, cfg)
             results.append(result)
             print(_format_row(result), flush=True)
     elapsed = time.monotonic() - started
@@ -616,8 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             "uvloop": uvloop.__version__,
             "kernel": platform.release(),
             "cpus": sorted(os.sched_getaffinity(0)),
-            "rounds": args.rounds,
-            "warmup": args.warmup,
+            "settings": asdict(cfg),
             "elapsed_s": elapsed,
             "results": [asdict(r) for r in results],
         }

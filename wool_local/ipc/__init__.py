@@ -18,6 +18,7 @@ from .errors import (
 )
 from .ring import Frame, RingReader, RingWriter, init_ring, ring_size
 from .segment import Segment, sweep
+from .slots import SlotTable
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -36,6 +37,7 @@ __all__ = [
     "RingWriter",
     "Segment",
     "SegmentError",
+    "SlotTable",
     "SlotTableError",
     "init_ring",
     "ring_size",

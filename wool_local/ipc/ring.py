@@ -29,7 +29,6 @@ with the roles swapped.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections import deque
@@ -321,9 +320,17 @@ class RingWriter(_End):
         self.peer_bell.ring()
 
     def discard(self) -> None:
-        """Drop this end: unlink spill segments the reader never took, unmap views."""
-        for _, name in self._spills:
-            unlink_name(name)
+        """Drop this end and unmap its views.
+
+        Spill segments the reader has not taken yet are unlinked only if the
+        reader can no longer take them (it closed the ring or died); otherwise
+        they stay for it to read after we are gone.
+        """
+        self._forget_spills()
+        reader_gone = self._hdr[_READER_CLOSED] or (self.peer is not None and not self.peer.alive())
+        if reader_gone:
+            for _, name in self._spills:
+                unlink_name(name)
         self._spills.clear()
         self._release_views()
 

@@ -1,0 +1,64 @@
+"""Suite-wide guards: every test leaves no child process, fd or /dev/shm entry behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import psutil
+import pytest
+import uvloop
+
+from wool_local.ipc.segment import owned_leftovers
+
+
+def _fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _describe(fds: set[int]) -> list[str]:
+    out = []
+    for fd in sorted(fds):
+        try:
+            out.append(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            out.append(f"{fd} -> ?")
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_wide_setup():
+    """Let libraries make their once-per-process fds before the leak checks start.
+
+    uvloop opens a signal pipe the first time a loop runs and keeps it for the
+    life of the process; that is not a leak of the code under test.
+    """
+    uvloop.run(asyncio.sleep(0))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(process_wide_setup):
+    """Fail a test that leaves children, fds or shared-memory names behind."""
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    shm_before = {name for name, _, _ in owned_leftovers()}
+    fds_before = _fds()
+    yield
+    # Children a test killed or stopped may take a moment to be reaped: wait on
+    # them (an event, bounded), never sleep.
+    extra = [p for p in me.children(recursive=True) if p.pid not in children_before]
+    _, alive = psutil.wait_procs(extra, timeout=5)
+    leftover_children = [p.pid for p in alive]
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    shm_after = {name for name, _, _ in owned_leftovers()} - shm_before
+    fds_after = _fds() - fds_before
+    problems = []
+    if leftover_children:
+        problems.append(f"child processes left running: {leftover_children}")
+    if shm_after:
+        problems.append(f"/dev/shm entries left: {sorted(shm_after)}")
+    if fds_after:
+        problems.append(f"fds left open: {_describe(fds_after)}")
+    assert not problems, "; ".join(problems)

@@ -1,0 +1,326 @@
+"""Frames through a ring between two real processes: order, integrity, waits, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+
+import msgspec
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.forking import Rendezvous, fork, join, kill
+from wool_local.ipc import (
+    Channel,
+    FrameError,
+    PeerDied,
+    ProtocolVersionError,
+    RingClosed,
+    init_ring,
+    ring_size,
+)
+from wool_local.ipc.ring import _READER_WAITING, _WRITER_WAITING, RingReader
+
+CAP = 4096
+
+
+def payload(i: int, size: int) -> bytes:
+    return random.Random(i * 7919 + size).randbytes(size)
+
+
+def produce(chan: Channel, sizes: list[int]) -> None:
+    end = chan.end(1, peer_pid=os.getppid())
+    for i, size in enumerate(sizes):
+        end.writer.write_blocking(payload(i, size), timeout=10)
+    end.writer.close()
+    end.discard()
+
+
+def consume_and_verify(chan: Channel, sizes: list[int]) -> None:
+    end = chan.end(1, peer_pid=os.getppid())
+    for i, size in enumerate(sizes):
+        with end.reader.read_blocking(timeout=10) as frame:
+            assert frame.data == payload(i, size), f"frame {i} ({size} bytes) differs"
+    with pytest.raises(RingClosed):
+        end.reader.read_blocking(timeout=10)
+    end.discard()
+
+
+# Sizes around the header, the inline limit (CAP/2 - 8), the capacity and wrap
+# points, and far above capacity (spilled).
+sizes_strategy = st.lists(
+    st.one_of(
+        st.integers(0, 64),
+        st.integers(CAP // 2 - 40, CAP // 2 + 40),
+        st.integers(CAP - 40, CAP + 40),
+        st.integers(0, 3 * CAP),
+        st.sampled_from([CAP * 25, 1 << 20]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=sizes_strategy)
+def test_given_random_frame_sizes_when_child_produces_then_parent_reads_all_intact_in_order(sizes):
+    """Given random frame sizes, when a forked child writes them, all arrive intact, in order."""
+    chan = Channel.create(CAP)
+    pid = fork(produce, chan, sizes)
+    end = chan.end(0, peer_pid=pid)
+    try:
+        for i, size in enumerate(sizes):
+            with end.reader.read_blocking(timeout=10) as frame:
+                assert frame.data == payload(i, size), f"frame {i} ({size} bytes) differs"
+        with pytest.raises(RingClosed):
+            end.reader.read_blocking(timeout=10)
+    finally:
+        assert join(pid) == 0
+        end.discard()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=sizes_strategy)
+def test_given_random_frame_sizes_when_parent_produces_then_child_verifies_all(sizes):
+    """Given random sizes, when the parent writes them, the child sees every frame intact."""
+    chan = Channel.create(CAP)
+    pid = fork(consume_and_verify, chan, sizes)
+    end = chan.end(0, peer_pid=pid)
+    try:
+        for i, size in enumerate(sizes):
+            end.writer.write_blocking(payload(i, size), timeout=10)
+        end.writer.close()
+    finally:
+        assert join(pid) == 0
+        end.discard()
+
+
+def test_given_a_slow_consumer_when_ring_fills_then_producer_waits_and_nothing_is_lost():
+    """Given a consumer that holds frames, the producer blocks on a full ring; all arrive."""
+    frames = 200
+    chan = Channel.create(CAP)
+    pid = fork(produce, chan, [1000] * frames)
+    end = chan.end(0, peer_pid=pid)
+    hdr = end.reader._hdr
+    seen_waiting = 0
+    try:
+        for i in range(frames):
+            frame = end.reader.read_blocking(timeout=10)
+            assert frame.data == payload(i, 1000)
+            if i % 20 == 0:
+                # Hold the frame until the producer has announced it is waiting
+                # for space (an event in shared memory, not a sleep).
+                while not hdr[_WRITER_WAITING]:
+                    os.sched_yield()
+                seen_waiting += 1
+                assert end.reader.capacity - (hdr[8] - hdr[16]) < 1008  # ring really is full
+            frame.release()
+        with pytest.raises(RingClosed):
+            end.reader.read_blocking(timeout=10)
+    finally:
+        assert join(pid) == 0
+        end.discard()
+    assert seen_waiting == frames // 20
+
+
+def test_given_producer_killed_mid_stream_when_reading_then_peer_died_after_drain():
+    """Given a producer SIGKILLed mid-stream, the reader drains then gets PeerDied promptly."""
+    chan = Channel.create(CAP)
+    sync = Rendezvous()
+
+    def child():
+        end = chan.end(1, peer_pid=os.getppid())
+        end.writer.write_blocking(b"before death")
+        sync.ready_and_park()
+
+    pid = fork(child)
+    end = chan.end(0, peer_pid=pid)
+    try:
+        sync.wait_ready()
+        assert kill(pid) == -signal.SIGKILL
+        with end.reader.read_blocking(timeout=5) as frame:
+            assert frame.data == b"before death"
+        with pytest.raises(PeerDied) as info:
+            end.reader.read_blocking(timeout=5)
+        assert info.value.pid == pid
+    finally:
+        sync.close()
+        end.discard()
+
+
+def test_given_consumer_killed_when_producer_blocks_on_full_ring_then_peer_died():
+    """Given a consumer that dies, a producer waiting for space gets PeerDied, not a hang."""
+    chan = Channel.create(CAP)
+    sync = Rendezvous()
+
+    def child():
+        chan.end(1, peer_pid=os.getppid())
+        sync.ready_and_park()
+
+    pid = fork(child)
+    end = chan.end(0, peer_pid=pid)
+    try:
+        sync.wait_ready()
+        while end.writer.try_write(b"x" * 500):
+            pass
+        assert kill(pid) == -signal.SIGKILL
+        with pytest.raises(PeerDied):
+            end.writer.write_blocking(b"x" * 500, timeout=5)
+    finally:
+        sync.close()
+        end.discard()
+
+
+def test_given_peer_killed_while_awaiting_when_async_read_then_peer_died():
+    """Given a coroutine awaiting a frame on uvloop, the peer's death wakes it with PeerDied."""
+    chan = Channel.create(CAP)
+    sync = Rendezvous()
+
+    def child():
+        chan.end(1, peer_pid=os.getppid())
+        sync.ready_and_park()
+
+    pid = fork(child)
+    end = chan.end(0, peer_pid=pid)
+
+    async def main():
+        reader = asyncio.ensure_future(end.reader.read())
+        await asyncio.sleep(0)
+        sync.wait_ready()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(PeerDied):
+            await asyncio.wait_for(reader, 5)
+
+    try:
+        uvloop.run(main())
+    finally:
+        join(pid)
+        sync.close()
+        end.discard()
+
+
+def test_given_two_coroutines_when_ping_pong_over_async_rings_then_every_reply_matches():
+    """Given both ends on one uvloop loop, async writes and reads round-trip every frame."""
+    chan = Channel.create(CAP)
+    a = chan.end(0)
+    b = chan.end(1)
+
+    async def echo():
+        while True:
+            try:
+                frame = await b.reader.read()
+            except RingClosed:
+                return
+            data = bytes(frame.data)
+            frame.release()
+            await b.writer.write(data)
+
+    async def main():
+        task = asyncio.ensure_future(echo())
+        for i in range(300):
+            msg = payload(i, (i * 37) % (3 * CAP))
+            await a.writer.write(msg)
+            with await a.reader.read() as frame:
+                assert frame.data == msg
+        a.writer.close()
+        await asyncio.wait_for(task, 5)
+
+    try:
+        uvloop.run(main())
+    finally:
+        a.discard()
+        b.writer.discard()
+        b.reader.discard()
+
+
+def test_given_msgpack_frame_when_read_then_decodes_straight_from_ring_memory():
+    """Given a msgspec frame, the reader's view points into the mapping (no copy)."""
+    chan = Channel.create(CAP)
+    a, b = chan.end(0), chan.end(1)
+    try:
+        a.writer.write_blocking(msgspec.msgpack.encode({"x": [1, 2, 3]}))
+        frame = b.reader.read_blocking(timeout=1)
+        assert isinstance(frame.data.obj, type(chan.segment.buf.obj))
+        assert msgspec.msgpack.decode(frame.data) == {"x": [1, 2, 3]}
+        frame.release()
+        with pytest.raises(ValueError):
+            frame.data.tobytes()  # released views cannot be read by mistake
+    finally:
+        a.discard()
+        b.writer.discard()
+        b.reader.discard()
+
+
+class TestBrokenFrames:
+    def setup_method(self):
+        self.chan = Channel.create(CAP)
+        self.a, self.b = self.chan.end(0), self.chan.end(1)
+
+    def teardown_method(self):
+        self.a.discard()
+        self.b.writer.discard()
+        self.b.reader.discard()
+
+    def _corrupt_first_word(self, fn):
+        self.a.writer.write_blocking(b"hello world")
+        words = self.a.writer._words
+        words[0] = fn(words[0])
+
+    def test_given_bad_magic_when_reading_then_frame_error_and_ring_stays_failed(self):
+        """Given a frame with a corrupt header, reading raises FrameError every time after."""
+        self._corrupt_first_word(lambda w: w ^ (0xFF << 32))
+        for _ in range(2):
+            with pytest.raises(FrameError, match="bad magic"):
+                self.b.reader.try_read()
+
+    def test_given_unknown_frame_version_when_reading_then_protocol_version_error(self):
+        """Given a frame from another protocol version, reading raises ProtocolVersionError."""
+        self._corrupt_first_word(lambda w: (w & ~(0xFF << 48)) | (9 << 48))
+        with pytest.raises(ProtocolVersionError, match="version 9"):
+            self.b.reader.try_read()
+
+    def test_given_length_beyond_head_when_reading_then_truncated_frame_error(self):
+        """Given a header that claims more bytes than were written, reading says truncated."""
+        self._corrupt_first_word(lambda w: (w & ~0xFFFF_FFFF) | 3000)
+        with pytest.raises(FrameError, match="truncated"):
+            self.b.reader.try_read()
+
+    def test_given_spill_segment_removed_when_reading_then_frame_error(self):
+        """Given a spilled frame whose segment vanished, reading names the missing segment."""
+        self.a.writer.write_blocking(b"z" * (CAP * 2))
+        from wool_local.ipc.segment import unlink_name
+
+        unlink_name(self.a.writer._spills[0][1])
+        with pytest.raises(FrameError, match="is gone"):
+            self.b.reader.try_read()
+
+    def test_given_reader_closed_when_writing_then_ring_closed(self):
+        """Given a reader that closed the ring, the writer gets RingClosed, not a hang."""
+        self.b.reader.close()
+        with pytest.raises(RingClosed):
+            self.a.writer.write_blocking(b"late", timeout=1)
+
+    def test_given_empty_ring_when_reading_with_timeout_then_timeout_error(self):
+        """Given nothing to read from a live peer, a bounded read times out."""
+        with pytest.raises(TimeoutError):
+            self.b.reader.read_blocking(timeout=0.05)
+        assert self.b.reader._hdr[_READER_WAITING] == 0
+
+
+def test_given_ring_of_another_layout_version_when_attaching_then_protocol_version_error():
+    """Given ring memory formatted by another layout version, attaching refuses it."""
+    buf = memoryview(bytearray(ring_size(CAP)))
+    init_ring(buf, 0, CAP)
+    buf.cast("Q")[0] = buf.cast("Q")[0] + (1 << 32)
+    from wool_local.ipc import Doorbell
+
+    bell = Doorbell()
+    try:
+        with pytest.raises(ProtocolVersionError):
+            RingReader(buf, 0, bell=bell, peer_bell=bell)
+    finally:
+        bell.close()
