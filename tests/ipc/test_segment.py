@@ -1,0 +1,105 @@
+"""Shared-memory segments: private, exclusive, unlinked early, swept when orphaned."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+import pytest
+
+from tests.forking import Rendezvous, fork, join, kill
+from wool_local.ipc import Segment, SegmentError, sweep
+from wool_local.ipc.segment import SHM_DIR, make_name, owned_leftovers
+
+
+def _path(name: str) -> str:
+    return os.path.join(SHM_DIR, name.lstrip("/"))
+
+
+def test_given_new_segment_then_name_carries_uid_pid_and_random_part_and_mode_is_0600():
+    """Given a created segment, its name is prefixed by uid and pid and it is private."""
+    with Segment.create(4096) as seg:
+        assert re.fullmatch(rf"/wl-{os.getuid()}-{os.getpid()}-[0-9a-f]{{16}}", seg.name)
+        assert stat.S_IMODE(os.stat(_path(seg.name)).st_mode) == 0o600
+        assert make_name() != make_name()
+
+
+def test_given_existing_name_when_creating_again_then_segment_error():
+    """Given a name in use, exclusive creation refuses to reuse it."""
+    with Segment.create(64) as seg, pytest.raises(SegmentError):
+        Segment.create(64, name=seg.name)
+
+
+def test_given_attached_with_unlink_then_name_is_gone_and_both_mappings_share_bytes():
+    """Given a second mapping that unlinks on attach, /dev/shm is empty but memory is shared."""
+    seg = Segment.create(4096)
+    other = Segment.attach(seg.name, unlink=True)
+    try:
+        assert not os.path.exists(_path(seg.name))
+        seg.buf[:5] = b"hello"
+        assert bytes(other.buf[:5]) == b"hello"
+        with pytest.raises(SegmentError, match="does not exist"):
+            Segment.attach(seg.name)
+    finally:
+        seg.unlinked = True
+        seg.close()
+        other.close()
+
+
+def test_given_every_party_mapped_when_creator_is_sigkilled_then_nothing_stays_in_dev_shm():
+    """Given a child that created a segment the parent attached and unlinked, killing it leaks nothing."""
+    sync = Rendezvous()
+    r, w = os.pipe()
+
+    def child():
+        seg = Segment.create(4096)
+        seg.buf[:4] = b"ping"
+        os.write(w, seg.name.encode().ljust(64))
+        sync.ready_and_park()
+
+    pid = fork(child)
+    try:
+        name = os.read(r, 64).decode().strip()
+        sync.wait_ready()
+        seg = Segment.attach(name, unlink=True)
+        assert bytes(seg.buf[:4]) == b"ping"
+        kill(pid)
+        assert name not in {n for n, _, _ in owned_leftovers()}
+        seg.close()
+    finally:
+        os.close(r)
+        os.close(w)
+        sync.close()
+
+
+def test_given_segment_of_dead_creator_when_sweeping_then_it_is_removed_and_live_ones_kept():
+    """Given a leftover from a dead process and a live one, sweep removes only the dead one."""
+    r, w = os.pipe()
+
+    def child():
+        seg = Segment.create(4096)
+        os.write(w, seg.name.encode().ljust(64))
+        seg.close()  # exits without unlinking: a leftover
+
+    pid = fork(child)
+    live = Segment.create(4096)
+    try:
+        name = os.read(r, 64).decode().strip()
+        assert join(pid) == 0
+        assert os.path.exists(_path(name))
+        removed = sweep()
+        assert name in removed
+        assert not os.path.exists(_path(name))
+        assert os.path.exists(_path(live.name))
+    finally:
+        os.close(r)
+        os.close(w)
+        live.unlink()
+        live.close()
+
+
+def test_given_bad_size_when_creating_then_value_error():
+    """Given a non-positive size, creation refuses it clearly."""
+    with pytest.raises(ValueError, match="positive"):
+        Segment.create(0)
