@@ -1,3 +1,34 @@
-"""wool_local: an async-native process pool for one machine."""
+"""wool_local: an async-native process pool for one machine.
+
+Decorate an ``async def`` (or async generator) with :func:`routine`, call it
+inside ``async with WorkerPool(): ...``, and it runs in a forked worker.
+"""
+
+from .context import RuntimeContext
+from .pool import WorkerPool, available_cpus
+from .routine import NoPoolError, Routine, routine
+from .workers import (
+    PoolClosed,
+    RemoteError,
+    RemoteTraceback,
+    ThreadedForkWarning,
+    UnpicklableError,
+    WorkerCrashed,
+)
 
 __version__ = "0.1.0.dev0"
+
+__all__ = [
+    "NoPoolError",
+    "PoolClosed",
+    "RemoteError",
+    "RemoteTraceback",
+    "Routine",
+    "RuntimeContext",
+    "ThreadedForkWarning",
+    "UnpicklableError",
+    "WorkerCrashed",
+    "WorkerPool",
+    "available_cpus",
+    "routine",
+]

@@ -273,8 +273,10 @@ class RingWriter(_End):
 
     # -- waiting -----------------------------------------------------------
 
-    def _arm(self, tail: int) -> bool:
-        """Announce a wait for space; False if the reader already moved."""
+    def arm(self, tail: int) -> bool:
+        """Announce a wait for space, where ``tail`` is :meth:`tail` read before the
+        failed write. False means the reader moved meanwhile: retry instead of sleeping.
+        While armed, the reader rings our doorbell when it frees space."""
         hdr = self._hdr
         hdr[_WRITER_WAITING] = 1
         self._fence.full()
@@ -283,6 +285,13 @@ class RingWriter(_End):
             return False
         return True
 
+    def disarm(self) -> None:
+        self._hdr[_WRITER_WAITING] = 0
+
+    def tail(self) -> int:
+        """The reader's release position (pass it to :meth:`arm`)."""
+        return self._hdr[_TAIL]
+
     def write_blocking(self, parts: Parts, timeout: float | None = None) -> None:
         """Write one frame, blocking while the ring is full."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -290,12 +299,12 @@ class RingWriter(_End):
             tail = self._hdr[_TAIL]
             if self.try_write(parts):
                 return
-            if self._arm(tail):
+            if self.arm(tail):
                 try:
                     self._check_peer()
                     self._sleep_blocking(deadline, "ring space")
                 finally:
-                    self._hdr[_WRITER_WAITING] = 0
+                    self.disarm()
 
     async def write(self, parts: Parts) -> None:
         """Write one frame, awaiting (not blocking the loop) while the ring is full."""
@@ -303,12 +312,12 @@ class RingWriter(_End):
             tail = self._hdr[_TAIL]
             if self.try_write(parts):
                 return
-            if self._arm(tail):
+            if self.arm(tail):
                 try:
                     self._check_peer()
                     await self._sleep_async()
                 finally:
-                    self._hdr[_WRITER_WAITING] = 0
+                    self.disarm()
 
     def close(self) -> None:
         """Tell the reader no more frames follow; it sees :class:`RingClosed` after draining."""
@@ -491,7 +500,7 @@ class RingReader(_End):
 
     # -- waiting -----------------------------------------------------------
 
-    def _spin(self, spin: float) -> bool:
+    def spin(self, spin: float) -> bool:
         """Poll for data up to ``spin`` seconds, yielding the CPU between polls."""
         if spin <= 0:
             return False
@@ -505,7 +514,10 @@ class RingReader(_End):
             os.sched_yield()
         return True
 
-    def _arm(self) -> bool:
+    def arm(self) -> bool:
+        """Announce that we are about to sleep; False means a frame (or the writer's
+        close) arrived meanwhile: read instead of sleeping. While armed, the writer
+        rings our doorbell on every frame it publishes."""
         hdr = self._hdr
         hdr[_READER_WAITING] = 1
         self._fence.full()
@@ -521,14 +533,14 @@ class RingReader(_End):
             frame = self.try_read()
             if frame is not None:
                 return frame
-            if self._spin(spin):
+            if self.spin(spin):
                 continue
-            if self._arm():
+            if self.arm():
                 try:
                     self._check_peer()
                     self._sleep_blocking(deadline, "a frame")
                 finally:
-                    self._hdr[_READER_WAITING] = 0
+                    self.disarm()
 
     async def read(self, spin: float = 0.0) -> Frame:
         """The next frame, awaiting until one arrives (optionally spinning first)."""
@@ -536,14 +548,17 @@ class RingReader(_End):
             frame = self.try_read()
             if frame is not None:
                 return frame
-            if self._spin(spin):
+            if self.spin(spin):
                 continue
-            if self._arm():
+            if self.arm():
                 try:
                     self._check_peer()
                     await self._sleep_async()
                 finally:
-                    self._hdr[_READER_WAITING] = 0
+                    self.disarm()
+
+    def disarm(self) -> None:
+        self._hdr[_READER_WAITING] = 0
 
     def close(self) -> None:
         """Tell the writer nothing more will be read; its writes raise :class:`RingClosed`."""

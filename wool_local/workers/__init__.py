@@ -1,0 +1,27 @@
+"""Worker processes and the hub's pool: zygote, worker service, scheduling, dispatch.
+
+Knows tasks (callables, arguments, results) but nothing of the ``@routine``
+decorator that sits above it.
+"""
+
+from .dispatch import Dispatcher
+from .errors import PoolClosed, WorkerCrashed
+from .payload import RemoteError, RemoteTraceback, UnpicklableError
+from .pool import Pool
+from .worker import current_dispatcher, get_dispatcher
+from .zygote import ThreadedForkWarning
+from .zygote import main_has as zygote_main_has
+
+__all__ = [
+    "Dispatcher",
+    "Pool",
+    "PoolClosed",
+    "RemoteError",
+    "RemoteTraceback",
+    "ThreadedForkWarning",
+    "UnpicklableError",
+    "WorkerCrashed",
+    "current_dispatcher",
+    "get_dispatcher",
+    "zygote_main_has",
+]

@@ -1,0 +1,1123 @@
+#!/usr/bin/env python3
+"""Benchmark: wool_local shared-memory rings against os.pipe and multiprocessing.Pipe.
+
+What is measured (all in one run, on one machine, parent and one forked child per case)
+    1. Small-frame round trip. The parent sends a 64-byte frame, the child sends it straight
+       back, and the parent times the whole exchange with ``time.perf_counter_ns``; median
+       and p99 over ``--rounds`` round trips after ``--warmup`` untimed ones. Transports:
+
+       ring spin=0          wool_local channel, blocking API (``write_blocking`` /
+                            ``read_blocking``), both sides go to sleep on the eventfd at once.
+       ring spin=20us       the same with the default bounded spin (20 us) before sleeping,
+                            so a peer that answers quickly is never slept on ("peer awake").
+       ring async ...       the parent drives the ring from a coroutine on a uvloop loop
+                            (``await writer.write`` / ``await reader.read(spin=...)``); the
+                            child stays on the blocking API with the same spin.
+       os.pipe              two pipes, blocking ``os.write`` / ``os.read`` of exactly 64 bytes
+                            (no length prefix: the pipe's most favourable framing).
+       mp.Pipe              ``multiprocessing.get_context("fork").Pipe()`` (a duplex
+                            socketpair), ``send_bytes`` / ``recv_bytes``.
+
+       Each transport runs in three placements: unpinned (the scheduler decides), the whole
+       process tree pinned to the first allowed CPU (``os.sched_setaffinity`` before fork, so
+       the peers must take turns), and parent / child pinned to two different CPUs. "Peer
+       awake" means the unpinned and cross-CPU placements with spinning: the answer arrives
+       while the waiter still spins, so nobody pays for a sleep and a wake-up.
+       "parent CPU us/rt" is the parent's CPU time per timed round trip; spinning shows there.
+
+    2. Bulk transfer. The parent sends a 1 MiB and a 64 MiB ``bytes`` payload; the child
+       materialises a real ``bytes`` object from what it received (as user code would: the
+       ring's zero-copy view is copied out with ``bytes(frame.data)``) and sends that back;
+       the parent materialises the echo the same way. Median (and min) round-trip time and
+       GB/s = 2 x size / median round trip (1 GB = 1e9 bytes). Every echo is compared with the
+       payload outside the timed region. Transports: the ring (frames above ``inline_max``
+       travel through a one-off spill segment), os.pipe with an 8-byte length prefix, writes
+       in 1 MiB chunks and reads through ``io.BufferedReader.read(n)`` (which reads straight
+       into the result, the cheapest way to get ``bytes`` off a pipe), and mp.Pipe
+       ``send_bytes`` / ``recv_bytes``. Transfers run unpinned.
+
+    "vs fastest" is the median divided by the best median of the same placement (section 1)
+    or size (section 2): 1.00x is the fastest entry.
+
+Why
+    The pool moves every task and result through these rings. This checks the two design
+    targets side by side with what Python offers out of the box: a small-frame round trip at
+    least 10x faster than os.pipe when the peer is awake, and 64 MiB throughput at least 5x
+    that of multiprocessing.Pipe.
+
+Fairness and safety
+    Every case forks its child through the same harness; only the transport differs. The
+    baselines use plain blocking calls with no per-call ``poll()``, so they are measured at
+    their best; a hang there is caught by a per-case interval timer (SIGALRM) in the parent,
+    by EOF when the child exits, and by an ``alarm()`` backstop that ends a stuck child. Ring
+    calls carry their own timeouts. Garbage collection is off in timed regions. Every child
+    is reaped (SIGKILL after a grace period), every descriptor closed, and the channel's
+    shared-memory name is unlinked right after creation (the mapping is inherited by fork),
+    so nothing stays in /dev/shm; a check at the end reports leftovers and leaked fds.
+
+Usage
+    python scripts/bench_ipc.py [--quick] [--rounds N] [--warmup N] [--json PATH]
+
+The exit status is 1 if a case failed or the cleanup check found something; a missed target
+is reported, not turned into a failure.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import asyncio
+import fcntl
+import gc
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import select
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+# Benchmark the working tree this script lives in, whether or not the package is installed.
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import uvloop  # noqa: E402
+
+import wool_local  # noqa: E402
+from wool_local.ipc import Channel, ChannelEnd, RingClosed  # noqa: E402
+from wool_local.ipc.ring import DEFAULT_SPIN  # noqa: E402
+from wool_local.ipc.segment import owned_leftovers  # noqa: E402
+
+KiB = 1 << 10
+MiB = 1 << 20
+FRAME_SIZE = 64
+PIPE_CHUNK = 1 * MiB
+_LENGTH = struct.Struct("<Q")
+
+# Targets the design promises (see the module docstring).
+TARGET_SMALL_VS_PIPE = 10.0
+TARGET_BULK_VS_MP = 5.0
+BULK_TARGET_SIZE = 64 * MiB
+
+
+class EchoError(Exception):
+    """The peer answered with something other than what was sent, or hung up early."""
+
+
+class CaseTimeout(Exception):
+    """A case exceeded its wall-clock limit (raised from the SIGALRM watchdog)."""
+
+
+# -- transports ------------------------------------------------------------------------------
+
+
+class Transport(abc.ABC):
+    """One IPC mechanism between the parent and one forked child.
+
+    Created in the parent before ``fork``. Afterwards the child calls :meth:`open_child` and
+    one echo loop, which returns when the parent hangs up; the parent calls
+    :meth:`open_parent`, then :meth:`ping` or :meth:`roundtrip`. :meth:`close` releases this
+    process's share (idempotent); in the parent it is also the hang-up that ends the child.
+    """
+
+    def __init__(self, name: str, call_timeout: float) -> None:
+        self.name = name
+        self.call_timeout = call_timeout
+
+    @abc.abstractmethod
+    def open_parent(self, child_pid: int) -> None:
+        """Parent, after fork: keep the parent's ends, drop the child's."""
+
+    @abc.abstractmethod
+    def open_child(self) -> None:
+        """Child, after fork: keep the child's ends, drop the parent's."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release everything this process still holds."""
+
+    @abc.abstractmethod
+    def echo_frames(self, size: int) -> None:
+        """Child: send every small frame straight back until the parent hangs up."""
+
+    @abc.abstractmethod
+    def echo_payloads(self) -> None:
+        """Child: materialise each payload as ``bytes``, send that back; stop on hang-up."""
+
+    @abc.abstractmethod
+    def roundtrip(self, payload: bytes) -> bytes:
+        """Parent: send ``payload``, return the echo as a ``bytes`` object."""
+
+    @abc.abstractmethod
+    def _ping_loop(self, msg: bytes, count: int) -> list[int]:
+        """Parent: ``count`` timed round trips of ``msg``; nanoseconds each."""
+
+    def ping(self, msg: bytes, warmup: int, rounds: int) -> tuple[list[int], int]:
+        """Warm up, then time ``rounds`` round trips; return (ns each, parent CPU ns)."""
+        self._ping_loop(msg, warmup)
+        cpu = time.process_time_ns()
+        latencies = self._ping_loop(msg, rounds)
+        return latencies, time.process_time_ns() - cpu
+
+
+def _check_echo(got: int, want: int) -> None:
+    if got != want:
+        raise EchoError(f"sent {want} bytes, got {got} back")
+
+
+class RingTransport(Transport):
+    """A wool_local channel; the parent takes side 0, the child side 1."""
+
+    def __init__(
+        self, name: str, call_timeout: float, *, spin: float, use_async: bool = False
+    ) -> None:
+        super().__init__(name, call_timeout)
+        self.spin = spin
+        self.use_async = use_async
+        self._chan: Channel | None = Channel.create()
+        # Both processes inherit the mapping across fork, so the name can go at once: nothing
+        # is left in /dev/shm whatever happens to either process.
+        self._chan.segment.unlink()
+        self._end: ChannelEnd | None = None
+
+    def _take(self, side: int, peer_pid: int) -> None:
+        assert self._chan is not None
+        self._end = self._chan.end(side, peer_pid=peer_pid)
+        self._chan = None  # the end owns the mapping and the doorbells now
+
+    def open_parent(self, child_pid: int) -> None:
+        self._take(0, child_pid)
+
+    def open_child(self) -> None:
+        self._take(1, os.getppid())
+
+    def close(self) -> None:
+        if self._end is not None:
+            end, self._end = self._end, None
+            end.close()  # tells the peer (RingClosed after draining), then frees
+        if self._chan is not None:
+            chan, self._chan = self._chan, None
+            chan.close()
+
+    def _rings(self) -> ChannelEnd:
+        if self._end is None:
+            raise RuntimeError("transport is not open")
+        return self._end
+
+    def echo_frames(self, size: int) -> None:
+        end = self._rings()
+        reader, writer = end.reader, end.writer
+        spin, timeout = self.spin, self.call_timeout
+        while True:
+            try:
+                frame = reader.read_blocking(timeout, spin=spin)
+            except RingClosed:
+                return
+            writer.write_blocking(frame.data, timeout)  # echo straight from ring memory
+            frame.release()
+
+    def echo_payloads(self) -> None:
+        end = self._rings()
+        reader, writer = end.reader, end.writer
+        spin, timeout = self.spin, self.call_timeout
+        while True:
+            try:
+                frame = reader.read_blocking(timeout, spin=spin)
+            except RingClosed:
+                return
+            data = bytes(frame.data)
+            frame.release()
+            writer.write_blocking(data, timeout)
+
+    def roundtrip(self, payload: bytes) -> bytes:
+        end = self._rings()
+        end.writer.write_blocking(payload, self.call_timeout)
+        frame = end.reader.read_blocking(self.call_timeout, spin=self.spin)
+        try:
+            return bytes(frame.data)
+        finally:
+            frame.release()
+
+    def _ping_loop(self, msg: bytes, count: int) -> list[int]:
+        end = self._rings()
+        reader, writer = end.reader, end.writer
+        spin, timeout = self.spin, self.call_timeout
+        perf = time.perf_counter_ns
+        want = len(msg)
+        latencies = [0] * count
+        for i in range(count):
+            start = perf()
+            writer.write_blocking(msg, timeout)
+            frame = reader.read_blocking(timeout, spin=spin)
+            got = frame.data.nbytes
+            frame.release()
+            latencies[i] = perf() - start
+            _check_echo(got, want)
+        return latencies
+
+    def ping(self, msg: bytes, warmup: int, rounds: int) -> tuple[list[int], int]:
+        if not self.use_async:
+            return super().ping(msg, warmup, rounds)
+        # One loop for warm-up and timed rounds, so the doorbell registers with it only once.
+        loop = uvloop.new_event_loop()
+        try:
+            bounded = asyncio.wait_for(self._ping_async(msg, warmup, rounds), self.call_timeout)
+            return loop.run_until_complete(bounded)
+        finally:
+            loop.close()
+
+    async def _ping_async(self, msg: bytes, warmup: int, rounds: int) -> tuple[list[int], int]:
+        end = self._rings()
+        reader, writer = end.reader, end.writer
+        spin = self.spin
+        perf = time.perf_counter_ns
+        want = len(msg)
+
+        async def run(count: int) -> list[int]:
+            latencies = [0] * count
+            for i in range(count):
+                start = perf()
+                await writer.write(msg)
+                frame = await reader.read(spin=spin)
+                got = frame.data.nbytes
+                frame.release()
+                latencies[i] = perf() - start
+                _check_echo(got, want)
+            return latencies
+
+        await run(warmup)
+        cpu = time.process_time_ns()
+        latencies = await run(rounds)
+        return latencies, time.process_time_ns() - cpu
+
+
+class PipeTransport(Transport):
+    """Two anonymous pipes, one per direction, used with blocking reads and writes."""
+
+    def __init__(self, name: str, call_timeout: float) -> None:
+        super().__init__(name, call_timeout)
+        self._p2c = os.pipe()
+        try:
+            self._c2p = os.pipe()
+        except BaseException:
+            for fd in self._p2c:
+                os.close(fd)
+            raise
+        self._fds: set[int] = {*self._p2c, *self._c2p}
+        self._rfd = self._wfd = -1
+        self._rfile: io.BufferedReader | None = None
+
+    def _keep(self, rfd: int, wfd: int) -> None:
+        for fd in self._fds - {rfd, wfd}:
+            os.close(fd)
+        self._fds = {rfd, wfd}
+        self._rfd, self._wfd = rfd, wfd
+
+    def open_parent(self, child_pid: int) -> None:
+        self._keep(self._c2p[0], self._p2c[1])
+
+    def open_child(self) -> None:
+        self._keep(self._p2c[0], self._c2p[1])
+
+    def close(self) -> None:
+        if self._rfile is not None:
+            self._rfile.close()  # closefd=False: the descriptor is closed below
+            self._rfile = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = set()
+
+    def echo_frames(self, size: int) -> None:
+        rfd, wfd = self._rfd, self._wfd
+        while data := os.read(rfd, size):
+            os.write(wfd, data)
+
+    def _write_all(self, buf: memoryview) -> None:
+        while buf:
+            buf = buf[os.write(self._wfd, buf) :]
+
+    def _send(self, payload: bytes) -> None:
+        view = memoryview(payload)
+        self._write_all(memoryview(_LENGTH.pack(len(view))))
+        for pos in range(0, len(view), PIPE_CHUNK):
+            self._write_all(view[pos : pos + PIPE_CHUNK])
+
+    def _recv(self) -> bytes | None:
+        """The next length-prefixed payload, or None at a clean end of stream."""
+        if self._rfile is None:
+            self._rfile = open(self._rfd, "rb", closefd=False)  # closed in close()
+        header = self._rfile.read(_LENGTH.size)
+        if not header:
+            return None
+        if len(header) != _LENGTH.size:
+            raise EchoError("stream ended inside a length prefix")
+        (size,) = _LENGTH.unpack(header)
+        data = self._rfile.read(size)
+        _check_echo(len(data), size)
+        return data
+
+    def echo_payloads(self) -> None:
+        while (data := self._recv()) is not None:
+            self._send(data)
+
+    def roundtrip(self, payload: bytes) -> bytes:
+        self._send(payload)
+        data = self._recv()
+        if data is None:
+            raise EchoError("the child hung up")
+        return data
+
+    def _ping_loop(self, msg: bytes, count: int) -> list[int]:
+        read, write = os.read, os.write
+        rfd, wfd = self._rfd, self._wfd
+        perf = time.perf_counter_ns
+        want = len(msg)
+        latencies = [0] * count
+        for i in range(count):
+            start = perf()
+            write(wfd, msg)
+            got = len(read(rfd, want))
+            latencies[i] = perf() - start
+            _check_echo(got, want)
+        return latencies
+
+
+class MpPipeTransport(Transport):
+    """``multiprocessing.get_context("fork").Pipe()``: a duplex socketpair of Connections."""
+
+    def __init__(self, name: str, call_timeout: float) -> None:
+        super().__init__(name, call_timeout)
+        ctx = multiprocessing.get_context("fork")
+        self._parent_conn, self._child_conn = ctx.Pipe()
+        self._conn: Connection | None = None
+
+    def open_parent(self, child_pid: int) -> None:
+        self._child_conn.close()
+        self._conn = self._parent_conn
+
+    def open_child(self) -> None:
+        self._parent_conn.close()
+        self._conn = self._child_conn
+
+    def close(self) -> None:
+        self._parent_conn.close()  # Connection.close is idempotent
+        self._child_conn.close()
+        self._conn = None
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            raise RuntimeError("transport is not open")
+        return self._conn
+
+    def echo_frames(self, size: int) -> None:
+        conn = self._connection()
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except EOFError:
+                return
+            conn.send_bytes(data)
+
+    def echo_payloads(self) -> None:
+        self.echo_frames(0)  # recv_bytes already returns a fresh bytes object
+
+    def roundtrip(self, payload: bytes) -> bytes:
+        conn = self._connection()
+        conn.send_bytes(payload)
+        return conn.recv_bytes()
+
+    def _ping_loop(self, msg: bytes, count: int) -> list[int]:
+        conn = self._connection()
+        send, recv = conn.send_bytes, conn.recv_bytes
+        perf = time.perf_counter_ns
+        want = len(msg)
+        latencies = [0] * count
+        for i in range(count):
+            start = perf()
+            send(msg)
+            got = len(recv())
+            latencies[i] = perf() - start
+            _check_echo(got, want)
+        return latencies
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named way to build a transport (built fresh, before fork, for every case)."""
+
+    name: str
+    make: Callable[[float], Transport]
+
+
+def _ring(name: str, spin: float, use_async: bool = False) -> Variant:
+    def make(call_timeout: float) -> Transport:
+        return RingTransport(name, call_timeout, spin=spin, use_async=use_async)
+
+    return Variant(name, make)
+
+
+def _baseline(name: str, cls: type[PipeTransport] | type[MpPipeTransport]) -> Variant:
+    return Variant(name, lambda call_timeout: cls(name, call_timeout))
+
+
+SPIN_NAME = f"{DEFAULT_SPIN * 1e6:g}us"
+RING_SPIN = f"ring spin={SPIN_NAME}"  # the "peer awake" ring variant the target is checked on
+RING_ASYNC_SPIN = f"ring async spin={SPIN_NAME}"
+PIPE = "os.pipe"
+MP_PIPE = "mp.Pipe"
+RING = "ring"
+
+PING_VARIANTS: list[Variant] = [
+    _ring("ring spin=0", 0.0),
+    _ring(RING_SPIN, DEFAULT_SPIN),
+    _ring("ring async spin=0", 0.0, use_async=True),
+    _ring(RING_ASYNC_SPIN, DEFAULT_SPIN, use_async=True),
+    _baseline(PIPE, PipeTransport),
+    _baseline(MP_PIPE, MpPipeTransport),
+]
+
+TRANSFER_VARIANTS: list[Variant] = [
+    _ring(RING, DEFAULT_SPIN),
+    _baseline(PIPE, PipeTransport),
+    _baseline(MP_PIPE, MpPipeTransport),
+]
+
+
+# -- process harness -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """CPU affinity for parent and child; None means "all allowed CPUs" / "inherit"."""
+
+    name: str
+    parent_cpus: frozenset[int] | None
+    child_cpus: frozenset[int] | None
+    peer_awake: bool  # both processes can run at once, so a spinning waiter sees the answer
+
+
+def make_placements() -> list[Placement]:
+    """Unpinned, the whole tree on one CPU, and parent/child on two CPUs (if allowed)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    first = frozenset(cpus[:1])
+    placements = [
+        Placement("unpinned", None, None, peer_awake=len(cpus) > 1),
+        Placement(f"1 cpu (cpu{cpus[0]})", first, None, peer_awake=False),
+    ]
+    if len(cpus) > 1:
+        name = f"split (cpu{cpus[0]}/cpu{cpus[1]})"
+        placements.append(Placement(name, first, frozenset(cpus[1:2]), peer_awake=True))
+    return placements
+
+
+UNPINNED = Placement("unpinned", None, None, peer_awake=True)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep every case from hanging."""
+
+    call_timeout: float  # each blocking ring call; also the async ping loop as a whole
+    case_timeout: float  # the parent's whole case (SIGALRM watchdog)
+    grace: float  # how long a child may take to exit after the parent hangs up
+
+
+@contextmanager
+def watchdog(seconds: float) -> Iterator[None]:
+    """Raise :class:`CaseTimeout` in the main thread if the block runs over ``seconds``."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise CaseTimeout(f"case ran over {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def reap(pid: int, grace: float) -> int:
+    """Wait up to ``grace`` seconds for ``pid`` to exit, else SIGKILL it; its exit code."""
+    fd = os.pidfd_open(pid)
+    try:
+        if not select.select([fd], [], [], grace)[0]:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _child_main(
+    transport: Transport,
+    serve: Callable[[Transport], None],
+    cpus: frozenset[int] | None,
+    limits: Limits,
+) -> NoReturn:
+    """Body of every forked child; never returns (always ``os._exit``)."""
+    code = 1
+    try:
+        # Inherited: the parent's watchdog handler. A stuck child is simply ended instead.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(math.ceil(limits.case_timeout + limits.grace) + 5)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        gc.disable()
+        transport.open_child()
+        serve(transport)
+        transport.close()
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)  # closes whatever is left; skips atexit and inherited stdio buffers
+
+
+class Harness:
+    """Runs cases in forked children and keeps the books for the final cleanup check."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.child_pids: list[int] = []
+        self.reaped = 0
+
+    def run(
+        self,
+        variant: Variant,
+        placement: Placement,
+        serve: Callable[[Transport], None],
+        measure: Callable[[Transport], Any],
+    ) -> Any:
+        """Fork a child running ``serve``; return ``measure(transport)`` from the parent."""
+        original_cpus = os.sched_getaffinity(0)
+        failed = True
+        pid = -1
+        transport = variant.make(self.limits.call_timeout)
+        try:
+            os.sched_setaffinity(0, placement.parent_cpus or original_cpus)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child_main(transport, serve, placement.child_cpus, self.limits)
+            self.child_pids.append(pid)
+            transport.open_parent(pid)
+            with watchdog(self.limits.case_timeout):
+                result = measure(transport)
+            failed = False
+        finally:
+            status = 0
+            try:
+                transport.close()  # the hang-up that ends the child's echo loop
+            finally:
+                if pid > 0:
+                    status = reap(pid, 0.2 if failed else self.limits.grace)
+                    self.reaped += 1
+                os.sched_setaffinity(0, original_cpus)
+        if status != 0:
+            raise RuntimeError(f"child exited with status {status}")
+        return result
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Keep the cyclic garbage collector out of timed regions."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+
+@dataclass
+class PingResult:
+    """Small-frame round trips of one transport in one placement; times in microseconds."""
+
+    transport: str
+    placement: str
+    rounds: int
+    median_us: float | None = None
+    p99_us: float | None = None
+    min_us: float | None = None
+    mean_us: float | None = None
+    max_us: float | None = None
+    parent_cpu_us_per_rt: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class TransferResult:
+    """Echo round trips of one payload size over one transport."""
+
+    transport: str
+    size: int
+    iterations: int
+    median_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    gb_per_s: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def _percentile(ordered: Sequence[int], q: float) -> int:
+    """Nearest-rank percentile of an ascending sequence."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_ping(
+    harness: Harness, variant: Variant, placement: Placement, rounds: int, warmup: int
+) -> PingResult:
+    """Small-frame ping-pong for one (transport, placement)."""
+    result = PingResult(variant.name, placement.name, rounds)
+    msg = os.urandom(FRAME_SIZE)
+
+    def serve(transport: Transport) -> None:
+        transport.echo_frames(FRAME_SIZE)
+
+    def measure(transport: Transport) -> tuple[list[int], int]:
+        with gc_paused():
+            return transport.ping(msg, warmup, rounds)
+
+    try:
+        latencies, cpu_ns = harness.run(variant, placement, serve, measure)
+    except Exception as exc:
+        result.error = _describe(exc)
+        return result
+    ordered = sorted(latencies)
+    result.median_us = statistics.median(ordered) / 1e3
+    result.p99_us = _percentile(ordered, 0.99) / 1e3
+    result.min_us = ordered[0] / 1e3
+    result.mean_us = statistics.fmean(ordered) / 1e3
+    result.max_us = ordered[-1] / 1e3
+    result.parent_cpu_us_per_rt = cpu_ns / rounds / 1e3
+    return result
+
+
+def run_transfer(
+    harness: Harness, variant: Variant, payload: bytes, iterations: int, warmup: int
+) -> TransferResult:
+    """Bulk echo of ``payload`` for one transport (unpinned)."""
+    result = TransferResult(variant.name, len(payload), iterations)
+
+    def serve(transport: Transport) -> None:
+        transport.echo_payloads()
+
+    def measure(transport: Transport) -> list[int]:
+        perf = time.perf_counter_ns
+        samples: list[int] = []
+        for i in range(warmup + iterations):
+            with gc_paused():
+                start = perf()
+                echoed = transport.roundtrip(payload)
+                elapsed = perf() - start
+            if echoed != payload:  # outside the timed region
+                raise EchoError(f"echo of {len(payload)} bytes differs")
+            del echoed
+            if i >= warmup:
+                samples.append(elapsed)
+        return samples
+
+    try:
+        samples = harness.run(variant, UNPINNED, serve, measure)
+    except Exception as exc:
+        result.error = _describe(exc)
+        return result
+    median_ns = statistics.median(samples)
+    result.samples_ms = [s / 1e6 for s in samples]
+    result.median_ms = median_ns / 1e6
+    result.min_ms = min(samples) / 1e6
+    result.max_ms = max(samples) / 1e6
+    result.gb_per_s = 2 * len(payload) / median_ns  # bytes per ns == GB/s
+    return result
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(value: float | None, best: float | None) -> str:
+    return "-" if value is None or not best else f"{value / best:.2f}x"
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str] | None]) -> None:
+    """Left-align the first two columns, right-align the rest; None rows become separators."""
+    real = [r for r in rows if r is not None]
+    widths = [max(len(h), *(len(r[i]) for r in real)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    print(f"\n{title}")
+    print(line(headers))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("" if row is None else line(row))
+
+
+def print_ping_table(results: list[PingResult], placements: list[Placement], rounds: int) -> None:
+    headers = ["placement", "transport", "median us", "p99 us", "vs fastest", "parent CPU us/rt"]
+    rows: list[list[str] | None] = []
+    for placement in placements:
+        group = [r for r in results if r.placement == placement.name]
+        best = min((r.median_us for r in group if r.median_us is not None), default=None)
+        if rows:
+            rows.append(None)
+        for r in group:
+            cells = [
+                r.placement,
+                r.transport,
+                _fmt(r.median_us, 1),
+                _fmt(r.p99_us, 1),
+                _ratio(r.median_us, best),
+                _fmt(r.parent_cpu_us_per_rt, 1),
+            ]
+            if r.error:
+                cells[-1] += f"  ERROR {r.error}"
+            rows.append(cells)
+    print_table(
+        f"1. Round trip of a {FRAME_SIZE}-byte frame ({rounds} round trips per row)",
+        headers,
+        rows,
+    )
+
+
+def _size_name(size: int) -> str:
+    return f"{size // MiB} MiB" if size >= MiB else f"{size // KiB} KiB"
+
+
+def print_transfer_table(results: list[TransferResult]) -> None:
+    headers = ["size", "transport", "iters", "median ms", "min ms", "GB/s", "vs fastest"]
+    rows: list[list[str] | None] = []
+    for size in sorted({r.size for r in results}):
+        group = [r for r in results if r.size == size]
+        best = min((r.median_ms for r in group if r.median_ms is not None), default=None)
+        if rows:
+            rows.append(None)
+        for r in group:
+            cells = [
+                _size_name(r.size),
+                r.transport,
+                str(r.iterations),
+                _fmt(r.median_ms, 2),
+                _fmt(r.min_ms, 2),
+                _fmt(r.gb_per_s, 2),
+                _ratio(r.median_ms, best),
+            ]
+            if r.error:
+                cells[-1] += f"  ERROR {r.error}"
+            rows.append(cells)
+    print_table(
+        "2. Echo of a bytes payload, materialised as bytes on both sides (unpinned; "
+        "GB/s = 2 x size / median)",
+        headers,
+        rows,
+    )
+
+
+@dataclass
+class TargetCheck:
+    """One design target, what was measured against it, and whether it holds."""
+
+    target: str
+    required: float
+    measured: dict[str, float | None]
+    met: bool
+
+
+def check_targets(
+    pings: list[PingResult], transfers: list[TransferResult], placements: list[Placement]
+) -> list[TargetCheck]:
+    """Ratios behind the two targets; a target is met only if every measured ratio holds."""
+
+    def ping_median(transport: str, placement: str) -> float | None:
+        for r in pings:
+            if r.transport == transport and r.placement == placement:
+                return r.median_us
+        return None
+
+    small: dict[str, float | None] = {}
+    for placement in placements:
+        if not placement.peer_awake:
+            continue
+        ring = ping_median(RING_SPIN, placement.name)
+        pipe = ping_median(PIPE, placement.name)
+        small[placement.name] = pipe / ring if ring and pipe else None
+
+    def gbps(transport: str) -> float | None:
+        for r in transfers:
+            if r.transport == transport and r.size == BULK_TARGET_SIZE:
+                return r.gb_per_s
+        return None
+
+    ring_gbps, mp_gbps = gbps(RING), gbps(MP_PIPE)
+    bulk = {_size_name(BULK_TARGET_SIZE): ring_gbps / mp_gbps if ring_gbps and mp_gbps else None}
+
+    def met(measured: dict[str, float | None], required: float) -> bool:
+        return bool(measured) and all(v is not None and v >= required for v in measured.values())
+
+    return [
+        TargetCheck(
+            f"{FRAME_SIZE}-byte round trip, {RING_SPIN} vs os.pipe, peer awake (median)",
+            TARGET_SMALL_VS_PIPE,
+            small,
+            met(small, TARGET_SMALL_VS_PIPE),
+        ),
+        TargetCheck(
+            f"{_size_name(BULK_TARGET_SIZE)} throughput, ring vs mp.Pipe",
+            TARGET_BULK_VS_MP,
+            bulk,
+            met(bulk, TARGET_BULK_VS_MP),
+        ),
+    ]
+
+
+def print_targets(checks: list[TargetCheck]) -> None:
+    print("\nTargets")
+    for check in checks:
+        parts = ", ".join(
+            f"{where} {'-' if ratio is None else f'{ratio:.1f}x'}"
+            for where, ratio in check.measured.items()
+        )
+        verdict = "MET" if check.met else "MISSED"
+        print(f"  {check.target}: {parts} (need >= {check.required:g}x) -> {verdict}")
+
+
+# -- machine details and cleanup check -------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(_ROOT), *args], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _pipe_buffer_size() -> int | None:
+    rfd, wfd = os.pipe()
+    try:
+        return fcntl.fcntl(wfd, fcntl.F_GETPIPE_SZ)
+    except OSError:
+        return None
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers depend on."""
+    status = _git("status", "--porcelain")
+    return {
+        "cpu_model": _cpu_model(),
+        "nproc": os.cpu_count(),
+        "allowed_cpus": sorted(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "kernel_version": platform.version(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "packages": {
+            "wool_local": getattr(wool_local, "__version__", None),
+            "uvloop": uvloop.__version__,
+            "msgspec": _version("msgspec"),
+            "posix_ipc": _version("posix_ipc"),
+            "psutil": _version("psutil"),
+        },
+        "wool_local_path": str(Path(wool_local.__file__).resolve().parent),
+        "git_head": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "pipe_buffer_bytes": _pipe_buffer_size(),
+    }
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def cleanup_report(harness: Harness, fds_before: set[int]) -> dict[str, Any]:
+    """Children left unreaped, descriptors leaked, /dev/shm entries left by this run."""
+    ours = {os.getpid(), *harness.child_pids}
+    shm_left = [name for name, pid, _ in owned_leftovers() if pid in ours]
+    try:
+        unreaped = os.waitpid(-1, os.WNOHANG) != (0, 0)
+    except ChildProcessError:
+        unreaped = False  # no children at all
+    # Compare after a collection, so a descriptor only a dead object holds is not counted.
+    gc.collect()
+    leaked = sorted(_open_fds() - fds_before)
+    return {
+        "children_forked": len(harness.child_pids),
+        "children_reaped": harness.reaped,
+        "children_left": unreaped or harness.reaped != len(harness.child_pids),
+        "leaked_fds": leaked,
+        "shm_leftovers": shm_left,
+    }
+
+
+def print_cleanup(report: dict[str, Any]) -> bool:
+    ok = not (report["children_left"] or report["leaked_fds"] or report["shm_leftovers"])
+    print(
+        f"\nCleanup: {report['children_reaped']}/{report['children_forked']} children reaped, "
+        f"leaked fds: {report['leaked_fds'] or 'none'}, "
+        f"/dev/shm entries left by this run: {report['shm_leftovers'] or 'none'}"
+        f" -> {'OK' if ok else 'PROBLEM'}"
+    )
+    return ok
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    size: int
+    iterations: int
+    warmup: int
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run both sections, print the tables and the checks."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run (~10-20 s)")
+    parser.add_argument("--rounds", type=int, help="timed round trips per ping row")
+    parser.add_argument("--warmup", type=int, help="untimed round trips before each ping row")
+    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    parser.add_argument(
+        "--call-timeout", type=float, default=10.0, help="seconds per blocking call (10)"
+    )
+    parser.add_argument(
+        "--case-timeout", type=float, default=60.0, help="seconds per case before abort (60)"
+    )
+    args = parser.parse_args(argv)
+
+    rounds = args.rounds or (500 if args.quick else 5000)
+    warmup = args.warmup if args.warmup is not None else (100 if args.quick else 500)
+    specs = (
+        [TransferSpec(MiB, 5, 1), TransferSpec(64 * MiB, 2, 1)]
+        if args.quick
+        else [TransferSpec(MiB, 20, 2), TransferSpec(64 * MiB, 5, 1)]
+    )
+    limits = Limits(args.call_timeout, args.case_timeout, grace=5.0)
+
+    # libuv opens a process-wide pipe with the first loop and keeps it for good; open it now so
+    # the descriptor check below only counts what this script leaks.
+    uvloop.new_event_loop().close()
+    fds_before = _open_fds()
+    started = time.monotonic()
+    machine = machine_info()
+    print(
+        f"wool_local ipc benchmark{' (quick)' if args.quick else ''}: {machine['cpu_model']}, "
+        f"{machine['nproc']} CPUs (allowed {machine['allowed_cpus']}), "
+        f"kernel {machine['kernel']}, Python {machine['python']}, uvloop {uvloop.__version__}"
+    )
+
+    harness = Harness(limits)
+    placements = make_placements()
+    pings = [
+        run_ping(harness, variant, placement, rounds, warmup)
+        for placement in placements
+        for variant in PING_VARIANTS
+    ]
+    print_ping_table(pings, placements, rounds)
+
+    transfers: list[TransferResult] = []
+    for spec in specs:
+        payload = os.urandom(spec.size)
+        for variant in TRANSFER_VARIANTS:
+            transfers.append(run_transfer(harness, variant, payload, spec.iterations, spec.warmup))
+        del payload
+    print_transfer_table(transfers)
+
+    checks = check_targets(pings, transfers, placements)
+    print_targets(checks)
+    cleanup = cleanup_report(harness, fds_before)
+    clean = print_cleanup(cleanup)
+    elapsed = time.monotonic() - started
+    print(f"Total {elapsed:.1f} s")
+
+    if args.json:
+        document = {
+            "machine": machine,
+            "settings": {
+                "quick": args.quick,
+                "frame_size": FRAME_SIZE,
+                "rounds": rounds,
+                "warmup": warmup,
+                "transfers": [asdict(s) for s in specs],
+                "limits": asdict(limits),
+                "default_spin_s": DEFAULT_SPIN,
+                "pipe_chunk": PIPE_CHUNK,
+            },
+            "ping": [asdict(r) for r in pings],
+            "transfer": [asdict(r) for r in transfers],
+            "targets": [asdict(c) for c in checks],
+            "cleanup": cleanup,
+            "elapsed_s": elapsed,
+        }
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(document, fh, indent=2)
+        print(f"Results written to {args.json}")
+
+    failed = any(r.error for r in pings) or any(r.error for r in transfers)
+    return 1 if failed or not clean else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

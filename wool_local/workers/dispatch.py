@@ -1,0 +1,282 @@
+"""The calling side of dispatch, shared by the hub (to workers) and workers (to the hub).
+
+A :class:`Dispatcher` turns ``call(fn, args, kwargs)`` into a ``Call`` message
+to a :class:`Target` and the matching ``Reply`` back into a result or an
+exception, and ``stream(...)`` into a pull-based async generator whose every
+step is one ``Step``/``Reply`` exchange. Subclasses say where calls go
+(:meth:`Dispatcher._acquire`): the hub schedules them over its workers, a
+worker sends them up to the hub.
+
+State machine of one dispatch, as the caller sees it::
+
+    acquire target ─► Call sent ─► awaiting Reply ─► RETURNED / RAISED ─► done
+                          │              │ caller cancelled
+                          │              ▼
+                          │        Cancel sent, caller gets CancelledError;
+                          │        entry kept until the worker's final Reply
+                          │        (or its death) so load accounting stays exact
+                          ▼
+               target died ─► WorkerCrashed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from . import payload, protocol
+from .protocol import (
+    CANCELLED,
+    CLOSE,
+    COROUTINE,
+    EXHAUSTED,
+    GENERATOR,
+    NEXT,
+    RAISED,
+    RETURNED,
+    SEND,
+    THROW,
+    YIELDED,
+    Call,
+    Cancel,
+    Reply,
+    Step,
+)
+
+
+class Target:
+    """Somewhere calls can be sent: one worker (hub side) or the hub (worker side)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.known_fns: set[int] = set()
+        self.load = 0  # requests sent and not yet answered
+        self.alive = True
+
+    def send(self, message: protocol.Message) -> None:
+        raise NotImplementedError
+
+
+class Pending:
+    """One outstanding request (or generator session) and who waits for its answer.
+
+    ``future`` is None once a local caller gave up; ``cancelled`` marks a
+    request whose Cancel was sent and whose final answer is still due.
+    """
+
+    __slots__ = ("cancelled", "future", "target")
+
+    def __init__(self, future: Any, target: Target) -> None:
+        self.future = future
+        self.target = target
+        self.cancelled = False
+
+
+class Dispatcher:
+    """Sends calls and streams to targets chosen by the subclass."""
+
+    #: Seconds a cancelled request may take to acknowledge before escalation.
+    cancel_grace: float = 5.0
+
+    def __init__(self, main_has: Callable[[Any], bool]) -> None:
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Pending] = {}
+        self._fn_cache: dict[int, tuple[Any, int]] = {}
+        self._main_has = main_has
+        #: Pickled callables by id, from this process or relayed from workers.
+        self.fn_defs: dict[int, bytes] = {}
+
+    # -- hooks -------------------------------------------------------------
+
+    async def _acquire(self) -> Target:
+        """A target with room for one more request (may wait)."""
+        raise NotImplementedError
+
+    def _answered(self, target: Target) -> None:
+        """A request to ``target`` was answered: it has room again."""
+
+    def _escalate(self, target: Target, request_id: int) -> None:
+        """A cancelled request was not acknowledged within :attr:`cancel_grace`."""
+
+    # -- sending -----------------------------------------------------------
+
+    def encode_fn(self, fn: Any) -> int:
+        """The id of ``fn``'s pickled form (pickled once per dispatcher)."""
+        entry = self._fn_cache.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1]
+        data = payload.dumps_callable(fn, self._main_has)
+        fid = payload.callable_id(data)
+        self.fn_defs[fid] = data
+        self._fn_cache[id(fn)] = (fn, fid)
+        return fid
+
+    def send_call(self, target: Target, call: Call) -> None:
+        """Send ``call``, attaching the callable's definition the first time ``target`` sees it."""
+        if call.fn not in target.known_fns:
+            call.fn_def = self.fn_defs[call.fn]
+            target.known_fns.add(call.fn)
+        else:
+            call.fn_def = None
+        target.load += 1
+        target.send(call)
+
+    def send_step(self, target: Target, step: Step) -> None:
+        target.load += 1
+        target.send(step)
+
+    # -- receiving ---------------------------------------------------------
+
+    def on_reply(self, reply: Reply) -> None:
+        pending = self._pending.get(reply.id)
+        if pending is None:
+            return  # late answer to something already failed
+        target = pending.target
+        target.load -= 1
+        if reply.status != YIELDED:
+            del self._pending[reply.id]
+        fut = pending.future
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+        self._answered(target)
+
+    def fail_target(self, target: Target, exc: BaseException) -> None:
+        """``target`` is gone: fail every request outstanding on it with ``exc``."""
+        target.alive = False
+        for rid, pending in list(self._pending.items()):
+            if pending.target is target:
+                del self._pending[rid]
+                fut = pending.future
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+        target.load = 0
+
+    def fail_all(self, exc: BaseException) -> None:
+        for rid, pending in list(self._pending.items()):
+            del self._pending[rid]
+            fut = pending.future
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
+    # -- the caller's API --------------------------------------------------
+
+    async def call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run ``fn(*args, **kwargs)`` (a coroutine function) remotely and return its result."""
+        fid = self.encode_fn(fn)
+        data = payload.dumps_args(args, kwargs, _name(fn))
+        target = await self._acquire()
+        rid = next(self._ids)
+        reply = await self._request(target, rid, Call(rid, fid, None, data))
+        return _outcome(reply, fn)
+
+    async def _request(self, target: Target, rid: int, message: Call | Step) -> Reply:
+        fut = asyncio.get_running_loop().create_future()
+        pending = self._pending.get(rid)
+        if pending is None:
+            pending = self._pending[rid] = Pending(fut, target)
+        else:
+            pending.future = fut
+        try:
+            if isinstance(message, Call):
+                self.send_call(target, message)
+            else:
+                self.send_step(target, message)
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if self._pending.get(rid) is pending:
+                pending.future = None
+                self.cancel_remote(pending, rid)
+            raise
+
+    def cancel_remote(self, pending: Pending, rid: int) -> None:
+        """Send Cancel for ``rid``; escalate if no final answer comes within the grace."""
+        target = pending.target
+        pending.cancelled = True
+        try:
+            target.send(Cancel(rid))
+        except Exception:
+            return
+
+        def check() -> None:
+            if self._pending.get(rid) is pending:
+                self._escalate(target, rid)
+
+        asyncio.get_running_loop().call_later(self.cancel_grace, check)
+
+    def stream(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncGenerator:
+        """Run the async generator function ``fn`` remotely, one step per pull."""
+        fid = self.encode_fn(fn)
+        data = payload.dumps_args(args, kwargs, _name(fn))
+        return self._stream(fn, fid, data)
+
+    async def _stream(self, fn: Any, fid: int, data: bytes) -> AsyncGenerator:
+        target: Target | None = None
+        rid = 0
+        op, value = NEXT, None
+        finished = False
+        try:
+            while True:
+                if target is None:
+                    target = await self._acquire()
+                    rid = next(self._ids)
+                    message: Call | Step = Call(rid, fid, None, data, GENERATOR, op, value)
+                else:
+                    message = Step(rid, op, value)
+                reply = await self._request(target, rid, message)
+                if reply.status != YIELDED:
+                    finished = True
+                    if reply.status == EXHAUSTED:
+                        return
+                    _outcome(reply, fn)
+                    return
+                item = payload.loads(reply.value or b"", f"a value yielded by {_name(fn)}")
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # athrow(): deliver it to the remote generator
+                    op, value = THROW, payload.dumps(exc, f"the exception thrown into {_name(fn)}")
+                else:
+                    if sent is None:
+                        op, value = NEXT, None
+                    else:
+                        op, value = SEND, payload.dumps(sent, f"the value sent to {_name(fn)}")
+        finally:
+            if target is not None and not finished and target.alive and rid in self._pending:
+                await self._close_remote(target, rid)
+
+    async def _close_remote(self, target: Target, rid: int) -> None:
+        """Close the remote generator (its ``finally`` runs there); bounded wait."""
+        # Only an idle session needs closing: a step cancelled mid-flight makes the
+        # worker close the generator itself and answer CANCELLED.
+        pending = self._pending[rid]
+        if pending.future is not None and pending.future.done():
+            try:
+                async with asyncio.timeout(self.cancel_grace):
+                    await self._request(target, rid, Step(rid, CLOSE))
+            except (TimeoutError, Exception):
+                pass
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def _outcome(reply: Reply, fn: Any) -> Any:
+    status = reply.status
+    if status == RETURNED:
+        return payload.loads(reply.value or b"", f"the result of {_name(fn)}")
+    if status == RAISED:
+        raise payload.loads_exception(reply.value or b"")
+    if status == CANCELLED:
+        raise asyncio.CancelledError(f"{_name(fn)} was cancelled in its worker")
+    raise protocol.ProtocolError(f"unexpected reply status {status}")
+
+
+__all__ = ["COROUTINE", "GENERATOR", "Dispatcher", "Pending", "Target"]

@@ -1,0 +1,121 @@
+"""Pickling of what crosses a process boundary: callables, arguments, results, exceptions.
+
+Plain pickle (protocol 5) first, because it is several times faster;
+cloudpickle when pickle cannot (lambdas, closures, classes defined in a
+function). What neither can send raises :class:`UnpicklableError`, naming the
+object, instead of failing somewhere deep in a worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import traceback
+from typing import Any
+
+import cloudpickle
+
+PROTOCOL = 5
+
+
+class UnpicklableError(TypeError):
+    """An argument, result or exception could not be sent between processes."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text (set as ``__cause__``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class RemoteError(Exception):
+    """Stands in for a worker exception that could not be pickled."""
+
+
+def dumps(obj: Any, what: str) -> bytes:
+    """Pickle ``obj``; ``what`` names it in the error ("argument 'x' of f", ...)."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(obj, PROTOCOL)
+    except Exception as exc:
+        raise UnpicklableError(f"cannot send {what} between processes: {exc}") from exc
+
+
+def loads(data: bytes | memoryview, what: str) -> Any:
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise UnpicklableError(f"cannot rebuild {what} in this process: {exc!r}") from exc
+
+
+def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn_name: str) -> bytes:
+    """Pickle a call's arguments; on failure, name the argument that cannot travel."""
+    try:
+        return dumps((args, kwargs), "")
+    except UnpicklableError as exc:
+        for i, arg in enumerate(args):
+            _check(arg, f"positional argument {i} ({type(arg).__name__}) of {fn_name}()")
+        for name, arg in kwargs.items():
+            _check(arg, f"argument {name!r} ({type(arg).__name__}) of {fn_name}()")
+        raise UnpicklableError(f"cannot send the arguments of {fn_name}(): {exc}") from None
+
+
+def _check(obj: Any, what: str) -> None:
+    dumps(obj, what)
+
+
+def callable_id(data: bytes) -> int:
+    """A stable 63-bit id for a pickled callable, the same in every process."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+
+
+def dumps_exception(exc: BaseException) -> bytes:
+    """Pickle an exception with its formatted traceback; never fails."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        return pickle.dumps((exc, text), PROTOCOL)
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps((exc, text), PROTOCOL)
+    except Exception as why:
+        stand_in = RemoteError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
+            f"(the original exception could not be pickled: {why})"
+        )
+        return pickle.dumps((stand_in, text), PROTOCOL)
+
+
+def loads_exception(data: bytes | memoryview) -> BaseException:
+    """Rebuild a worker's exception with its remote traceback as ``__cause__``."""
+    try:
+        exc, text = pickle.loads(data)
+    except Exception as why:
+        return RemoteError(f"a worker raised an exception that cannot be rebuilt here: {why!r}")
+    exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def dumps_callable(fn: Any, main_has: Any) -> bytes:
+    """Pickle a callable by reference where the receiver can import it, else by value.
+
+    A function of ``__main__`` goes by reference only if ``main_has(fn)``:
+    the zygote was forked with it, so every worker already has it.
+    """
+    if getattr(fn, "__module__", None) != "__main__" or main_has(fn):
+        try:
+            return pickle.dumps(fn, PROTOCOL)
+        except Exception:
+            pass
+    try:
+        return cloudpickle.dumps(fn, PROTOCOL)
+    except Exception as exc:
+        raise UnpicklableError(f"cannot send callable {fn!r} to a worker: {exc}") from exc

@@ -1,0 +1,436 @@
+"""The hub's side of the pool: workers, scheduling, nested relays and crash handling.
+
+The hub forks the zygote once, then asks it for workers. Each worker gets a
+fresh channel (one shared-memory segment, two doorbells); its segment name is
+unlinked as soon as the zygote reports the worker forked, since by then both
+sides have it mapped. Calls are scheduled least-loaded-first with at most
+``max_inflight`` requests per worker; the rest wait in the hub, so a worker
+stuck on a slow task is not handed more. Nested calls that workers send up
+are relayed through the same scheduler. The zygote reports every worker's
+exit; the hub then fails that worker's requests with :class:`WorkerCrashed`
+and forks a replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+from collections import deque
+from typing import Any
+
+from ..ipc import DEFAULT_CAPACITY, Channel, sweep
+from . import payload, zygote
+from .dispatch import Dispatcher, Pending, Target
+from .errors import PoolClosed, WorkerCrashed
+from .link import Link
+from .protocol import CANCELLED, RAISED, YIELDED, Call, Cancel, Message, Reply, Step, Stop
+from .worker import worker_main
+
+log = logging.getLogger("wool_local")
+
+
+class WorkerHandle(Target):
+    """The hub's view of one worker process."""
+
+    def __init__(self, pid: int, link: Link) -> None:
+        super().__init__(f"worker {pid}")
+        self.pid = pid
+        self.link = link
+        self.nested = 0  # nested calls it sent up and still waits on
+        self.relays: dict[int, tuple[Target, int]] = {}  # its call id -> (target, hub id)
+        self.relay_tasks: dict[int, asyncio.Task[None]] = {}
+        self.reserved = 0  # slots handed to queued callers that have not sent yet
+        self.stopping = False
+        self.kill_reason = ""
+
+    def send(self, message: Message) -> None:
+        self.link.send(message)
+
+    @property
+    def effective_load(self) -> int:
+        # Tasks that wait on nested calls leave the worker's loop free: without
+        # discounting them, workers all waiting on nested calls would deadlock.
+        return max(0, self.load + self.reserved - self.nested)
+
+
+class _Forward:
+    """Stands in for a future: relays a worker's answer to the worker that asked."""
+
+    __slots__ = ("asker", "call_id", "pool")
+
+    def __init__(self, pool: Pool, asker: WorkerHandle, call_id: int) -> None:
+        self.pool, self.asker, self.call_id = pool, asker, call_id
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, reply: Reply) -> None:
+        if reply.status != YIELDED:
+            self.pool._relay_finished(self.asker, self.call_id)
+        if self.asker.alive:
+            self.asker.send(Reply(self.call_id, reply.status, reply.value))
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.pool._relay_finished(self.asker, self.call_id)
+        if self.asker.alive:
+            self.asker.send(Reply(self.call_id, RAISED, payload.dumps_exception(exc)))
+
+
+class Pool(Dispatcher):
+    """A pool of worker processes forked from one zygote, owned by the running loop."""
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        max_inflight: int = 32,
+        ring_capacity: int = DEFAULT_CAPACITY,
+        cancel_grace: float = 5.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a pool needs at least one worker, got size={size}")
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
+        super().__init__(main_has=zygote.main_has)
+        self.size = size
+        self.max_inflight = max_inflight
+        self.ring_capacity = ring_capacity
+        self.cancel_grace = cancel_grace
+        self.stop_timeout = stop_timeout
+        self._zygote = zygote.Zygote(worker_main)
+        self._workers: dict[int, WorkerHandle] = {}
+        self._spawning: dict[int, tuple[Channel, asyncio.Future[WorkerHandle]]] = {}
+        self._seq = itertools.count(1)
+        self._waiters: deque[asyncio.Future[WorkerHandle]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exits: dict[int, asyncio.Future[None]] = {}
+        self.closed = False
+        self.broken: BaseException | None = None
+        self.crashes = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        sweep()
+        self._zygote.start()
+        assert self._zygote.sock is not None
+        self._loop.add_reader(self._zygote.sock.fileno(), self._on_zygote)
+        try:
+            await asyncio.gather(*(self._spawn() for _ in range(self.size)))
+        except BaseException:
+            self._terminate()
+            raise
+
+    def _spawn(self) -> asyncio.Future[WorkerHandle]:
+        assert self._loop is not None
+        chan = Channel.create(self.ring_capacity)
+        seq = next(self._seq)
+        fut: asyncio.Future[WorkerHandle] = self._loop.create_future()
+        self._spawning[seq] = (chan, fut)
+        try:
+            self._zygote.request_spawn(
+                seq, chan.segment.name, chan.capacity, [b.fd for b in chan.bells]
+            )
+        except OSError as exc:
+            del self._spawning[seq]
+            chan.close()
+            fut.set_exception(PoolClosed(f"cannot reach the zygote: {exc}"))
+        return fut
+
+    def _on_zygote(self) -> None:
+        while True:
+            try:
+                msg = self._zygote.recv()
+            except EOFError:
+                self._on_zygote_lost()
+                return
+            if msg is None:
+                return
+            if msg[0] == "spawned":
+                self._on_spawned(msg[1], msg[2])
+            elif msg[0] == "exited":
+                self._on_exited(msg[1], msg[2])
+
+    def _on_spawned(self, seq: int, pid: int) -> None:
+        chan, fut = self._spawning.pop(seq)
+        chan.segment.unlink()  # both sides have it mapped now
+        handle: WorkerHandle | None = None
+
+        def on_message(msg: Message) -> None:
+            assert handle is not None
+            self._on_worker_message(handle, msg)
+
+        def on_lost(exc: BaseException) -> None:
+            # The zygote's exit report does the bookkeeping; a corrupt channel
+            # means the worker cannot be trusted, so make sure it does exit.
+            if handle is not None and not handle.stopping and not isinstance(exc, PoolClosed):
+                self._kill(handle, f"its channel failed: {exc}")
+
+        link = Link(chan.end(0, peer_pid=pid), on_message, on_lost)
+        handle = WorkerHandle(pid, link)
+        self._workers[pid] = handle
+        link.start()
+        if self.closed:
+            handle.stopping = True
+            link.send(Stop())
+        self._answered(handle)
+        if not fut.done():
+            fut.set_result(handle)
+
+    def _on_exited(self, pid: int, status: int) -> None:
+        handle = self._workers.pop(pid, None)
+        waiter = self._exits.pop(pid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if handle is None:
+            return
+        handle.link.pump()  # deliver answers it wrote before exiting
+        if handle.stopping and not handle.kill_reason:
+            exc: BaseException = PoolClosed("the pool stopped before this dispatch finished")
+        else:
+            exc = WorkerCrashed.from_wait_status(pid, status, handle.kill_reason)
+            self.crashes += 1
+            log.warning("wool_local: %s", exc)
+        self.fail_target(handle, exc)
+        self._drop_relays(handle)
+        handle.link.close()
+        if not self.closed and self.broken is None:
+            self._spawn().add_done_callback(_ignore_result)
+        else:
+            self._answered(handle)
+
+    def _on_zygote_lost(self) -> None:
+        if self.closed:
+            return
+        assert self._loop is not None and self._zygote.sock is not None
+        self._loop.remove_reader(self._zygote.sock.fileno())
+        self.broken = PoolClosed("the pool's zygote process died; the pool cannot fork workers")
+        log.error("wool_local: %s", self.broken)
+        for _, fut in self._spawning.values():
+            if not fut.done():
+                fut.set_exception(self.broken)
+        self._wake_all(self.broken)
+
+    def _kill(self, handle: WorkerHandle, reason: str) -> None:
+        if not handle.kill_reason:
+            handle.kill_reason = reason
+        try:
+            os.kill(handle.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _escalate(self, target: Target, request_id: int) -> None:
+        if isinstance(target, WorkerHandle) and target.alive:
+            self._kill(
+                target,
+                f"it did not stop a cancelled task within {self.cancel_grace}s "
+                "(blocking code that ignores cancellation)",
+            )
+
+    async def close(self) -> None:
+        """Stop every worker and the zygote; nothing outlives this."""
+        if self.closed:
+            return
+        self.closed = True
+        self._wake_all(PoolClosed("the pool is closed"))
+        try:
+            await self._stop_workers()
+        finally:
+            self._terminate()
+
+    async def _stop_workers(self) -> None:
+        assert self._loop is not None
+        if self.broken is not None:
+            return
+        for handle in self._workers.values():
+            self._exits[handle.pid] = self._loop.create_future()
+            handle.stopping = True
+            try:
+                handle.send(Stop())
+            except Exception:
+                self._kill(handle, "it could not be told to stop")
+        pending = list(self._exits.values())
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.stop_timeout)
+            if late:
+                for handle in list(self._workers.values()):
+                    self._kill(handle, "it did not stop in time")
+                await asyncio.wait(late, timeout=self.stop_timeout)
+
+    def _terminate(self) -> None:
+        """Synchronous last resort: kill whatever is left, reap the zygote, free everything."""
+        self.closed = True
+        for handle in list(self._workers.values()):
+            handle.stopping = True
+            try:
+                os.kill(handle.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.fail_target(handle, PoolClosed("the pool is closed"))
+            handle.link.close()
+        self._workers.clear()
+        for chan, fut in self._spawning.values():
+            chan.close()
+            if not fut.done():
+                fut.cancel()
+        self._spawning.clear()
+        self.fail_all(PoolClosed("the pool is closed"))
+        if self._zygote.sock is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._zygote.sock.fileno())
+        self._zygote.stop(self.stop_timeout)
+
+    # -- scheduling --------------------------------------------------------
+
+    def _pick(self) -> WorkerHandle | None:
+        best: WorkerHandle | None = None
+        for handle in self._workers.values():
+            if handle.stopping or not handle.alive or handle.link.lost is not None:
+                continue
+            if handle.effective_load >= self.max_inflight:
+                continue
+            if best is None or handle.effective_load < best.effective_load:
+                best = handle
+        return best
+
+    async def _acquire(self) -> Target:
+        if self.closed or self.broken is not None:
+            raise self.broken or PoolClosed("the pool is closed")
+        handle = self._pick() if not self._waiters else None
+        if handle is not None:
+            return handle
+        assert self._loop is not None
+        fut: asyncio.Future[WorkerHandle] = self._loop.create_future()
+        self._waiters.append(fut)
+        try:
+            handle = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                fut.result().reserved -= 1
+                self._answered(fut.result())  # hand the slot to the next waiter
+            raise
+        handle.reserved -= 1  # the caller sends right away, turning it into load
+        return handle
+
+    def _answered(self, target: Target) -> None:
+        """Capacity freed up (or a worker joined): hand slots to queued callers, oldest first."""
+        waiters = self._waiters
+        while waiters:
+            if waiters[0].done():
+                waiters.popleft()
+                continue
+            handle = self._pick()
+            if handle is None:
+                return
+            # Reserve the slot now, or two waiters could be handed the last one.
+            handle.reserved += 1
+            waiters.popleft().set_result(handle)
+
+    def _wake_all(self, exc: BaseException) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # -- messages from workers ---------------------------------------------
+
+    def _on_worker_message(self, handle: WorkerHandle, msg: Message) -> None:
+        kind = type(msg)
+        if kind is Reply:
+            self.on_reply(msg)  # type: ignore[arg-type]
+        elif kind is Call:
+            self._relay_call(handle, msg)  # type: ignore[arg-type]
+        elif kind is Step:
+            relay = handle.relays.get(msg.id)  # type: ignore[union-attr]
+            if relay is not None:
+                target, hid = relay
+                self.send_step(target, Step(hid, msg.op, msg.value))  # type: ignore[union-attr]
+        elif kind is Cancel:
+            self._relay_cancel(handle, msg.id)  # type: ignore[union-attr]
+
+    def _relay_call(self, asker: WorkerHandle, call: Call) -> None:
+        if call.fn_def is not None:
+            self.fn_defs[call.fn] = call.fn_def
+        asker.nested += 1
+        assert self._loop is not None
+        task = self._loop.create_task(self._relay_start(asker, call))
+        asker.relay_tasks[call.id] = task
+        task.add_done_callback(lambda _: asker.relay_tasks.pop(call.id, None))
+
+    async def _relay_start(self, asker: WorkerHandle, call: Call) -> None:
+        try:
+            target = await self._acquire()
+        except asyncio.CancelledError:
+            self._relay_finished(asker, call.id)
+            if asker.alive:
+                asker.send(Reply(call.id, CANCELLED))
+            return
+        except Exception as exc:
+            self._relay_finished(asker, call.id)
+            if asker.alive:
+                asker.send(Reply(call.id, RAISED, payload.dumps_exception(exc)))
+            return
+        if call.fn not in self.fn_defs:
+            self._relay_finished(asker, call.id)
+            missing = payload.UnpicklableError(f"the hub never received callable #{call.fn}")
+            asker.send(Reply(call.id, RAISED, payload.dumps_exception(missing)))
+            return
+        hid = next(self._ids)
+        self._pending[hid] = Pending(_Forward(self, asker, call.id), target)
+        asker.relays[call.id] = (target, hid)
+        self.send_call(target, Call(hid, call.fn, None, call.args, call.kind, call.op, call.value))
+
+    def _relay_cancel(self, asker: WorkerHandle, call_id: int) -> None:
+        relay = asker.relays.get(call_id)
+        if relay is not None:
+            target, hid = relay
+            pending = self._pending.get(hid)
+            if pending is not None and not pending.cancelled:
+                self.cancel_remote(pending, hid)
+            return
+        task = asker.relay_tasks.get(call_id)
+        if task is not None:
+            task.cancel()
+
+    def _relay_finished(self, asker: WorkerHandle, call_id: int) -> None:
+        if asker.relays.pop(call_id, None) is not None or call_id in asker.relay_tasks:
+            asker.nested = max(0, asker.nested - 1)
+
+    def _drop_relays(self, asker: WorkerHandle) -> None:
+        """A worker died: cancel the nested calls it was waiting on."""
+        for task in list(asker.relay_tasks.values()):
+            task.cancel()
+        for target, hid in list(asker.relays.values()):
+            pending = self._pending.get(hid)
+            if pending is not None and target.alive:
+                self.cancel_remote(pending, hid)
+        asker.relays.clear()
+        asker.nested = 0
+
+    # -- introspection -----------------------------------------------------
+
+    @property
+    def pids(self) -> list[int]:
+        return [h.pid for h in self._workers.values() if not h.stopping]
+
+    @property
+    def zygote_pid(self) -> int:
+        return self._zygote.pid
+
+    def worker(self, pid: int) -> WorkerHandle | None:
+        return self._workers.get(pid)
+
+    def queued(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    def loads(self) -> dict[int, int]:
+        return {h.pid: h.load for h in self._workers.values()}
+
+
+def _ignore_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

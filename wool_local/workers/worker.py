@@ -1,0 +1,259 @@
+"""The worker process: its own uvloop loop serving calls that arrive from the hub.
+
+Each ``Call`` becomes an asyncio task running the callable; each async
+generator is a session advanced by ``Step`` messages, one step per task so a
+step can be cancelled. Callables arrive pickled once and are cached by id.
+Routines the body calls dispatch again through :class:`HubClient`, which sends
+them up to the hub to be scheduled like any other call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import os
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import uvloop
+
+from ..ipc import Channel, Doorbell, Segment
+from . import payload
+from .dispatch import Dispatcher, Target
+from .link import Link
+from .protocol import (
+    CANCELLED,
+    CLOSE,
+    COROUTINE,
+    EXHAUSTED,
+    NEXT,
+    RAISED,
+    RETURNED,
+    SEND,
+    THROW,
+    YIELDED,
+    Call,
+    Cancel,
+    Message,
+    Reply,
+    Step,
+    Stop,
+)
+
+#: The dispatcher routines use: the pool of the enclosing ``WorkerPool`` block
+#: in the hub. In a worker it is unset and :data:`process_dispatcher` applies.
+current_dispatcher: contextvars.ContextVar[Dispatcher | None] = contextvars.ContextVar(
+    "wool_local.dispatcher", default=None
+)
+process_dispatcher: Dispatcher | None = None
+
+
+def get_dispatcher() -> Dispatcher | None:
+    """Where a routine called here dispatches to, or None outside any pool."""
+    return current_dispatcher.get() or process_dispatcher
+
+
+class _HubTarget(Target):
+    def __init__(self, link: Link) -> None:
+        super().__init__("hub")
+        self.link = link
+
+    def send(self, message: Message) -> None:
+        self.link.send(message)
+
+
+class HubClient(Dispatcher):
+    """Nested dispatch from a worker: calls go up to the hub, which schedules them."""
+
+    def __init__(self, link: Link) -> None:
+        super().__init__(main_has=lambda fn: False)
+        self.target = _HubTarget(link)
+
+    async def _acquire(self) -> Target:
+        return self.target
+
+
+class WorkerService:
+    """Serves one channel to the hub until told to stop or the hub goes away."""
+
+    def __init__(self, link_end: Any) -> None:
+        self.link = Link(link_end, self._on_message, self._on_lost, watch_peer=True)
+        self.client = HubClient(self.link)
+        self._functions: dict[int, Any] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._generators: dict[int, AsyncGenerator[Any, Any]] = {}
+        self._done: asyncio.Future[None] | None = None
+
+    async def serve(self) -> None:
+        global process_dispatcher
+        self._done = asyncio.get_running_loop().create_future()
+        process_dispatcher = self.client
+        self.link.start()
+        try:
+            await self._done
+        finally:
+            await self._cancel_everything()
+            self.link.close()
+
+    def _stop(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _on_lost(self, exc: BaseException) -> None:
+        # The hub closed the channel or died: nobody is left to answer to.
+        self.client.fail_all(exc)
+        self._stop()
+
+    async def _cancel_everything(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        for gen in list(self._generators.values()):
+            try:
+                async with asyncio.timeout(1):
+                    await gen.aclose()
+            except BaseException:
+                pass
+        self._generators.clear()
+
+    # -- messages ----------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        if type(msg) is Call:
+            self._start(msg)
+        elif type(msg) is Reply:
+            self.client.on_reply(msg)
+        elif type(msg) is Step:
+            self._spawn(msg.id, self._step(msg.id, msg.op, msg.value))
+        elif type(msg) is Cancel:
+            task = self._tasks.get(msg.id)
+            if task is not None:
+                task.cancel()
+        elif type(msg) is Stop:
+            self._stop()
+
+    def _spawn(self, rid: int, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks[rid] = task
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        # The next generator step may already have replaced this entry.
+        for rid, t in list(self._tasks.items()):
+            if t is task:
+                del self._tasks[rid]
+                return
+
+    def _reply(self, rid: int, status: int, value: bytes | None = None) -> None:
+        if self.link.lost is None:
+            self.link.send(Reply(rid, status, value))
+
+    def _resolve(self, call: Call) -> Any:
+        fn = self._functions.get(call.fn)
+        if fn is None:
+            if call.fn_def is None:
+                raise payload.UnpicklableError(
+                    f"worker {os.getpid()} was never sent callable #{call.fn}"
+                )
+            fn = payload.loads(call.fn_def, "the routine")
+            self._functions[call.fn] = fn
+        return fn
+
+    def _start(self, call: Call) -> None:
+        try:
+            fn = self._resolve(call)
+            args, kwargs = payload.loads(call.args, "the arguments")
+        except BaseException as exc:
+            self._reply(call.id, RAISED, payload.dumps_exception(exc))
+            return
+        if call.kind == COROUTINE:
+            self._spawn(call.id, self._run(call.id, fn, args, kwargs))
+            return
+        try:
+            gen = fn(*args, **kwargs)
+            if not inspect.isasyncgen(gen):
+                raise TypeError(f"{fn!r} did not return an async generator")
+        except BaseException as exc:
+            self._reply(call.id, RAISED, payload.dumps_exception(exc))
+            return
+        self._generators[call.id] = gen
+        self._spawn(call.id, self._step(call.id, call.op, call.value))
+
+    async def _run(self, rid: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            result = await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            self._reply(rid, CANCELLED)
+            return
+        except BaseException as exc:
+            self._reply(rid, RAISED, payload.dumps_exception(exc))
+            return
+        try:
+            data = payload.dumps(result, f"the result of {_name(fn)} ({type(result).__name__})")
+        except payload.UnpicklableError as exc:
+            self._reply(rid, RAISED, payload.dumps_exception(exc))
+            return
+        self._reply(rid, RETURNED, data)
+
+    async def _step(self, rid: int, op: int, value: bytes | None) -> None:
+        gen = self._generators.get(rid)
+        if gen is None:
+            self._reply(rid, EXHAUSTED)
+            return
+        try:
+            if op == NEXT:
+                item = await gen.__anext__()
+            elif op == SEND:
+                item = await gen.asend(payload.loads(value or b"", "the sent value"))
+            elif op == THROW:
+                item = await gen.athrow(payload.loads(value or b"", "the thrown exception"))
+            elif op == CLOSE:
+                await gen.aclose()
+                raise StopAsyncIteration
+            else:
+                raise ValueError(f"unknown generator step {op}")
+        except StopAsyncIteration:
+            self._generators.pop(rid, None)
+            self._reply(rid, EXHAUSTED)
+            return
+        except asyncio.CancelledError:
+            self._generators.pop(rid, None)
+            try:
+                await gen.aclose()
+            except BaseException:
+                pass
+            self._reply(rid, CANCELLED)
+            return
+        except BaseException as exc:
+            self._generators.pop(rid, None)
+            self._reply(rid, RAISED, payload.dumps_exception(exc))
+            return
+        try:
+            data = payload.dumps(item, f"a value yielded by {_name(gen)} ({type(item).__name__})")
+        except payload.UnpicklableError as exc:
+            self._generators.pop(rid, None)
+            await gen.aclose()
+            self._reply(rid, RAISED, payload.dumps_exception(exc))
+            return
+        self._reply(rid, YIELDED, data)
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def worker_main(segment: Segment, capacity: int, fds: list[int], hub_pid: int) -> int:
+    """Entry point of a freshly forked worker (called by the zygote)."""
+    chan = Channel(segment, (Doorbell(fds[0]), Doorbell(fds[1])), capacity)
+    end = chan.end(1, peer_pid=hub_pid)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(WorkerService(end).serve())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    return 0
