@@ -69,6 +69,7 @@ import argparse
 import asyncio
 import fcntl
 import gc
+import hashlib
 import io
 import json
 import math
@@ -168,12 +169,32 @@ class Transport(abc.ABC):
     def _ping_loop(self, msg: bytes, count: int) -> list[int]:
         """Parent: ``count`` timed round trips of ``msg``; nanoseconds each."""
 
-    def ping(self, msg: bytes, warmup: int, rounds: int) -> tuple[list[int], int]:
-        """Warm up, then time ``rounds`` round trips; return (ns each, parent CPU ns)."""
+    def ping(
+        self, msg: bytes, warmup: int, rounds: int, probe: Callable[[], None]
+    ) -> tuple[list[int], int]:
+        """Warm up, then time ``rounds`` round trips; return (ns each, parent CPU ns).
+
+        The timed rounds run in :data:`PROBES` batches with ``probe()`` called, untimed,
+        after each one.
+        """
         self._ping_loop(msg, warmup)
-        cpu = time.process_time_ns()
-        latencies = self._ping_loop(msg, rounds)
-        return latencies, time.process_time_ns() - cpu
+        latencies: list[int] = []
+        cpu_ns = 0
+        for count in _batches(rounds):
+            cpu = time.process_time_ns()
+            latencies += self._ping_loop(msg, count)
+            cpu_ns += time.process_time_ns() - cpu
+            probe()
+        return latencies, cpu_ns
+
+
+PROBES = 10  # where-are-the-peers samples per ping row
+
+
+def _batches(rounds: int) -> list[int]:
+    """Split ``rounds`` into :data:`PROBES` nearly equal, non-empty batches."""
+    parts = min(PROBES, rounds)
+    return [rounds // parts + (i < rounds % parts) for i in range(parts)]
 
 
 def _check_echo(got: int, want: int) -> None:
@@ -961,6 +982,14 @@ def _pipe_buffer_size() -> int | None:
         os.close(wfd)
 
 
+def _ipc_source_digest() -> str:
+    """SHA-256 over the transport's source files, to tell apart runs of an edited tree."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(wool_local.__file__).resolve().parent / "ipc").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers depend on."""
     status = _git("status", "--porcelain")
@@ -983,6 +1012,7 @@ def machine_info() -> dict[str, Any]:
         "wool_local_path": str(Path(wool_local.__file__).resolve().parent),
         "git_head": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
+        "ipc_source_sha256": _ipc_source_digest(),
         "pipe_buffer_bytes": _pipe_buffer_size(),
     }
 

@@ -53,6 +53,7 @@ class Target:
         self.name = name
         self.known_fns: set[int] = set()
         self.load = 0  # requests sent and not yet answered
+        self.cancelling = 0  # of those, ones we cancelled: the target may be stuck
         self.alive = True
 
     def send(self, message: protocol.Message) -> None:
@@ -137,6 +138,8 @@ class Dispatcher:
         target.load -= 1
         if reply.status != YIELDED:
             del self._pending[reply.id]
+            if pending.cancelled:
+                target.cancelling -= 1
         fut = pending.future
         if fut is not None and not fut.done():
             fut.set_result(reply)
@@ -152,6 +155,7 @@ class Dispatcher:
                 if fut is not None and not fut.done():
                     fut.set_exception(exc)
         target.load = 0
+        target.cancelling = 0
 
     def fail_all(self, exc: BaseException) -> None:
         for rid, pending in list(self._pending.items()):
@@ -198,6 +202,7 @@ class Dispatcher:
         """Send Cancel for ``rid``; escalate if no final answer comes within the grace."""
         target = pending.target
         pending.cancelled = True
+        target.cancelling += 1
         try:
             target.send(Cancel(rid))
         except Exception:

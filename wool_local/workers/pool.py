@@ -291,6 +291,8 @@ class Pool(Dispatcher):
         for handle in self._workers.values():
             if handle.stopping or not handle.alive or handle.link.lost is not None:
                 continue
+            if handle.cancelling:
+                continue  # it has not acknowledged a cancel yet: its loop may be blocked
             if handle.effective_load >= self.max_inflight:
                 continue
             if best is None or handle.effective_load < best.effective_load:
@@ -356,6 +358,7 @@ class Pool(Dispatcher):
         if call.fn_def is not None:
             self.fn_defs[call.fn] = call.fn_def
         asker.nested += 1
+        self._answered(asker)  # its waiting task frees a slot for queued calls
         assert self._loop is not None
         task = self._loop.create_task(self._relay_start(asker, call))
         asker.relay_tasks[call.id] = task

@@ -1,0 +1,40 @@
+"""Async helpers for tests: run a coroutine on uvloop, wait for bytes on a pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+
+def run(main: Callable[[], Awaitable[Any]]) -> Any:
+    return uvloop.run(main())
+
+
+async def read_pipe(fd: int, timeout: float = 10.0) -> bytes:
+    """Wait (bounded, event-driven) until ``fd`` is readable and return what is there."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await asyncio.wait_for(fut, timeout)
+    finally:
+        loop.remove_reader(fd)
+    return os.read(fd, 4096)
+
+
+class Pipe:
+    """A pipe made before the pool starts, so forked workers inherit its write end."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+
+    async def read(self, timeout: float = 10.0) -> bytes:
+        return await read_pipe(self.r, timeout)
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)

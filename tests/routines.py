@@ -1,0 +1,131 @@
+"""Routines the tests dispatch; module-level so workers import them by reference."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import threading
+import time
+
+import wool_local
+
+
+@wool_local.routine
+async def square(x: int) -> int:
+    return x * x
+
+
+@wool_local.routine
+async def whoami() -> int:
+    return os.getpid()
+
+
+@wool_local.routine
+async def echo(value):
+    return value
+
+
+@wool_local.routine
+async def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@wool_local.routine
+async def countdown(n: int):
+    while n:
+        yield n
+        n -= 1
+
+
+@wool_local.routine
+async def conversation(done_fd: int):
+    """Echoes what is sent, reports what is thrown, signals done_fd when closed."""
+    try:
+        received = yield "ready"
+        while True:
+            try:
+                received = yield f"got {received}"
+            except KeyError as exc:
+                received = yield f"caught {exc.args[0]}"
+    finally:
+        os.write(done_fd, b"closed")
+
+
+@wool_local.routine
+async def wait_forever(started_fd: int, finally_fd: int) -> None:
+    os.write(started_fd, b"started")
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        os.write(finally_fd, b"finally")
+
+
+@wool_local.routine
+async def block_cpu(started_fd: int, seconds: float) -> int:
+    """Blocking code that ignores cancellation (the loop never gets control)."""
+    os.write(started_fd, b"started")
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@wool_local.routine
+async def die(how: str, started_fd: int = -1) -> None:
+    if started_fd >= 0:
+        os.write(started_fd, b"started")
+    if how == "exit":
+        os._exit(3)
+    if how == "segfault":
+        ctypes.string_at(0)
+    if how == "hang":
+        await asyncio.sleep(3600)
+
+
+@wool_local.routine
+async def lock_result():
+    return threading.Lock()
+
+
+@wool_local.routine
+async def raise_unpicklable():
+    class Local(Exception):
+        pass
+
+    raise Local("made in a function")
+
+
+@wool_local.routine
+async def nested_sum(n: int) -> int:
+    values = await asyncio.gather(*(square(i) for i in range(n)))
+    return sum(values)
+
+
+@wool_local.routine
+async def nested_depth(depth: int) -> int:
+    if depth == 0:
+        return os.getpid()
+    return await nested_depth(depth - 1)
+
+
+@wool_local.routine
+async def nested_stream(n: int) -> list[int]:
+    return [v async for v in countdown(n)]
+
+
+class Calculator:
+    def __init__(self, base: int) -> None:
+        self.base = base
+
+    @wool_local.routine
+    async def add(self, x: int) -> int:
+        return self.base + x
+
+    @wool_local.routine
+    @staticmethod
+    async def double(x: int) -> int:
+        return 2 * x
+
+    @wool_local.routine
+    @classmethod
+    async def name(cls) -> str:
+        return cls.__name__
