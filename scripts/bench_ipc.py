@@ -292,18 +292,22 @@ class RingTransport(Transport):
             _check_echo(got, want)
         return latencies
 
-    def ping(self, msg: bytes, warmup: int, rounds: int) -> tuple[list[int], int]:
+    def ping(
+        self, msg: bytes, warmup: int, rounds: int, probe: Callable[[], None]
+    ) -> tuple[list[int], int]:
         if not self.use_async:
-            return super().ping(msg, warmup, rounds)
+            return super().ping(msg, warmup, rounds, probe)
         # One loop for warm-up and timed rounds, so the doorbell registers with it only once.
         loop = uvloop.new_event_loop()
         try:
-            bounded = asyncio.wait_for(self._ping_async(msg, warmup, rounds), self.call_timeout)
-            return loop.run_until_complete(bounded)
+            main = self._ping_async(msg, warmup, rounds, probe)
+            return loop.run_until_complete(asyncio.wait_for(main, self.call_timeout))
         finally:
             loop.close()
 
-    async def _ping_async(self, msg: bytes, warmup: int, rounds: int) -> tuple[list[int], int]:
+    async def _ping_async(
+        self, msg: bytes, warmup: int, rounds: int, probe: Callable[[], None]
+    ) -> tuple[list[int], int]:
         end = self._rings()
         reader, writer = end.reader, end.writer
         spin = self.spin
@@ -323,9 +327,14 @@ class RingTransport(Transport):
             return latencies
 
         await run(warmup)
-        cpu = time.process_time_ns()
-        latencies = await run(rounds)
-        return latencies, time.process_time_ns() - cpu
+        latencies: list[int] = []
+        cpu_ns = 0
+        for count in _batches(rounds):
+            cpu = time.process_time_ns()
+            latencies += await run(count)
+            cpu_ns += time.process_time_ns() - cpu
+            probe()
+        return latencies, cpu_ns
 
 
 class PipeTransport(Transport):

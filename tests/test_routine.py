@@ -26,7 +26,7 @@ def test_given_plain_def_when_decorated_then_type_error_at_decoration():
 
 def test_given_no_pool_when_routine_called_then_error_says_how_to_start_one():
     """Given no active pool, calling a routine says to use 'async with WorkerPool()'."""
-    with pytest.raises(wool_local.NoPoolError, match="async with wool_local.WorkerPool"):
+    with pytest.raises(wool_local.NoPoolError, match=r"async with wool_local\.WorkerPool"):
         r.square(3)
 
 
@@ -193,7 +193,7 @@ def test_given_unpicklable_argument_then_clear_error_naming_it_and_pool_keeps_wo
 
     async def main():
         async with wool_local.WorkerPool(spawn=1):
-            with pytest.raises(wool_local.UnpicklableError, match="positional argument 0 .lock"):
+            with pytest.raises(wool_local.UnpicklableError, match=r"positional argument 0 \(lock\)"):
                 await r.echo(threading.Lock())
             with pytest.raises(wool_local.UnpicklableError, match="result of lock_result"):
                 await r.lock_result()

@@ -48,7 +48,7 @@ def test_given_attached_with_unlink_then_name_is_gone_and_both_mappings_share_by
 
 
 def test_given_every_party_mapped_when_creator_is_sigkilled_then_nothing_stays_in_dev_shm():
-    """Given a child that created a segment the parent attached and unlinked, killing it leaks nothing."""
+    """Given a segment its creator and the parent both mapped, killing the creator leaks nothing."""
     sync = Rendezvous()
     r, w = os.pipe()
 

@@ -390,7 +390,7 @@ class Pool(Dispatcher):
     def _relay_cancel(self, asker: WorkerHandle, call_id: int) -> None:
         relay = asker.relays.get(call_id)
         if relay is not None:
-            target, hid = relay
+            _, hid = relay
             pending = self._pending.get(hid)
             if pending is not None and not pending.cancelled:
                 self.cancel_remote(pending, hid)
