@@ -635,9 +635,9 @@ class Harness:
         variant: Variant,
         placement: Placement,
         serve: Callable[[Transport], None],
-        measure: Callable[[Transport], Any],
+        measure: Callable[[Transport, int], Any],
     ) -> Any:
-        """Fork a child running ``serve``; return ``measure(transport)`` from the parent."""
+        """Fork a child running ``serve``; return ``measure(transport, child_pid)``."""
         original_cpus = os.sched_getaffinity(0)
         failed = True
         pid = -1
@@ -652,7 +652,7 @@ class Harness:
             self.child_pids.append(pid)
             transport.open_parent(pid)
             with watchdog(self.limits.case_timeout):
-                result = measure(transport)
+                result = measure(transport, pid)
             failed = False
         finally:
             status = 0
@@ -697,6 +697,9 @@ class PingResult:
     mean_us: float | None = None
     max_us: float | None = None
     parent_cpu_us_per_rt: float | None = None
+    # (parent, child) CPU each last ran on, sampled between batches of timed round trips.
+    cpu_samples: list[tuple[int | None, int | None]] = field(default_factory=list)
+    peers_apart: int | None = None  # samples with the two on different CPUs
     error: str | None = None
 
 
@@ -713,6 +716,17 @@ class TransferResult:
     gb_per_s: float | None = None
     samples_ms: list[float] = field(default_factory=list)
     error: str | None = None
+
+
+def last_cpu(pid: int) -> int | None:
+    """The CPU ``pid`` last ran on (field 39 of /proc/PID/stat), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; count fields after its closing paren.
+    return int(stat.rpartition(b")")[2].split()[39 - 3])
 
 
 def _percentile(ordered: Sequence[int], q: float) -> int:
@@ -734,15 +748,19 @@ def run_ping(
     def serve(transport: Transport) -> None:
         transport.echo_frames(FRAME_SIZE)
 
-    def measure(transport: Transport) -> tuple[list[int], int]:
+    def measure(transport: Transport, child_pid: int) -> tuple[list[int], int]:
+        def probe() -> None:
+            result.cpu_samples.append((last_cpu(os.getpid()), last_cpu(child_pid)))
+
         with gc_paused():
-            return transport.ping(msg, warmup, rounds)
+            return transport.ping(msg, warmup, rounds, probe)
 
     try:
         latencies, cpu_ns = harness.run(variant, placement, serve, measure)
     except Exception as exc:
         result.error = _describe(exc)
         return result
+    result.peers_apart = sum(p is not None and c is not None and p != c for p, c in result.cpu_samples)
     ordered = sorted(latencies)
     result.median_us = statistics.median(ordered) / 1e3
     result.p99_us = _percentile(ordered, 0.99) / 1e3
@@ -762,7 +780,7 @@ def run_transfer(
     def serve(transport: Transport) -> None:
         transport.echo_payloads()
 
-    def measure(transport: Transport) -> list[int]:
+    def measure(transport: Transport, child_pid: int) -> list[int]:
         perf = time.perf_counter_ns
         samples: list[int] = []
         for i in range(warmup + iterations):

@@ -193,7 +193,8 @@ def test_given_unpicklable_argument_then_clear_error_naming_it_and_pool_keeps_wo
 
     async def main():
         async with wool_local.WorkerPool(spawn=1):
-            with pytest.raises(wool_local.UnpicklableError, match=r"positional argument 0 \(lock\)"):
+            unpicklable = wool_local.UnpicklableError
+            with pytest.raises(unpicklable, match=r"positional argument 0 \(lock\)"):
                 await r.echo(threading.Lock())
             with pytest.raises(wool_local.UnpicklableError, match="result of lock_result"):
                 await r.lock_result()

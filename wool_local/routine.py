@@ -111,11 +111,9 @@ def _lookup(module: str, qualname: str) -> Any:
     if obj is None:
         obj = __import__(module, fromlist=["_"])
     for part in qualname.split("."):
-        obj = (
-            vars(obj)[part]
-            if hasattr(obj, "__dict__") and part in vars(obj)
-            else getattr(obj, part)
-        )
+        # vars() first: a class attribute lookup would bind classmethods.
+        attrs = getattr(obj, "__dict__", {})
+        obj = attrs[part] if part in attrs else getattr(obj, part)
     if isinstance(obj, staticmethod | classmethod):
         obj = obj.__func__
     return obj
