@@ -58,7 +58,7 @@ def no_leaks(process_wide_setup):
     if leftover_children:
         problems.append(f"child processes left running: {leftover_children}")
     if shm_after:
-        problems.append(f"/dev/shm entries left: {sorted(shm_after)}")
+        problems.append(f"/dev/shm entries left: {sorted(shm_after)} (test process {os.getpid()})")
     if fds_after:
         problems.append(f"fds left open: {_describe(fds_after)}")
     assert not problems, "; ".join(problems)

@@ -56,6 +56,8 @@ class Routine:
         timeout = self.dispatch_timeout or ambient_dispatch_timeout()
         if self._streams:
             return _timed_stream(dispatcher.stream(self._body, args, kwargs), timeout)
+        if timeout is None:
+            return dispatcher.call(self._body, args, kwargs)
         return _timed_call(dispatcher.call(self._body, args, kwargs), timeout)
 
     def __get__(self, obj: Any, cls: type | None = None) -> Any:

@@ -99,6 +99,14 @@ def test_given_random_frame_sizes_when_parent_produces_then_child_verifies_all(s
         end.discard()
 
 
+def _fits(hdr, cap: int, need: int) -> bool:
+    """Whether a frame of ``need`` bytes fits contiguously right now (a pad may be needed)."""
+    head, tail = hdr[8], hdr[16]
+    free = cap - (head - tail)
+    to_end = cap - head % cap
+    return free >= (to_end + need if need > to_end else need)
+
+
 def test_given_a_slow_consumer_when_ring_fills_then_producer_waits_and_nothing_is_lost():
     """Given a consumer that holds frames, the producer blocks on a full ring; all arrive."""
     frames = 200
@@ -112,12 +120,12 @@ def test_given_a_slow_consumer_when_ring_fills_then_producer_waits_and_nothing_i
             frame = end.reader.read_blocking(timeout=10)
             assert frame.data == payload(i, 1000)
             if i % 20 == 0:
-                # Hold the frame until the producer has announced it is waiting
-                # for space (an event in shared memory, not a sleep).
-                while not hdr[_WRITER_WAITING]:
+                # Hold the frame until the producer is blocked: it announced that
+                # it waits for space and its next frame really cannot fit. (The
+                # flag alone can be up for a moment while it re-checks the tail.)
+                while not (hdr[_WRITER_WAITING] and not _fits(hdr, end.reader.capacity, 1008)):
                     os.sched_yield()
                 seen_waiting += 1
-                assert end.reader.capacity - (hdr[8] - hdr[16]) < 1008  # ring really is full
             frame.release()
         with pytest.raises(RingClosed):
             end.reader.read_blocking(timeout=10)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .doorbell import Doorbell, PeerWatch
@@ -174,8 +174,12 @@ class RingWriter(_End):
 
     # -- writing -----------------------------------------------------------
 
-    def try_write(self, parts: Parts) -> bool:
-        """Write one frame made of ``parts`` if there is room; never blocks."""
+    def try_write(self, parts: Parts, wake: bool = True) -> bool:
+        """Write one frame made of ``parts`` if there is room; never blocks.
+
+        The frame is visible to the reader at once. With ``wake=False`` a
+        sleeping reader is not rung yet: call :meth:`wake_reader` after a batch.
+        """
         hdr = self._hdr
         if hdr[_READER_CLOSED]:
             raise RingClosed("the reader closed this ring")
@@ -184,8 +188,12 @@ class RingWriter(_End):
         views = _as_parts(parts)
         total = sum(v.nbytes for v in views)
         if total > self.inline_max:
-            return self._write_spill(views, total)
-        return self._write_inline(views, total, _DATA_WORD)
+            written = self._write_spill(views, total)
+        else:
+            written = self._write_inline(views, total, _DATA_WORD)
+        if written and wake:
+            self.wake_reader()
+        return written
 
     def _write_inline(self, views: Sequence[memoryview], total: int, word: int) -> bool:
         hdr = self._hdr
@@ -205,6 +213,7 @@ class RingWriter(_End):
             off = 0
             if need > free:
                 self._publish(head)
+                self.wake_reader()  # it must take the pad before the frame can fit
                 return False
         elif need > free:
             return False
@@ -221,11 +230,14 @@ class RingWriter(_End):
     def _publish(self, head: int) -> None:
         self._fence.publish()  # frame bytes before head (no-op on x86-64)
         self._hdr[_HEAD] = self._head = head
+        if self._spills:
+            self._forget_spills()
+
+    def wake_reader(self) -> None:
+        """Ring the reader's doorbell if it announced that it sleeps."""
         self._fence.full()  # head store before reader_waiting load
         if self._hdr[_READER_WAITING]:
             self.peer_bell.ring()
-        if self._spills:
-            self._forget_spills()
 
     def _fits(self, nbytes: int) -> bool:
         """Whether an inline frame of ``nbytes`` payload fits now (pad included)."""
@@ -401,7 +413,6 @@ class RingReader(_End):
         if self._broken is not None:
             raise self._broken
         hdr = self._hdr
-        cap = self.capacity
         while True:
             pos = self._pos
             head = hdr[_HEAD]
@@ -409,48 +420,101 @@ class RingReader(_End):
                 if hdr[_WRITER_CLOSED]:
                     raise RingClosed("the writer closed this ring")
                 return None
-            self._fence.publish()  # head load before frame loads (no-op on x86-64)
-            off = pos % cap
-            word = self._words[off >> 3]
-            length = word & _LEN_MASK
-            kind = word >> 56
-            if (word >> 32) & 0xFFFF != FRAME_MAGIC:
-                raise self._fail(FrameError(f"corrupt frame at ring position {pos}: bad magic"))
-            if (word >> 48) & 0xFF != FRAME_VERSION:
-                raise self._fail(
-                    ProtocolVersionError(
-                        f"frame at ring position {pos} has version {(word >> 48) & 0xFF}, "
-                        f"this build reads {FRAME_VERSION}"
-                    )
-                )
-            size = 8 + _align8(length)
-            if off + size > cap or pos + size > head:
-                raise self._fail(
-                    FrameError(
-                        f"truncated frame at ring position {pos}: {length} bytes declared, "
-                        f"{min(cap - off, head - pos) - 8} available"
-                    )
-                )
-            self._pos = pos + size
+            off, length, kind, size = self._header(pos, head)
+            end = self._pos = pos + size
             if kind == KIND_PAD:
                 if self._pending:
-                    self._pending.append(pos + size)
+                    self._pending.append(end)
                 else:
-                    self._advance_tail(pos + size)
+                    self._advance_tail(end)
                 continue
             if kind == KIND_DATA:
-                frame = Frame(self, pos + size, self._data[off + 8 : off + 8 + length], None)
-            elif kind == KIND_SPILL:
-                frame = self._open_spill(pos, off, length, pos + size)
+                frame = Frame(self, end, self._data[off + 8 : off + 8 + length], None)
             else:
-                raise self._fail(FrameError(f"corrupt frame at ring position {pos}: kind {kind}"))
+                seg, view = self._open_spill(pos, off, length)
+                frame = Frame(self, end, view, seg)
             self._pending.append(frame)
             return frame
 
-    def _open_spill(self, pos: int, off: int, length: int, end: int) -> Frame:
-        record = bytes(self._data[off + 8 : off + 8 + length])
+    def drain(self, handler: Callable[[memoryview], object]) -> int:
+        """Hand every waiting frame to ``handler``, then release them all at once.
+
+        The view passed to ``handler`` is valid only during the call. One tail
+        update (and at most one wake-up of the writer) covers the whole batch,
+        so this is the fast path for many small frames. Returns how many frames
+        were handled; raises :class:`RingClosed` once the writer closed and
+        everything was handled.
+        """
+        if self._broken is not None:
+            raise self._broken
+        if self._pending:
+            raise RuntimeError("release the frames taken with try_read() before drain()")
+        hdr = self._hdr
+        data = self._data
+        handled = 0
+        try:
+            while True:
+                pos = self._pos
+                head = hdr[_HEAD]
+                if pos == head:
+                    if hdr[_WRITER_CLOSED] and not handled:
+                        raise RingClosed("the writer closed this ring")
+                    return handled
+                off, length, kind, size = self._header(pos, head)
+                self._pos = pos + size
+                if kind == KIND_PAD:
+                    continue
+                if kind == KIND_DATA:
+                    view = data[off + 8 : off + 8 + length]
+                    try:
+                        handler(view)
+                    finally:
+                        view.release()
+                else:
+                    seg, view = self._open_spill(pos, off, length)
+                    try:
+                        handler(view)
+                    finally:
+                        view.release()
+                        seg.close()
+                handled += 1
+        finally:
+            if self._pos != hdr[_TAIL] and self._broken is None:
+                self._advance_tail(self._pos)
+
+    def _header(self, pos: int, head: int) -> tuple[int, int, int, int]:
+        """Validate the frame header at ``pos``: (offset, length, kind, size)."""
+        self._fence.publish()  # head load before frame loads (no-op on x86-64)
+        cap = self.capacity
+        off = pos % cap
+        word = self._words[off >> 3]
+        length = word & _LEN_MASK
+        if (word >> 32) & 0xFFFF != FRAME_MAGIC:
+            raise self._fail(FrameError(f"corrupt frame at ring position {pos}: bad magic"))
+        if (word >> 48) & 0xFF != FRAME_VERSION:
+            raise self._fail(
+                ProtocolVersionError(
+                    f"frame at ring position {pos} has version {(word >> 48) & 0xFF}, "
+                    f"this build reads {FRAME_VERSION}"
+                )
+            )
+        size = 8 + _align8(length)
+        if off + size > cap or pos + size > head:
+            raise self._fail(
+                FrameError(
+                    f"truncated frame at ring position {pos}: {length} bytes declared, "
+                    f"{min(cap - off, head - pos) - 8} available"
+                )
+            )
+        kind = word >> 56
+        if kind not in (KIND_DATA, KIND_PAD, KIND_SPILL):
+            raise self._fail(FrameError(f"corrupt frame at ring position {pos}: kind {kind}"))
+        return off, length, kind, size
+
+    def _open_spill(self, pos: int, off: int, length: int) -> tuple[Segment, memoryview]:
         if length < 10:
             raise self._fail(FrameError(f"corrupt spill frame at ring position {pos}"))
+        record = bytes(self._data[off + 8 : off + 8 + length])
         size = int.from_bytes(record[:8], "little")
         name = record[8:].decode("ascii", "replace")
         try:
@@ -464,7 +528,7 @@ class RingReader(_End):
             raise self._fail(
                 FrameError(f"truncated spill frame at position {pos}: {size} bytes declared")
             )
-        return Frame(self, end, seg.buf[:size], seg)
+        return seg, seg.buf[:size]
 
     def _fail(self, exc: FrameError) -> FrameError:
         self._broken = exc

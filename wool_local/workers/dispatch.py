@@ -4,13 +4,13 @@ A :class:`Dispatcher` turns ``call(fn, args, kwargs)`` into a ``Call`` message
 to a :class:`Target` and the matching ``Reply`` back into a result or an
 exception, and ``stream(...)`` into a pull-based async generator whose every
 step is one ``Step``/``Reply`` exchange. Subclasses say where calls go
-(:meth:`Dispatcher._acquire`): the hub schedules them over its workers, a
+(:meth:`Dispatcher.submit`): the hub schedules them over its workers, a
 worker sends them up to the hub.
 
 State machine of one dispatch, as the caller sees it::
 
-    acquire target ─► Call sent ─► awaiting Reply ─► RETURNED / RAISED ─► done
-                          │              │ caller cancelled
+    queued ─► Call sent ─► awaiting Reply ─► RETURNED / RAISED ─► done
+      │ cancelled         │              │ caller cancelled
                           │              ▼
                           │        Cancel sent, caller gets CancelledError;
                           │        entry kept until the worker's final Reply
@@ -63,13 +63,14 @@ class Target:
 class Pending:
     """One outstanding request (or generator session) and who waits for its answer.
 
+    ``target`` is None while the request waits in the dispatcher's queue;
     ``future`` is None once a local caller gave up; ``cancelled`` marks a
     request whose Cancel was sent and whose final answer is still due.
     """
 
     __slots__ = ("cancelled", "future", "target")
 
-    def __init__(self, future: Any, target: Target) -> None:
+    def __init__(self, future: Any, target: Target | None = None) -> None:
         self.future = future
         self.target = target
         self.cancelled = False
@@ -91,12 +92,15 @@ class Dispatcher:
 
     # -- hooks -------------------------------------------------------------
 
-    async def _acquire(self) -> Target:
-        """A target with room for one more request (may wait)."""
+    def submit(self, rid: int, pending: Pending, call: Call) -> None:
+        """Send ``call`` now or queue it until a target has room (subclasses schedule)."""
         raise NotImplementedError
 
     def _answered(self, target: Target) -> None:
         """A request to ``target`` was answered: it has room again."""
+
+    def _unqueue(self, rid: int) -> None:
+        """Forget a queued request whose caller gave up."""
 
     def _escalate(self, target: Target, request_id: int) -> None:
         """A cancelled request was not acknowledged within :attr:`cancel_grace`."""
@@ -114,13 +118,14 @@ class Dispatcher:
         self._fn_cache[id(fn)] = (fn, fid)
         return fid
 
-    def send_call(self, target: Target, call: Call) -> None:
+    def send_call(self, target: Target, pending: Pending, call: Call) -> None:
         """Send ``call``, attaching the callable's definition the first time ``target`` sees it."""
-        if call.fn not in target.known_fns:
-            call.fn_def = self.fn_defs[call.fn]
-            target.known_fns.add(call.fn)
-        else:
-            call.fn_def = None
+        fid = call.fn
+        known = target.known_fns
+        if fid not in known:
+            call.fn_def = self.fn_defs[fid]
+            known.add(fid)
+        pending.target = target
         target.load += 1
         target.send(call)
 
@@ -135,6 +140,7 @@ class Dispatcher:
         if pending is None:
             return  # late answer to something already failed
         target = pending.target
+        assert target is not None
         target.load -= 1
         if reply.status != YIELDED:
             del self._pending[reply.id]
@@ -170,37 +176,34 @@ class Dispatcher:
         """Run ``fn(*args, **kwargs)`` (a coroutine function) remotely and return its result."""
         fid = self.encode_fn(fn)
         data = payload.dumps_args(args, kwargs, _name(fn))
-        target = await self._acquire()
         rid = next(self._ids)
-        reply = await self._request(target, rid, Call(rid, fid, None, data))
-        return _outcome(reply, fn)
-
-    async def _request(self, target: Target, rid: int, message: Call | Step) -> Reply:
         fut = asyncio.get_running_loop().create_future()
-        pending = self._pending.get(rid)
-        if pending is None:
-            pending = self._pending[rid] = Pending(fut, target)
-        else:
-            pending.future = fut
+        pending = self._pending[rid] = Pending(fut)
         try:
-            if isinstance(message, Call):
-                self.send_call(target, message)
-            else:
-                self.send_step(target, message)
+            self.submit(rid, pending, Call(rid, fid, None, data))
         except BaseException:
             self._pending.pop(rid, None)
             raise
+        return _outcome(await self._answer(rid, pending), fn)
+
+    async def _answer(self, rid: int, pending: Pending) -> Reply:
+        """Await the answer to ``rid``; on cancellation, cancel the remote side too."""
         try:
-            return await fut
+            return await pending.future
         except asyncio.CancelledError:
             if self._pending.get(rid) is pending:
                 pending.future = None
-                self.cancel_remote(pending, rid)
+                if pending.target is None:  # still queued: it never left this process
+                    del self._pending[rid]
+                    self._unqueue(rid)
+                else:
+                    self.cancel_remote(pending, rid)
             raise
 
     def cancel_remote(self, pending: Pending, rid: int) -> None:
         """Send Cancel for ``rid``; escalate if no final answer comes within the grace."""
         target = pending.target
+        assert target is not None
         pending.cancelled = True
         target.cancelling += 1
         try:
@@ -221,19 +224,25 @@ class Dispatcher:
         return self._stream(fn, fid, data)
 
     async def _stream(self, fn: Any, fid: int, data: bytes) -> AsyncGenerator:
-        target: Target | None = None
+        loop = asyncio.get_running_loop()
+        pending: Pending | None = None
         rid = 0
         op, value = NEXT, None
         finished = False
         try:
             while True:
-                if target is None:
-                    target = await self._acquire()
+                fut = loop.create_future()
+                if pending is None:  # the first step starts the remote generator
                     rid = next(self._ids)
-                    message: Call | Step = Call(rid, fid, None, data, GENERATOR, op, value)
+                    pending = self._pending[rid] = Pending(fut)
+                    self.submit(rid, pending, Call(rid, fid, None, data, GENERATOR, op, value))
                 else:
-                    message = Step(rid, op, value)
-                reply = await self._request(target, rid, message)
+                    target = pending.target
+                    if target is None or not target.alive or self._pending.get(rid) is not pending:
+                        raise protocol.ProtocolError("the remote generator session is gone")
+                    pending.future = fut
+                    self.send_step(target, Step(rid, op, value))
+                reply = await self._answer(rid, pending)
                 if reply.status != YIELDED:
                     finished = True
                     if reply.status == EXHAUSTED:
@@ -253,20 +262,27 @@ class Dispatcher:
                     else:
                         op, value = SEND, payload.dumps(sent, f"the value sent to {_name(fn)}")
         finally:
-            if target is not None and not finished and target.alive and rid in self._pending:
-                await self._close_remote(target, rid)
+            if pending is not None and not finished and self._pending.get(rid) is pending:
+                await self._close_remote(rid, pending)
 
-    async def _close_remote(self, target: Target, rid: int) -> None:
-        """Close the remote generator (its ``finally`` runs there); bounded wait."""
-        # Only an idle session needs closing: a step cancelled mid-flight makes the
-        # worker close the generator itself and answer CANCELLED.
-        pending = self._pending[rid]
-        if pending.future is not None and pending.future.done():
-            try:
-                async with asyncio.timeout(self.cancel_grace):
-                    await self._request(target, rid, Step(rid, CLOSE))
-            except (TimeoutError, Exception):
-                pass
+    async def _close_remote(self, rid: int, pending: Pending) -> None:
+        """Close an idle remote generator (its ``finally`` runs there); bounded wait.
+
+        A step cancelled mid-flight needs nothing: the worker closes the
+        generator itself and answers CANCELLED.
+        """
+        target = pending.target
+        if target is None or not target.alive or pending.future is None:
+            return
+        if not pending.future.done():
+            return
+        pending.future = asyncio.get_running_loop().create_future()
+        try:
+            self.send_step(target, Step(rid, CLOSE))
+            async with asyncio.timeout(self.cancel_grace):
+                await self._answer(rid, pending)
+        except Exception:
+            pass
 
 
 def _name(fn: Any) -> str:

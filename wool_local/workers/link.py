@@ -7,10 +7,12 @@ rings only when we may really be asleep. Outgoing messages are written
 straight into the ring; if it is full they queue in order in a backlog that is
 flushed as the peer frees space (the same doorbell tells us).
 
-After sending, a link may spin for a short, adaptive window waiting for the
-peer's answer: a reply that comes back within ~20 us then costs no sleep and
-no cross-CPU wake-up on either side. The window shrinks after misses, so an
-idle or slow peer costs almost nothing.
+After sending, a link may spin for a short window waiting for the peer's
+answer, when its owner says one is due soon (few requests in flight, so the
+loop has nothing better to do): a reply that comes back within ~20 us then
+costs no sleep and no cross-CPU wake-up on either side. After a few misses in
+a row (a slow or idle peer) it spins only on every 8th send, to notice when
+answers get fast again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .protocol import Message, ProtocolError
 
 #: Longest spin after a send, in seconds.
 SPIN_WINDOW = 20e-6
+#: Misses in a row after which spinning becomes occasional, and how occasional.
+_MAX_MISSES, _PROBE_EVERY = 3, 8
 
 
 class LinkLost(Exception):
@@ -42,6 +46,7 @@ class Link:
         *,
         watch_peer: bool = False,
         spin_window: float = SPIN_WINDOW,
+        expects_answer: Callable[[], bool] = lambda: True,
     ) -> None:
         self.end = end
         self._reader = end.reader
@@ -52,8 +57,9 @@ class Link:
         self._backlog: deque[bytes] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spin_window = spin_window
-        self._spin = spin_window
-        self._spin_scheduled = False
+        self._expects_answer = expects_answer
+        self._misses = 0
+        self._after_send_scheduled = False
         self.lost: BaseException | None = None
 
     def start(self) -> None:
@@ -74,23 +80,17 @@ class Link:
     def pump(self) -> None:
         """Handle every waiting message, then re-arm so the peer wakes us."""
         reader = self._reader
-        decode = protocol.decode
-        on_message = self._on_message
         try:
             while self.lost is None:
-                frame = reader.try_read()
-                if frame is None:
-                    if reader.arm():
-                        return
-                    continue
                 reader.disarm()
-                try:
-                    msg = decode(frame.data)
-                finally:
-                    frame.release()
-                on_message(msg)
+                reader.drain(self._handle)
+                if reader.arm():
+                    return
         except (RingClosed, PeerDied, FrameError, ProtocolError, IpcError) as exc:
             self._lose(exc)
+
+    def _handle(self, view: memoryview) -> None:
+        self._on_message(protocol.decode(view))
 
     def _on_peer_exit(self) -> None:
         assert self._loop is not None
@@ -109,16 +109,20 @@ class Link:
     # -- writing -----------------------------------------------------------
 
     def send(self, message: Message) -> None:
-        """Queue ``message`` for the peer; never blocks (a full ring backs up here)."""
+        """Queue ``message`` for the peer; never blocks (a full ring backs up here).
+
+        The frame is visible to a spinning peer at once; a sleeping peer is
+        rung once per loop iteration, however many messages went out in it.
+        """
         if self.lost is not None:
             raise LinkLost(f"cannot send: {self.lost}")
         data = protocol.encode(message)
-        if self._backlog or not self._writer.try_write(data):
+        if self._backlog or not self._writer.try_write(data, wake=False):
             self._backlog.append(data)
             self._flush()
-        if not self._spin_scheduled and self._spin > 0 and self._loop is not None:
-            self._spin_scheduled = True
-            self._loop.call_soon(self._spin_for_answer)
+        if not self._after_send_scheduled and self._loop is not None:
+            self._after_send_scheduled = True
+            self._loop.call_soon(self._after_send)
 
     def _flush(self) -> None:
         writer = self._writer
@@ -134,18 +138,24 @@ class Link:
         except (RingClosed, IpcError) as exc:
             self._lose(exc)
 
-    def _spin_for_answer(self) -> None:
-        """Wait briefly (yielding the CPU) for the peer's answer before the loop sleeps."""
-        self._spin_scheduled = False
+    def _after_send(self) -> None:
+        """Wake the peer for this iteration's messages; maybe spin for its answer."""
+        self._after_send_scheduled = False
         if self.lost is not None:
+            return
+        self._writer.wake_reader()
+        if self._spin_window <= 0 or not self._expects_answer():
+            return
+        misses = self._misses
+        if misses >= _MAX_MISSES and misses % _PROBE_EVERY:
+            self._misses += 1
             return
         reader = self._reader
         reader.disarm()  # we are awake: the peer need not ring while we spin
-        if reader.spin(self._spin):
-            self._spin = self._spin_window
+        if reader.spin(self._spin_window):
+            self._misses = 0
         else:
-            # A miss: the peer is slow or asleep. Spin less next time, down to 1 us.
-            self._spin = max(self._spin / 4, 1e-6)
+            self._misses += 1
         self.pump()  # handles what arrived and re-arms
 
     @property

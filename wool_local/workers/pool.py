@@ -40,9 +40,7 @@ class WorkerHandle(Target):
         self.pid = pid
         self.link = link
         self.nested = 0  # nested calls it sent up and still waits on
-        self.relays: dict[int, tuple[Target, int]] = {}  # its call id -> (target, hub id)
-        self.relay_tasks: dict[int, asyncio.Task[None]] = {}
-        self.reserved = 0  # slots handed to queued callers that have not sent yet
+        self.relays: dict[int, int] = {}  # its call id -> the hub's request id
         self.stopping = False
         self.kill_reason = ""
 
@@ -53,16 +51,17 @@ class WorkerHandle(Target):
     def effective_load(self) -> int:
         # Tasks that wait on nested calls leave the worker's loop free: without
         # discounting them, workers all waiting on nested calls would deadlock.
-        return max(0, self.load + self.reserved - self.nested)
+        return max(0, self.load - self.nested)
 
 
 class _Forward:
-    """Stands in for a future: relays a worker's answer to the worker that asked."""
+    """Stands in for a future: relays an answer to the worker whose nested call it is."""
 
-    __slots__ = ("asker", "call_id", "pool")
+    __slots__ = ("asker", "asker_gone", "call_id", "pool")
 
     def __init__(self, pool: Pool, asker: WorkerHandle, call_id: int) -> None:
         self.pool, self.asker, self.call_id = pool, asker, call_id
+        self.asker_gone = False
 
     def done(self) -> bool:
         return False
@@ -70,13 +69,15 @@ class _Forward:
     def set_result(self, reply: Reply) -> None:
         if reply.status != YIELDED:
             self.pool._relay_finished(self.asker, self.call_id)
-        if self.asker.alive:
-            self.asker.send(Reply(self.call_id, reply.status, reply.value))
+        self._send(Reply(self.call_id, reply.status, reply.value))
 
     def set_exception(self, exc: BaseException) -> None:
         self.pool._relay_finished(self.asker, self.call_id)
-        if self.asker.alive:
-            self.asker.send(Reply(self.call_id, RAISED, payload.dumps_exception(exc)))
+        self._send(Reply(self.call_id, RAISED, payload.dumps_exception(exc)))
+
+    def _send(self, reply: Reply) -> None:
+        if not self.asker_gone and self.asker.alive and self.asker.link.lost is None:
+            self.asker.send(reply)
 
 
 class Pool(Dispatcher):
@@ -105,7 +106,7 @@ class Pool(Dispatcher):
         self._workers: dict[int, WorkerHandle] = {}
         self._spawning: dict[int, tuple[Channel, asyncio.Future[WorkerHandle]]] = {}
         self._seq = itertools.count(1)
-        self._waiters: deque[asyncio.Future[WorkerHandle]] = deque()
+        self._queue: deque[tuple[int, Pending, Call]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exits: dict[int, asyncio.Future[None]] = {}
         self.closed = False
@@ -171,7 +172,12 @@ class Pool(Dispatcher):
             if handle is not None and not handle.stopping and not isinstance(exc, PoolClosed):
                 self._kill(handle, f"its channel failed: {exc}")
 
-        link = Link(chan.end(0, peer_pid=pid), on_message, on_lost)
+        def expects_answer() -> bool:
+            # Spin for a reply only when few are in flight: otherwise replies
+            # stream in anyway and the loop has queued work to do meanwhile.
+            return handle is not None and handle.load <= 2
+
+        link = Link(chan.end(0, peer_pid=pid), on_message, on_lost, expects_answer=expects_answer)
         handle = WorkerHandle(pid, link)
         self._workers[pid] = handle
         link.start()
@@ -299,44 +305,42 @@ class Pool(Dispatcher):
                 best = handle
         return best
 
-    async def _acquire(self) -> Target:
+    def submit(self, rid: int, pending: Pending, call: Call) -> None:
         if self.closed or self.broken is not None:
             raise self.broken or PoolClosed("the pool is closed")
-        handle = self._pick() if not self._waiters else None
-        if handle is not None:
-            return handle
-        assert self._loop is not None
-        fut: asyncio.Future[WorkerHandle] = self._loop.create_future()
-        self._waiters.append(fut)
-        try:
-            handle = await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                fut.result().reserved -= 1
-                self._answered(fut.result())  # hand the slot to the next waiter
-            raise
-        handle.reserved -= 1  # the caller sends right away, turning it into load
-        return handle
+        handle = self._pick() if not self._queue else None
+        if handle is None:
+            self._queue.append((rid, pending, call))
+        else:
+            self.send_call(handle, pending, call)
 
     def _answered(self, target: Target) -> None:
-        """Capacity freed up (or a worker joined): hand slots to queued callers, oldest first."""
-        waiters = self._waiters
-        while waiters:
-            if waiters[0].done():
-                waiters.popleft()
+        """Capacity freed up (or a worker joined): send queued calls, oldest first."""
+        queue = self._queue
+        while queue:
+            rid, pending, call = queue[0]
+            if self._pending.get(rid) is not pending:
+                queue.popleft()  # its caller gave up while it waited
                 continue
             handle = self._pick()
             if handle is None:
                 return
-            # Reserve the slot now, or two waiters could be handed the last one.
-            handle.reserved += 1
-            waiters.popleft().set_result(handle)
+            queue.popleft()
+            try:
+                self.send_call(handle, pending, call)
+            except Exception as exc:
+                del self._pending[rid]
+                if pending.future is not None and not pending.future.done():
+                    pending.future.set_exception(exc)
 
     def _wake_all(self, exc: BaseException) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(exc)
+        """Fail every queued call with ``exc``."""
+        while self._queue:
+            rid, pending, _ = self._queue.popleft()
+            if self._pending.get(rid) is pending:
+                del self._pending[rid]
+                if pending.future is not None and not pending.future.done():
+                    pending.future.set_exception(exc)
 
     # -- messages from workers ---------------------------------------------
 
@@ -347,69 +351,70 @@ class Pool(Dispatcher):
         elif kind is Call:
             self._relay_call(handle, msg)  # type: ignore[arg-type]
         elif kind is Step:
-            relay = handle.relays.get(msg.id)  # type: ignore[union-attr]
-            if relay is not None:
-                target, hid = relay
-                self.send_step(target, Step(hid, msg.op, msg.value))  # type: ignore[union-attr]
+            self._relay_step(handle, msg)  # type: ignore[arg-type]
         elif kind is Cancel:
             self._relay_cancel(handle, msg.id)  # type: ignore[union-attr]
 
     def _relay_call(self, asker: WorkerHandle, call: Call) -> None:
+        """A worker dispatches onward: schedule its call like any other."""
         if call.fn_def is not None:
             self.fn_defs[call.fn] = call.fn_def
-        asker.nested += 1
-        self._answered(asker)  # its waiting task frees a slot for queued calls
-        assert self._loop is not None
-        task = self._loop.create_task(self._relay_start(asker, call))
-        asker.relay_tasks[call.id] = task
-        task.add_done_callback(lambda _: asker.relay_tasks.pop(call.id, None))
-
-    async def _relay_start(self, asker: WorkerHandle, call: Call) -> None:
-        try:
-            target = await self._acquire()
-        except asyncio.CancelledError:
-            self._relay_finished(asker, call.id)
-            if asker.alive:
-                asker.send(Reply(call.id, CANCELLED))
-            return
-        except Exception as exc:
-            self._relay_finished(asker, call.id)
-            if asker.alive:
-                asker.send(Reply(call.id, RAISED, payload.dumps_exception(exc)))
-            return
         if call.fn not in self.fn_defs:
-            self._relay_finished(asker, call.id)
             missing = payload.UnpicklableError(f"the hub never received callable #{call.fn}")
             asker.send(Reply(call.id, RAISED, payload.dumps_exception(missing)))
             return
+        asker.nested += 1
+        self._answered(asker)  # its waiting task frees a slot for queued calls
         hid = next(self._ids)
-        self._pending[hid] = Pending(_Forward(self, asker, call.id), target)
-        asker.relays[call.id] = (target, hid)
-        self.send_call(target, Call(hid, call.fn, None, call.args, call.kind, call.op, call.value))
+        pending = self._pending[hid] = Pending(_Forward(self, asker, call.id))
+        asker.relays[call.id] = hid
+        try:
+            self.submit(
+                hid, pending, Call(hid, call.fn, None, call.args, call.kind, call.op, call.value)
+            )
+        except Exception as exc:
+            del self._pending[hid]
+            pending.future.set_exception(exc)
+
+    def _relay_step(self, asker: WorkerHandle, step: Step) -> None:
+        hid = asker.relays.get(step.id)
+        pending = self._pending.get(hid) if hid is not None else None
+        if pending is None or pending.target is None:
+            asker.send(
+                Reply(
+                    step.id,
+                    RAISED,
+                    payload.dumps_exception(RuntimeError("the remote generator session is gone")),
+                )
+            )
+            return
+        self.send_step(pending.target, Step(hid, step.op, step.value))  # type: ignore[arg-type]
 
     def _relay_cancel(self, asker: WorkerHandle, call_id: int) -> None:
-        relay = asker.relays.get(call_id)
-        if relay is not None:
-            _, hid = relay
-            pending = self._pending.get(hid)
-            if pending is not None and not pending.cancelled:
-                self.cancel_remote(pending, hid)
+        hid = asker.relays.get(call_id)
+        pending = self._pending.get(hid) if hid is not None else None
+        if pending is None or pending.cancelled:
             return
-        task = asker.relay_tasks.get(call_id)
-        if task is not None:
-            task.cancel()
+        if pending.target is None:  # still queued here: answer for it
+            del self._pending[hid]  # type: ignore[arg-type]
+            pending.future.set_result(Reply(call_id, CANCELLED))
+        else:
+            self.cancel_remote(pending, hid)  # type: ignore[arg-type]
 
     def _relay_finished(self, asker: WorkerHandle, call_id: int) -> None:
-        if asker.relays.pop(call_id, None) is not None or call_id in asker.relay_tasks:
+        if asker.relays.pop(call_id, None) is not None:
             asker.nested = max(0, asker.nested - 1)
 
     def _drop_relays(self, asker: WorkerHandle) -> None:
         """A worker died: cancel the nested calls it was waiting on."""
-        for task in list(asker.relay_tasks.values()):
-            task.cancel()
-        for target, hid in list(asker.relays.values()):
+        for hid in list(asker.relays.values()):
             pending = self._pending.get(hid)
-            if pending is not None and target.alive:
+            if pending is None:
+                continue
+            pending.future.asker_gone = True
+            if pending.target is None:
+                del self._pending[hid]
+            elif pending.target.alive and not pending.cancelled:
                 self.cancel_remote(pending, hid)
         asker.relays.clear()
         asker.nested = 0
@@ -428,7 +433,7 @@ class Pool(Dispatcher):
         return self._workers.get(pid)
 
     def queued(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return sum(1 for rid, p, _ in self._queue if self._pending.get(rid) is p)
 
     def loads(self) -> dict[int, int]:
         return {h.pid: h.load for h in self._workers.values()}

@@ -20,7 +20,7 @@ import uvloop
 
 from ..ipc import Channel, Doorbell, Segment
 from . import payload
-from .dispatch import Dispatcher, Target
+from .dispatch import Dispatcher, Pending, Target
 from .link import Link
 from .protocol import (
     CANCELLED,
@@ -70,15 +70,23 @@ class HubClient(Dispatcher):
         super().__init__(main_has=lambda fn: False)
         self.target = _HubTarget(link)
 
-    async def _acquire(self) -> Target:
-        return self.target
+    def submit(self, rid: int, pending: Pending, call: Call) -> None:
+        self.send_call(self.target, pending, call)  # the hub does the scheduling
 
 
 class WorkerService:
     """Serves one channel to the hub until told to stop or the hub goes away."""
 
     def __init__(self, link_end: Any) -> None:
-        self.link = Link(link_end, self._on_message, self._on_lost, watch_peer=True)
+        # After answering, spin briefly for the next call only when idle (the
+        # task that just replied may still be registered).
+        self.link = Link(
+            link_end,
+            self._on_message,
+            self._on_lost,
+            watch_peer=True,
+            expects_answer=lambda: len(self._tasks) <= 1,
+        )
         self.client = HubClient(self.link)
         self._functions: dict[int, Any] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
