@@ -332,3 +332,38 @@ def test_given_ring_of_another_layout_version_when_attaching_then_protocol_versi
             RingReader(buf, 0, bell=bell, peer_bell=bell)
     finally:
         bell.close()
+
+
+def test_given_repeated_large_frames_then_one_bulk_segment_is_reused_and_data_intact():
+    """Given many frames above the inline limit, they reuse one mapped bulk segment."""
+    chan = Channel.create(CAP)
+    a, b = chan.end(0), chan.end(1)
+    try:
+        names = set()
+        for i in range(6):
+            msg = payload(i, 300_000 + i)
+            a.writer.write_blocking(msg, timeout=5)
+            names.add(a.writer._bulk.name)
+            with b.reader.read_blocking(timeout=5) as frame:
+                assert frame.data == msg
+        assert len(names) == 1
+        big = payload(99, 3 << 20)  # larger than the bulk area: it is replaced by a bigger one
+        a.writer.write_blocking(big, timeout=5)
+        with b.reader.read_blocking(timeout=5) as frame:
+            assert frame.data == big
+        assert a.writer._bulk.name not in names and a.writer._bulk.size >= len(big)
+    finally:
+        a.discard()
+        b.writer.discard()
+        b.reader.discard()
+
+
+def test_given_spilled_frame_never_read_when_both_ends_discard_then_no_segment_is_left():
+    """Given a spilled frame the reader never took, discarding both ends leaks nothing."""
+    chan = Channel.create(CAP)
+    a, b = chan.end(0), chan.end(1)
+    a.writer.write_blocking(b"q" * 100_000, timeout=5)
+    a.writer.write_blocking(b"r" * 100_000, timeout=5)  # bulk busy: a one-off segment
+    a.discard()  # the reader is alive and open: the writer leaves the segments for it
+    b.writer.discard()
+    b.reader.discard()  # ... and the reader, closing unread, removes them

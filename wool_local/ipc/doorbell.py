@@ -122,9 +122,16 @@ class PeerWatch:
 
     def notify(self, bell: Doorbell) -> None:
         """Wake ``bell``'s async waiters when the peer dies (on the running loop)."""
-        if self.fd < 0 or self._watched is not None:
+        if self.fd < 0:
             return
         loop = asyncio.get_running_loop()
+        if self._watched is not None:
+            old_loop, old_bell = self._watched
+            if old_loop is loop and old_bell is bell:
+                return
+            if not old_loop.is_closed():
+                old_loop.remove_reader(self.fd)
+            self._watched = None
 
         def on_death() -> None:
             loop.remove_reader(self.fd)

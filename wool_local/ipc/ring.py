@@ -57,6 +57,11 @@ _DATA_WORD = (FRAME_MAGIC << 32) | (FRAME_VERSION << 48) | (KIND_DATA << 56)
 _PAD_WORD = (FRAME_MAGIC << 32) | (FRAME_VERSION << 48) | (KIND_PAD << 56)
 _LEN_MASK = 0xFFFF_FFFF
 
+#: Largest frame that reuses a ring's persistent bulk segment (larger ones get a
+#: one-off segment each, so a single huge frame does not pin its memory).
+BULK_MAX = 256 << 20
+_SPILL_BULK = 1
+
 #: Default bounded spin before sleeping, in seconds.
 DEFAULT_SPIN = 20e-6
 
@@ -87,15 +92,34 @@ def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def _as_parts(parts: Parts) -> Sequence[memoryview]:
-    if isinstance(parts, bytes | bytearray | memoryview):
+def _round_mib(n: int) -> int:
+    return (n + (1 << 20) - 1) & ~((1 << 20) - 1)
+
+
+def _copy_into(dest: memoryview, pos: int, views: Sequence[Buffer]) -> None:
+    for v in views:
+        n = len(v)
+        dest[pos : pos + n] = v
+        pos += n
+
+
+_SINGLE = (bytes, bytearray, memoryview)
+
+
+def _as_parts(parts: Parts) -> Sequence[Buffer]:
+    """Normalise to byte buffers whose ``len()`` is their size in bytes."""
+    if type(parts) is bytes or type(parts) is bytearray:
+        return (parts,)
+    if isinstance(parts, _SINGLE):
         parts = (parts,)
-    views = []
+    views: list[Buffer] = []
     for p in parts:
-        mv = p if isinstance(p, memoryview) else memoryview(p)
-        if mv.format != "B" or mv.ndim != 1:
-            mv = mv.cast("B")
-        views.append(mv)
+        if type(p) is not bytes and type(p) is not bytearray:
+            mv = p if isinstance(p, memoryview) else memoryview(p)
+            if mv.format != "B" or mv.ndim != 1:
+                mv = mv.cast("B")
+            p = mv
+        views.append(p)
     return views
 
 
@@ -169,7 +193,9 @@ class RingWriter(_End):
         self._head: int = self._hdr[_HEAD]
         limit = self.capacity // 2 - 8
         self.inline_max = limit if inline_max is None else min(inline_max, limit)
-        self._spills: deque[tuple[int, str]] = deque()
+        self._spills: deque[tuple[int, str]] = deque()  # segments the reader may not have yet
+        self._bulk: Segment | None = None
+        self._bulk_free_at = 0  # ring position after which the reader is done with the bulk
         self.closed = False
 
     # -- writing -----------------------------------------------------------
@@ -186,7 +212,7 @@ class RingWriter(_End):
         if self.closed:
             raise RingClosed("this ring was closed for writing")
         views = _as_parts(parts)
-        total = sum(v.nbytes for v in views)
+        total = len(views[0]) if len(views) == 1 else sum(map(len, views))
         if total > self.inline_max:
             written = self._write_spill(views, total)
         else:
@@ -195,7 +221,7 @@ class RingWriter(_End):
             self.wake_reader()
         return written
 
-    def _write_inline(self, views: Sequence[memoryview], total: int, word: int) -> bool:
+    def _write_inline(self, views: Sequence[Buffer], total: int, word: int) -> bool:
         hdr = self._hdr
         cap = self.capacity
         need = 8 + _align8(total)
@@ -217,12 +243,7 @@ class RingWriter(_End):
                 return False
         elif need > free:
             return False
-        data = self._data
-        pos = off + 8
-        for v in views:
-            n = v.nbytes
-            data[pos : pos + n] = v
-            pos += n
+        _copy_into(self._data, off + 8, views)
         self._words[off >> 3] = word | total
         self._publish(head + need)
         return True
@@ -247,29 +268,57 @@ class RingWriter(_End):
         to_end = cap - self._head % cap
         return free >= (to_end + need if need > to_end else need)
 
-    def _write_spill(self, views: Sequence[memoryview], total: int) -> bool:
-        name = make_name()
-        record = total.to_bytes(8, "little") + name.encode()
-        # Check ring room first, so a full ring never strands a spill segment;
-        # room only grows while we hold the producer role.
+    def _write_spill(self, views: Sequence[Buffer], total: int) -> bool:
+        """Send a large frame through shared memory outside the ring.
+
+        Frames up to :data:`BULK_MAX` reuse one "bulk" segment per ring that
+        both sides keep mapped: its pages are faulted in once, and a copy into
+        them runs at memcpy speed instead of paying a fresh page per 4 KiB. The
+        bulk area is reused once the reader released the frame that used it,
+        and replaced by a larger one when a frame does not fit. A frame that
+        finds it busy, or is larger, gets a one-off segment.
+        """
+        bulk = self._bulk
+        reusable = total <= BULK_MAX and self._hdr[_TAIL] >= self._bulk_free_at
+        fresh = False
+        if reusable and bulk is not None and bulk.size >= total:
+            name = bulk.name
+        else:
+            name = make_name()
+            fresh = True
+        flags = _SPILL_BULK if reusable else 0
+        record = total.to_bytes(8, "little") + bytes((flags,)) + name.encode()
+        # Check ring room first, so a full ring never strands a segment; room only
+        # grows while we hold the producer role.
         if not self._fits(len(record)):
             return False
-        seg = Segment.create(max(total, 1), name=name)
+        if fresh:
+            size = max(total, 1)
+            if reusable:
+                old = bulk.size if bulk is not None else 0
+                size = min(BULK_MAX, max(_round_mib(total), 2 * old))
+            seg = Segment.create(size, name=name)
+            if reusable:
+                if bulk is not None:
+                    bulk.close()  # the reader took it: it released the frame that used it
+                self._bulk = bulk = seg
+        else:
+            seg = bulk  # type: ignore[assignment]
         try:
-            pos = 0
-            buf = seg.buf
-            for v in views:
-                n = v.nbytes
-                buf[pos : pos + n] = v
-                pos += n
+            _copy_into(seg.buf, 0, views)  # type: ignore[union-attr]
         except BaseException:
-            seg.unlink()
+            if fresh:
+                seg.unlink()  # type: ignore[union-attr]
             raise
         finally:
-            seg.close()
-        written = self._write_inline((memoryview(record),), len(record), _SPILL_WORD)
+            if not reusable:
+                seg.close()  # type: ignore[union-attr]
+        written = self._write_inline((record,), len(record), _SPILL_WORD)
         assert written, "ring room shrank under the only producer"
-        self._spills.append((self._head, name))
+        if fresh:
+            self._spills.append((self._head, name))
+        if reusable:
+            self._bulk_free_at = self._head
         return True
 
     def _forget_spills(self) -> None:
@@ -353,6 +402,9 @@ class RingWriter(_End):
             for _, name in self._spills:
                 unlink_name(name)
         self._spills.clear()
+        if self._bulk is not None:
+            self._bulk.close()
+            self._bulk = None
         self._release_views()
 
 
@@ -407,6 +459,7 @@ class RingReader(_End):
         self._pos: int = self._hdr[_TAIL]
         self._pending: deque[Frame | int] = deque()
         self._broken: FrameError | None = None
+        self._bulk: Segment | None = None  # the writer's reusable bulk segment, once seen
 
     def try_read(self) -> Frame | None:
         """The next frame, or None if the ring is empty right now."""
@@ -432,7 +485,7 @@ class RingReader(_End):
                 frame = Frame(self, end, self._data[off + 8 : off + 8 + length], None)
             else:
                 seg, view = self._open_spill(pos, off, length)
-                frame = Frame(self, end, view, seg)
+                frame = Frame(self, end, view, None if seg is self._bulk else seg)
             self._pending.append(frame)
             return frame
 
@@ -476,7 +529,8 @@ class RingReader(_End):
                         handler(view)
                     finally:
                         view.release()
-                        seg.close()
+                        if seg is not self._bulk:
+                            seg.close()
                 handled += 1
         finally:
             if self._pos != hdr[_TAIL] and self._broken is None:
@@ -512,23 +566,49 @@ class RingReader(_End):
         return off, length, kind, size
 
     def _open_spill(self, pos: int, off: int, length: int) -> tuple[Segment, memoryview]:
-        if length < 10:
+        if length < 11:
             raise self._fail(FrameError(f"corrupt spill frame at ring position {pos}"))
         record = bytes(self._data[off + 8 : off + 8 + length])
         size = int.from_bytes(record[:8], "little")
-        name = record[8:].decode("ascii", "replace")
-        try:
-            seg = Segment.attach(name, unlink=True, populate=True)
-        except Exception as exc:
-            raise self._fail(
-                FrameError(f"spill segment {name} of frame at position {pos} is gone: {exc}")
-            ) from exc
+        bulk = record[8] & _SPILL_BULK
+        name = record[9:].decode("ascii", "replace")
+        if bulk and self._bulk is not None and self._bulk.name == name:
+            seg = self._bulk
+        else:
+            try:
+                seg = Segment.attach(name, unlink=True, populate=True)
+            except Exception as exc:
+                raise self._fail(
+                    FrameError(f"spill segment {name} of frame at position {pos} is gone: {exc}")
+                ) from exc
+            if bulk:
+                if self._bulk is not None:
+                    self._bulk.close()  # replaced by a larger one
+                self._bulk = seg
         if seg.size < size:
-            seg.close()
             raise self._fail(
                 FrameError(f"truncated spill frame at position {pos}: {size} bytes declared")
             )
         return seg, seg.buf[:size]
+
+    def _unread_spills(self) -> list[str]:
+        """Names of spill segments in frames not read yet (best effort, never raises)."""
+        names = []
+        hdr, cap = self._hdr, self.capacity
+        pos, head = self._pos, hdr[_HEAD]
+        try:
+            while pos < head:
+                off = pos % cap
+                word = self._words[off >> 3]
+                length = word & _LEN_MASK
+                if (word >> 32) & 0xFFFF != FRAME_MAGIC:
+                    break
+                if word >> 56 == KIND_SPILL and length >= 11:
+                    names.append(bytes(self._data[off + 17 : off + 8 + length]).decode())
+                pos += 8 + _align8(length)
+        except Exception:
+            pass
+        return names
 
     def _fail(self, exc: FrameError) -> FrameError:
         self._broken = exc
@@ -631,11 +711,17 @@ class RingReader(_End):
         self.peer_bell.ring()
 
     def discard(self) -> None:
-        """Drop this end: close spill mappings of unreleased frames and unmap views."""
+        """Drop this end: unlink spill segments nobody will read, unmap everything."""
+        if self._broken is None:
+            for name in self._unread_spills():
+                unlink_name(name)
         for item in self._pending:
             if isinstance(item, Frame) and item._segment is not None:
                 item.released = True
                 item._segment.close()
                 item._segment = None
         self._pending.clear()
+        if self._bulk is not None:
+            self._bulk.close()
+            self._bulk = None
         self._release_views()
