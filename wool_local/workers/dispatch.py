@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from . import payload, protocol
@@ -56,7 +56,7 @@ class Target:
         self.cancelling = 0  # of those, ones we cancelled: the target may be stuck
         self.alive = True
 
-    def send(self, message: protocol.Message) -> None:
+    def send(self, message: protocol.Message, buffers: Sequence[Any] = ()) -> None:
         raise NotImplementedError
 
 
@@ -92,7 +92,7 @@ class Dispatcher:
 
     # -- hooks -------------------------------------------------------------
 
-    def submit(self, rid: int, pending: Pending, call: Call) -> None:
+    def submit(self, rid: int, pending: Pending, call: Call, buffers: Sequence[Any] = ()) -> None:
         """Send ``call`` now or queue it until a target has room (subclasses schedule)."""
         raise NotImplementedError
 
@@ -118,7 +118,9 @@ class Dispatcher:
         self._fn_cache[id(fn)] = (fn, fid)
         return fid
 
-    def send_call(self, target: Target, pending: Pending, call: Call) -> None:
+    def send_call(
+        self, target: Target, pending: Pending, call: Call, buffers: Sequence[Any] = ()
+    ) -> None:
         """Send ``call``, attaching the callable's definition the first time ``target`` sees it."""
         fid = call.fn
         known = target.known_fns
@@ -127,15 +129,15 @@ class Dispatcher:
             known.add(fid)
         pending.target = target
         target.load += 1
-        target.send(call)
+        target.send(call, buffers)
 
-    def send_step(self, target: Target, step: Step) -> None:
+    def send_step(self, target: Target, step: Step, buffers: Sequence[Any] = ()) -> None:
         target.load += 1
-        target.send(step)
+        target.send(step, buffers)
 
     # -- receiving ---------------------------------------------------------
 
-    def on_reply(self, reply: Reply) -> None:
+    def on_reply(self, reply: Reply, buffers: list[bytes]) -> None:
         pending = self._pending.get(reply.id)
         if pending is None:
             return  # late answer to something already failed
@@ -148,7 +150,7 @@ class Dispatcher:
                 target.cancelling -= 1
         fut = pending.future
         if fut is not None and not fut.done():
-            fut.set_result(reply)
+            fut.set_result((reply, buffers))
         self._answered(target)
 
     def fail_target(self, target: Target, exc: BaseException) -> None:
@@ -175,18 +177,18 @@ class Dispatcher:
     async def call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``fn(*args, **kwargs)`` (a coroutine function) remotely and return its result."""
         fid = self.encode_fn(fn)
-        data = payload.dumps_args(args, kwargs, _name(fn))
+        data, buffers = payload.dumps_args(args, kwargs, _name(fn))
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         pending = self._pending[rid] = Pending(fut)
         try:
-            self.submit(rid, pending, Call(rid, fid, None, data))
+            self.submit(rid, pending, Call(rid, fid, None, data), buffers)
         except BaseException:
             self._pending.pop(rid, None)
             raise
         return _outcome(await self._answer(rid, pending), fn)
 
-    async def _answer(self, rid: int, pending: Pending) -> Reply:
+    async def _answer(self, rid: int, pending: Pending) -> tuple[Reply, list[bytes]]:
         """Await the answer to ``rid``; on cancellation, cancel the remote side too."""
         try:
             return await pending.future
@@ -220,14 +222,13 @@ class Dispatcher:
     def stream(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncGenerator:
         """Run the async generator function ``fn`` remotely, one step per pull."""
         fid = self.encode_fn(fn)
-        data = payload.dumps_args(args, kwargs, _name(fn))
-        return self._stream(fn, fid, data)
+        return self._stream(fn, fid, payload.dumps_args(args, kwargs, _name(fn)))
 
-    async def _stream(self, fn: Any, fid: int, data: bytes) -> AsyncGenerator:
+    async def _stream(self, fn: Any, fid: int, args: payload.Pickled) -> AsyncGenerator:
         loop = asyncio.get_running_loop()
         pending: Pending | None = None
         rid = 0
-        op, value = NEXT, None
+        op, value, buffers = NEXT, None, args[1]
         finished = False
         try:
             while True:
@@ -235,32 +236,38 @@ class Dispatcher:
                 if pending is None:  # the first step starts the remote generator
                     rid = next(self._ids)
                     pending = self._pending[rid] = Pending(fut)
-                    self.submit(rid, pending, Call(rid, fid, None, data, GENERATOR, op, value))
+                    call = Call(rid, fid, None, args[0], GENERATOR, op, value)
+                    self.submit(rid, pending, call, buffers)
                 else:
                     target = pending.target
                     if target is None or not target.alive or self._pending.get(rid) is not pending:
                         raise protocol.ProtocolError("the remote generator session is gone")
                     pending.future = fut
-                    self.send_step(target, Step(rid, op, value))
-                reply = await self._answer(rid, pending)
+                    self.send_step(target, Step(rid, op, value), buffers)
+                answer = await self._answer(rid, pending)
+                reply = answer[0]
                 if reply.status != YIELDED:
                     finished = True
                     if reply.status == EXHAUSTED:
                         return
-                    _outcome(reply, fn)
+                    _outcome(answer, fn)
                     return
-                item = payload.loads(reply.value or b"", f"a value yielded by {_name(fn)}")
+                item = payload.loads(
+                    reply.value or b"", f"a value yielded by {_name(fn)}", answer[1]
+                )
                 try:
                     sent = yield item
                 except GeneratorExit:
                     raise
                 except BaseException as exc:  # athrow(): deliver it to the remote generator
-                    op, value = THROW, payload.dumps(exc, f"the exception thrown into {_name(fn)}")
+                    op = THROW
+                    value, buffers = payload.dumps(exc, f"the exception thrown into {_name(fn)}")
                 else:
                     if sent is None:
-                        op, value = NEXT, None
+                        op, value, buffers = NEXT, None, []
                     else:
-                        op, value = SEND, payload.dumps(sent, f"the value sent to {_name(fn)}")
+                        op = SEND
+                        value, buffers = payload.dumps(sent, f"the value sent to {_name(fn)}")
         finally:
             if pending is not None and not finished and self._pending.get(rid) is pending:
                 await self._close_remote(rid, pending)
@@ -289,10 +296,11 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
-def _outcome(reply: Reply, fn: Any) -> Any:
+def _outcome(answer: tuple[Reply, list[bytes]], fn: Any) -> Any:
+    reply, buffers = answer
     status = reply.status
     if status == RETURNED:
-        return payload.loads(reply.value or b"", f"the result of {_name(fn)}")
+        return payload.loads(reply.value or b"", f"the result of {_name(fn)}", buffers)
     if status == RAISED:
         raise payload.loads_exception(reply.value or b"")
     if status == CANCELLED:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..ipc import ChannelEnd, FrameError, IpcError, PeerDied, RingClosed
 from . import protocol
@@ -41,7 +42,7 @@ class Link:
     def __init__(
         self,
         end: ChannelEnd,
-        on_message: Callable[[Message], None],
+        on_message: Callable[[Message, list[bytes]], None],
         on_lost: Callable[[BaseException], None],
         *,
         watch_peer: bool = False,
@@ -54,7 +55,7 @@ class Link:
         self._on_message = on_message
         self._on_lost = on_lost
         self._watch_peer = watch_peer
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[Any] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spin_window = spin_window
         self._expects_answer = expects_answer
@@ -90,7 +91,7 @@ class Link:
             self._lose(exc)
 
     def _handle(self, view: memoryview) -> None:
-        self._on_message(protocol.decode(view))
+        self._on_message(*protocol.decode(view))
 
     def _on_peer_exit(self) -> None:
         assert self._loop is not None
@@ -108,7 +109,7 @@ class Link:
 
     # -- writing -----------------------------------------------------------
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
         """Queue ``message`` for the peer; never blocks (a full ring backs up here).
 
         The frame is visible to a spinning peer at once; a sleeping peer is
@@ -116,7 +117,7 @@ class Link:
         """
         if self.lost is not None:
             raise LinkLost(f"cannot send: {self.lost}")
-        data = protocol.encode(message)
+        data = protocol.encode(message, buffers)
         if self._backlog or not self._writer.try_write(data, wake=False):
             self._backlog.append(data)
             self._flush()

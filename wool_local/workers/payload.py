@@ -11,11 +11,20 @@ from __future__ import annotations
 import hashlib
 import pickle
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
 
 PROTOCOL = 5
+
+#: ``bytes``/``bytearray`` at least this large travel out of band: the frame
+#: carries them raw after the message, so they are copied once on each side
+#: instead of being copied into the pickle, then into the frame, and back.
+OOB_MIN = 64 << 10
+
+#: A pickled payload: the pickle stream and its out-of-band buffers.
+Pickled = tuple[bytes, list[Any]]
 
 
 class UnpicklableError(TypeError):
@@ -37,26 +46,111 @@ class RemoteError(Exception):
     """Stands in for a worker exception that could not be pickled."""
 
 
-def dumps(obj: Any, what: str) -> bytes:
-    """Pickle ``obj``; ``what`` names it in the error ("argument 'x' of f", ...)."""
+def dumps(obj: Any, what: str) -> Pickled:
+    """Pickle ``obj``; ``what`` names it in the error ("argument 'x' of f", ...).
+
+    Large ``bytes``/``bytearray`` at the top of ``obj`` or one container level
+    down go out of band; deeper ones stay in the stream (still correct).
+    """
+    if _has_big(obj, 2):
+        return _dumps_oob(obj, what)
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        return pickle.dumps(obj, PROTOCOL), []
     except Exception:
         pass
     try:
-        return cloudpickle.dumps(obj, PROTOCOL)
+        return cloudpickle.dumps(obj, PROTOCOL), []
     except Exception as exc:
         raise UnpicklableError(f"cannot send {what} between processes: {exc}") from exc
 
 
-def loads(data: bytes | memoryview, what: str) -> Any:
+def loads(data: bytes | memoryview, what: str, buffers: Sequence[Any] = ()) -> Any:
     try:
-        return pickle.loads(data)
+        return pickle.loads(data, buffers=buffers)
     except Exception as exc:
         raise UnpicklableError(f"cannot rebuild {what} in this process: {exc!r}") from exc
 
 
-def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn_name: str) -> bytes:
+def _is_big(obj: Any) -> bool:
+    t = type(obj)
+    return (t is bytes or t is bytearray) and len(obj) >= OOB_MIN
+
+
+def _has_big(obj: Any, depth: int) -> bool:
+    if _is_big(obj):
+        return True
+    if depth:
+        t = type(obj)
+        if t is tuple or t is list:
+            return any(_has_big(x, depth - 1) for x in obj)
+        if t is dict:
+            return any(_has_big(x, depth - 1) for x in obj.values())
+    return False
+
+
+def _bytes_from(buffer: Any) -> bytes:
+    # The receiver hands us the bytes it already copied out of shared memory.
+    return buffer if type(buffer) is bytes else bytes(buffer)
+
+
+def _bytearray_from(buffer: Any) -> bytearray:
+    return bytearray(buffer)
+
+
+class _OutOfBand:
+    """Pickles a large bytes/bytearray as an out-of-band buffer.
+
+    Needed because pickle never offers exact ``bytes`` to ``reducer_override``.
+    """
+
+    __slots__ = ("buffer", "rebuild")
+
+    def __init__(self, obj: bytes | bytearray, ours: list[pickle.PickleBuffer]) -> None:
+        self.buffer = pickle.PickleBuffer(obj)
+        self.rebuild = _bytes_from if type(obj) is bytes else _bytearray_from
+        ours.append(self.buffer)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (self.rebuild, (self.buffer,))
+
+
+def _wrap(obj: Any, depth: int, ours: list[pickle.PickleBuffer]) -> Any:
+    if _is_big(obj):
+        return _OutOfBand(obj, ours)
+    if depth:
+        t = type(obj)
+        if t is tuple:
+            return tuple(_wrap(x, depth - 1, ours) for x in obj)
+        if t is list:
+            return [_wrap(x, depth - 1, ours) for x in obj]
+        if t is dict:
+            return {k: _wrap(v, depth - 1, ours) for k, v in obj.items()}
+    return obj
+
+
+def _dumps_oob(obj: Any, what: str) -> Pickled:
+    ours: list[pickle.PickleBuffer] = []
+    wrapped = _wrap(obj, 2, ours)
+    ids = {id(pb) for pb in ours}
+    buffers: list[Any] = []
+
+    def out_of_band(pb: pickle.PickleBuffer) -> bool:
+        if id(pb) in ids:
+            buffers.append(pb.raw())
+            return False
+        return True  # someone else's buffer (numpy, ...): keep it in band
+
+    try:
+        return pickle.dumps(wrapped, PROTOCOL, buffer_callback=out_of_band), buffers
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(obj, PROTOCOL), []
+    except Exception as exc:
+        raise UnpicklableError(f"cannot send {what} between processes: {exc}") from exc
+
+
+def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn_name: str) -> Pickled:
     """Pickle a call's arguments; on failure, name the argument that cannot travel."""
     try:
         return dumps((args, kwargs), "")

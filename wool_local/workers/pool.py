@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from ..ipc import DEFAULT_CAPACITY, Channel, sweep
@@ -44,8 +45,8 @@ class WorkerHandle(Target):
         self.stopping = False
         self.kill_reason = ""
 
-    def send(self, message: Message) -> None:
-        self.link.send(message)
+    def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
+        self.link.send(message, buffers)
 
     @property
     def effective_load(self) -> int:
@@ -66,18 +67,19 @@ class _Forward:
     def done(self) -> bool:
         return False
 
-    def set_result(self, reply: Reply) -> None:
+    def set_result(self, answer: tuple[Reply, list[bytes]]) -> None:
+        reply, buffers = answer
         if reply.status != YIELDED:
             self.pool._relay_finished(self.asker, self.call_id)
-        self._send(Reply(self.call_id, reply.status, reply.value))
+        self._send(Reply(self.call_id, reply.status, reply.value), buffers)
 
     def set_exception(self, exc: BaseException) -> None:
         self.pool._relay_finished(self.asker, self.call_id)
         self._send(Reply(self.call_id, RAISED, payload.dumps_exception(exc)))
 
-    def _send(self, reply: Reply) -> None:
+    def _send(self, reply: Reply, buffers: Sequence[Any] = ()) -> None:
         if not self.asker_gone and self.asker.alive and self.asker.link.lost is None:
-            self.asker.send(reply)
+            self.asker.send(reply, buffers)
 
 
 class Pool(Dispatcher):
@@ -106,7 +108,7 @@ class Pool(Dispatcher):
         self._workers: dict[int, WorkerHandle] = {}
         self._spawning: dict[int, tuple[Channel, asyncio.Future[WorkerHandle]]] = {}
         self._seq = itertools.count(1)
-        self._queue: deque[tuple[int, Pending, Call]] = deque()
+        self._queue: deque[tuple[int, Pending, Call, Sequence[Any]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exits: dict[int, asyncio.Future[None]] = {}
         self.closed = False
@@ -162,9 +164,9 @@ class Pool(Dispatcher):
         chan.segment.unlink()  # both sides have it mapped now
         handle: WorkerHandle | None = None
 
-        def on_message(msg: Message) -> None:
+        def on_message(msg: Message, buffers: list[bytes]) -> None:
             assert handle is not None
-            self._on_worker_message(handle, msg)
+            self._on_worker_message(handle, msg, buffers)
 
         def on_lost(exc: BaseException) -> None:
             # The zygote's exit report does the bookkeeping; a corrupt channel
@@ -305,20 +307,20 @@ class Pool(Dispatcher):
                 best = handle
         return best
 
-    def submit(self, rid: int, pending: Pending, call: Call) -> None:
+    def submit(self, rid: int, pending: Pending, call: Call, buffers: Sequence[Any] = ()) -> None:
         if self.closed or self.broken is not None:
             raise self.broken or PoolClosed("the pool is closed")
         handle = self._pick() if not self._queue else None
         if handle is None:
-            self._queue.append((rid, pending, call))
+            self._queue.append((rid, pending, call, buffers))
         else:
-            self.send_call(handle, pending, call)
+            self.send_call(handle, pending, call, buffers)
 
     def _answered(self, target: Target) -> None:
         """Capacity freed up (or a worker joined): send queued calls, oldest first."""
         queue = self._queue
         while queue:
-            rid, pending, call = queue[0]
+            rid, pending, call, buffers = queue[0]
             if self._pending.get(rid) is not pending:
                 queue.popleft()  # its caller gave up while it waited
                 continue
@@ -327,7 +329,7 @@ class Pool(Dispatcher):
                 return
             queue.popleft()
             try:
-                self.send_call(handle, pending, call)
+                self.send_call(handle, pending, call, buffers)
             except Exception as exc:
                 del self._pending[rid]
                 if pending.future is not None and not pending.future.done():
@@ -336,7 +338,7 @@ class Pool(Dispatcher):
     def _wake_all(self, exc: BaseException) -> None:
         """Fail every queued call with ``exc``."""
         while self._queue:
-            rid, pending, _ = self._queue.popleft()
+            rid, pending, _, _ = self._queue.popleft()
             if self._pending.get(rid) is pending:
                 del self._pending[rid]
                 if pending.future is not None and not pending.future.done():
@@ -344,18 +346,18 @@ class Pool(Dispatcher):
 
     # -- messages from workers ---------------------------------------------
 
-    def _on_worker_message(self, handle: WorkerHandle, msg: Message) -> None:
+    def _on_worker_message(self, handle: WorkerHandle, msg: Message, buffers: list[bytes]) -> None:
         kind = type(msg)
         if kind is Reply:
-            self.on_reply(msg)  # type: ignore[arg-type]
+            self.on_reply(msg, buffers)  # type: ignore[arg-type]
         elif kind is Call:
-            self._relay_call(handle, msg)  # type: ignore[arg-type]
+            self._relay_call(handle, msg, buffers)  # type: ignore[arg-type]
         elif kind is Step:
-            self._relay_step(handle, msg)  # type: ignore[arg-type]
+            self._relay_step(handle, msg, buffers)  # type: ignore[arg-type]
         elif kind is Cancel:
             self._relay_cancel(handle, msg.id)  # type: ignore[union-attr]
 
-    def _relay_call(self, asker: WorkerHandle, call: Call) -> None:
+    def _relay_call(self, asker: WorkerHandle, call: Call, buffers: list[bytes]) -> None:
         """A worker dispatches onward: schedule its call like any other."""
         if call.fn_def is not None:
             self.fn_defs[call.fn] = call.fn_def
@@ -369,26 +371,20 @@ class Pool(Dispatcher):
         pending = self._pending[hid] = Pending(_Forward(self, asker, call.id))
         asker.relays[call.id] = hid
         try:
-            self.submit(
-                hid, pending, Call(hid, call.fn, None, call.args, call.kind, call.op, call.value)
-            )
+            relayed = Call(hid, call.fn, None, call.args, call.kind, call.op, call.value)
+            self.submit(hid, pending, relayed, buffers)
         except Exception as exc:
             del self._pending[hid]
             pending.future.set_exception(exc)
 
-    def _relay_step(self, asker: WorkerHandle, step: Step) -> None:
+    def _relay_step(self, asker: WorkerHandle, step: Step, buffers: list[bytes]) -> None:
         hid = asker.relays.get(step.id)
         pending = self._pending.get(hid) if hid is not None else None
-        if pending is None or pending.target is None:
-            asker.send(
-                Reply(
-                    step.id,
-                    RAISED,
-                    payload.dumps_exception(RuntimeError("the remote generator session is gone")),
-                )
-            )
+        if pending is None or pending.target is None or hid is None:
+            gone = RuntimeError("the remote generator session is gone")
+            asker.send(Reply(step.id, RAISED, payload.dumps_exception(gone)))
             return
-        self.send_step(pending.target, Step(hid, step.op, step.value))  # type: ignore[arg-type]
+        self.send_step(pending.target, Step(hid, step.op, step.value), buffers)
 
     def _relay_cancel(self, asker: WorkerHandle, call_id: int) -> None:
         hid = asker.relays.get(call_id)
@@ -397,7 +393,7 @@ class Pool(Dispatcher):
             return
         if pending.target is None:  # still queued here: answer for it
             del self._pending[hid]  # type: ignore[arg-type]
-            pending.future.set_result(Reply(call_id, CANCELLED))
+            pending.future.set_result((Reply(call_id, CANCELLED), []))
         else:
             self.cancel_remote(pending, hid)  # type: ignore[arg-type]
 
@@ -433,7 +429,7 @@ class Pool(Dispatcher):
         return self._workers.get(pid)
 
     def queued(self) -> int:
-        return sum(1 for rid, p, _ in self._queue if self._pending.get(rid) is p)
+        return sum(1 for rid, p, _, _ in self._queue if self._pending.get(rid) is p)
 
     def loads(self) -> dict[int, int]:
         return {h.pid: h.load for h in self._workers.values()}

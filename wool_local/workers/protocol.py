@@ -10,6 +10,9 @@ See ``docs/protocol.md``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import msgspec
 
 PROTOCOL_VERSION = 1
@@ -68,27 +71,52 @@ Message = Call | Step | Cancel | Reply | Stop
 class Envelope(msgspec.Struct, array_like=True, gc=False):
     version: int
     message: Message
+    oob: tuple[int, ...] = ()  # sizes of the raw buffers that follow the envelope
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
+
+# A frame with out-of-band buffers starts with this byte (a msgpack envelope,
+# a fixarray, never does), then the envelope's length as u32, the envelope,
+# and the buffers back to back.
+_OOB_MARK = 0xFF
 
 
 class ProtocolError(Exception):
     """A frame that is not a valid message of this protocol version."""
 
 
-def encode(message: Message) -> bytes:
-    return _encoder.encode(Envelope(PROTOCOL_VERSION, message))
+def encode(message: Message, buffers: Sequence[Any] = ()) -> bytes | list[Any]:
+    """The frame for ``message``: bytes, or a list of parts when buffers follow it."""
+    if not buffers:
+        return _encoder.encode(Envelope(PROTOCOL_VERSION, message))
+    env = _encoder.encode(Envelope(PROTOCOL_VERSION, message, tuple(map(_nbytes, buffers))))
+    return [bytes((_OOB_MARK,)) + len(env).to_bytes(4, "little") + env, *buffers]
 
 
-def decode(data: memoryview | bytes) -> Message:
+def _nbytes(buffer: Any) -> int:
+    return memoryview(buffer).nbytes
+
+
+def decode(data: memoryview | bytes) -> tuple[Message, list[bytes]]:
+    """The message in a frame and its out-of-band buffers (copied out of the frame)."""
+    buffers: list[bytes] = []
     try:
-        env = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+        if data[0] != _OOB_MARK:
+            env = _decoder.decode(data)
+        else:
+            end = 5 + int.from_bytes(data[1:5], "little")
+            env = _decoder.decode(data[5:end])
+            for size in env.oob:
+                if end + size > len(data):
+                    raise ProtocolError("a frame ends inside its out-of-band buffers")
+                buffers.append(bytes(data[end : end + size]))
+                end += size
+    except (msgspec.DecodeError, IndexError) as exc:
         raise ProtocolError(f"undecodable message frame: {exc}") from exc
     if env.version != PROTOCOL_VERSION:
         raise ProtocolError(
             f"message of protocol version {env.version}; this build speaks {PROTOCOL_VERSION}"
         )
-    return env.message
+    return env.message, buffers

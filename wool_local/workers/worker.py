@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import inspect
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import uvloop
@@ -59,8 +59,8 @@ class _HubTarget(Target):
         super().__init__("hub")
         self.link = link
 
-    def send(self, message: Message) -> None:
-        self.link.send(message)
+    def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
+        self.link.send(message, buffers)
 
 
 class HubClient(Dispatcher):
@@ -70,8 +70,8 @@ class HubClient(Dispatcher):
         super().__init__(main_has=lambda fn: False)
         self.target = _HubTarget(link)
 
-    def submit(self, rid: int, pending: Pending, call: Call) -> None:
-        self.send_call(self.target, pending, call)  # the hub does the scheduling
+    def submit(self, rid: int, pending: Pending, call: Call, buffers: Sequence[Any] = ()) -> None:
+        self.send_call(self.target, pending, call, buffers)  # the hub does the scheduling
 
 
 class WorkerService:
@@ -129,13 +129,13 @@ class WorkerService:
 
     # -- messages ----------------------------------------------------------
 
-    def _on_message(self, msg: Message) -> None:
+    def _on_message(self, msg: Message, buffers: list[bytes]) -> None:
         if type(msg) is Call:
-            self._start(msg)
+            self._start(msg, buffers)
         elif type(msg) is Reply:
-            self.client.on_reply(msg)
+            self.client.on_reply(msg, buffers)
         elif type(msg) is Step:
-            self._spawn(msg.id, self._step(msg.id, msg.op, msg.value))
+            self._spawn(msg.id, self._step(msg.id, msg.op, msg.value, buffers))
         elif type(msg) is Cancel:
             task = self._tasks.get(msg.id)
             if task is not None:
@@ -155,9 +155,11 @@ class WorkerService:
                 del self._tasks[rid]
                 return
 
-    def _reply(self, rid: int, status: int, value: bytes | None = None) -> None:
+    def _reply(
+        self, rid: int, status: int, value: bytes | None = None, buffers: Sequence[Any] = ()
+    ) -> None:
         if self.link.lost is None:
-            self.link.send(Reply(rid, status, value))
+            self.link.send(Reply(rid, status, value), buffers)
 
     def _resolve(self, call: Call) -> Any:
         fn = self._functions.get(call.fn)
@@ -170,10 +172,10 @@ class WorkerService:
             self._functions[call.fn] = fn
         return fn
 
-    def _start(self, call: Call) -> None:
+    def _start(self, call: Call, buffers: list[bytes]) -> None:
         try:
             fn = self._resolve(call)
-            args, kwargs = payload.loads(call.args, "the arguments")
+            args, kwargs = payload.loads(call.args, "the arguments", buffers)
         except BaseException as exc:
             self._reply(call.id, RAISED, payload.dumps_exception(exc))
             return
@@ -188,7 +190,7 @@ class WorkerService:
             self._reply(call.id, RAISED, payload.dumps_exception(exc))
             return
         self._generators[call.id] = gen
-        self._spawn(call.id, self._step(call.id, call.op, call.value))
+        self._spawn(call.id, self._step(call.id, call.op, call.value, []))
 
     async def _run(self, rid: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
@@ -200,13 +202,15 @@ class WorkerService:
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
         try:
-            data = payload.dumps(result, f"the result of {_name(fn)} ({type(result).__name__})")
+            data, out = payload.dumps(
+                result, f"the result of {_name(fn)} ({type(result).__name__})"
+            )
         except payload.UnpicklableError as exc:
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
-        self._reply(rid, RETURNED, data)
+        self._reply(rid, RETURNED, data, out)
 
-    async def _step(self, rid: int, op: int, value: bytes | None) -> None:
+    async def _step(self, rid: int, op: int, value: bytes | None, buffers: list[bytes]) -> None:
         gen = self._generators.get(rid)
         if gen is None:
             self._reply(rid, EXHAUSTED)
@@ -215,9 +219,11 @@ class WorkerService:
             if op == NEXT:
                 item = await gen.__anext__()
             elif op == SEND:
-                item = await gen.asend(payload.loads(value or b"", "the sent value"))
+                item = await gen.asend(payload.loads(value or b"", "the sent value", buffers))
             elif op == THROW:
-                item = await gen.athrow(payload.loads(value or b"", "the thrown exception"))
+                item = await gen.athrow(
+                    payload.loads(value or b"", "the thrown exception", buffers)
+                )
             elif op == CLOSE:
                 await gen.aclose()
                 raise StopAsyncIteration
@@ -240,13 +246,15 @@ class WorkerService:
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
         try:
-            data = payload.dumps(item, f"a value yielded by {_name(gen)} ({type(item).__name__})")
+            data, out = payload.dumps(
+                item, f"a value yielded by {_name(gen)} ({type(item).__name__})"
+            )
         except payload.UnpicklableError as exc:
             self._generators.pop(rid, None)
             await gen.aclose()
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
-        self._reply(rid, YIELDED, data)
+        self._reply(rid, YIELDED, data, out)
 
 
 def _name(fn: Any) -> str:
