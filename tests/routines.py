@@ -129,3 +129,23 @@ class Calculator:
     @classmethod
     async def name(cls) -> str:
         return cls.__name__
+
+
+@wool_local.routine
+async def hog_cpu(seconds: float) -> int:
+    """Plain CPU work: blocks the worker's loop for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return os.getpid()
+
+
+@wool_local.routine
+async def record(path: str, i: int) -> int:
+    """A side effect per run, so tests can count how often each call ran."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{i}\n".encode())
+    finally:
+        os.close(fd)
+    return i

@@ -331,3 +331,23 @@ def test_given_default_spawn_then_it_is_the_cpus_this_process_may_use():
     assert wool_local.available_cpus() <= len(os.sched_getaffinity(0))
     with pytest.raises(ValueError):
         wool_local.WorkerPool(spawn=0)
+
+
+def test_given_a_task_blocking_its_worker_then_fast_tasks_never_wait_for_it(tmp_path):
+    """Given 2 workers, one 2 s CPU-bound task and 1,000 fast ones right after it, every
+    fast one finishes while the slow one still runs, and each runs exactly once."""
+    log = str(tmp_path / "runs")
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2):
+            await asyncio.gather(*(r.square(i) for i in range(20)))  # both workers warm
+            slow = asyncio.ensure_future(r.hog_cpu(2.0))
+            fast = [asyncio.ensure_future(r.record(log, i)) for i in range(1000)]
+            assert await asyncio.wait_for(asyncio.gather(*fast), 10) == list(range(1000))
+            assert not slow.done(), "a fast task waited for the slow one"
+            await slow
+
+    run(main)
+    with open(log) as f:
+        runs = sorted(int(line) for line in f)
+    assert runs == list(range(1000)), "some call ran twice or never"

@@ -68,12 +68,15 @@ class Pending:
     request whose Cancel was sent and whose final answer is still due.
     """
 
-    __slots__ = ("cancelled", "future", "target")
+    __slots__ = ("buffers", "call", "cancelled", "future", "target")
 
     def __init__(self, future: Any, target: Target | None = None) -> None:
         self.future = future
         self.target = target
         self.cancelled = False
+        # The call as sent, kept until answered: a worker may hand it back unstarted.
+        self.call: Call | None = None
+        self.buffers: Sequence[Any] = ()
 
 
 class Dispatcher:
@@ -124,10 +127,14 @@ class Dispatcher:
         """Send ``call``, attaching the callable's definition the first time ``target`` sees it."""
         fid = call.fn
         known = target.known_fns
-        if fid not in known:
+        if fid in known:
+            call.fn_def = None
+        else:
             call.fn_def = self.fn_defs[fid]
             known.add(fid)
         pending.target = target
+        pending.call = call
+        pending.buffers = buffers
         target.load += 1
         target.send(call, buffers)
 
@@ -144,6 +151,7 @@ class Dispatcher:
         target = pending.target
         assert target is not None
         target.load -= 1
+        pending.call = None  # answered: it started, it can no longer be handed back
         if reply.status != YIELDED:
             del self._pending[reply.id]
             if pending.cancelled:

@@ -125,6 +125,24 @@ class Link:
             self._after_send_scheduled = True
             self._loop.call_soon(self._after_send)
 
+    def send_now(self, message: Message, timeout: float = 1.0) -> None:
+        """Write ``message`` and wake the peer from any thread (the caller holds
+        whatever lock guards this link); waits up to ``timeout`` for ring space."""
+        data = protocol.encode(message)
+        if self._backlog:
+            self._backlog.append(data)  # keep order; the loop flushes it
+            return
+        try:
+            self._writer.write_blocking(data, timeout=timeout)
+        except (TimeoutError, IpcError):
+            self._backlog.append(data)
+            return
+        self._writer.wake_reader()
+
+    @property
+    def reader(self) -> Any:
+        return self._reader
+
     def _flush(self) -> None:
         writer = self._writer
         backlog = self._backlog

@@ -27,7 +27,18 @@ from . import payload, zygote
 from .dispatch import Dispatcher, Pending, Target
 from .errors import PoolClosed, WorkerCrashed
 from .link import Link
-from .protocol import CANCELLED, RAISED, YIELDED, Call, Cancel, Message, Reply, Step, Stop
+from .protocol import (
+    CANCELLED,
+    RAISED,
+    YIELDED,
+    Call,
+    Cancel,
+    Message,
+    Reply,
+    Returned,
+    Step,
+    Stop,
+)
 from .worker import worker_main
 
 log = logging.getLogger("wool_local")
@@ -36,10 +47,15 @@ log = logging.getLogger("wool_local")
 class WorkerHandle(Target):
     """The hub's view of one worker process."""
 
-    def __init__(self, pid: int, link: Link) -> None:
+    def __init__(self, pid: int, link: Link, return_fd: int) -> None:
         super().__init__(f"worker {pid}")
         self.pid = pid
         self.link = link
+        self.return_fd = return_fd  # rung to ask for its unstarted calls back
+        self.heard = 0  # messages received: progress, as the stall watchdog sees it
+        self.heard_seen = 0
+        self.asked = False  # asked to hand calls back, no answer since
+        self.stalled = False  # handed calls back: its loop is blocked
         self.nested = 0  # nested calls it sent up and still waits on
         self.relays: dict[int, int] = {}  # its call id -> the hub's request id
         self.stopping = False
@@ -93,6 +109,7 @@ class Pool(Dispatcher):
         ring_capacity: int = DEFAULT_CAPACITY,
         cancel_grace: float = 5.0,
         stop_timeout: float = 5.0,
+        stall_after: float = 0.05,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, got size={size}")
@@ -104,9 +121,11 @@ class Pool(Dispatcher):
         self.ring_capacity = ring_capacity
         self.cancel_grace = cancel_grace
         self.stop_timeout = stop_timeout
+        self.stall_after = stall_after
         self._zygote = zygote.Zygote(worker_main)
         self._workers: dict[int, WorkerHandle] = {}
-        self._spawning: dict[int, tuple[Channel, asyncio.Future[WorkerHandle]]] = {}
+        self._spawning: dict[int, tuple[Channel, int, asyncio.Future[WorkerHandle]]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         self._seq = itertools.count(1)
         self._queue: deque[tuple[int, Pending, Call, Sequence[Any]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,16 +151,17 @@ class Pool(Dispatcher):
     def _spawn(self) -> asyncio.Future[WorkerHandle]:
         assert self._loop is not None
         chan = Channel.create(self.ring_capacity)
+        return_fd = os.eventfd(0, os.EFD_CLOEXEC)
         seq = next(self._seq)
         fut: asyncio.Future[WorkerHandle] = self._loop.create_future()
-        self._spawning[seq] = (chan, fut)
+        self._spawning[seq] = (chan, return_fd, fut)
         try:
-            self._zygote.request_spawn(
-                seq, chan.segment.name, chan.capacity, [b.fd for b in chan.bells]
-            )
+            fds = [*(b.fd for b in chan.bells), return_fd]
+            self._zygote.request_spawn(seq, chan.segment.name, chan.capacity, fds)
         except OSError as exc:
             del self._spawning[seq]
             chan.close()
+            os.close(return_fd)
             fut.set_exception(PoolClosed(f"cannot reach the zygote: {exc}"))
         return fut
 
@@ -160,7 +180,7 @@ class Pool(Dispatcher):
                 self._on_exited(msg[1], msg[2])
 
     def _on_spawned(self, seq: int, pid: int) -> None:
-        chan, fut = self._spawning.pop(seq)
+        chan, return_fd, fut = self._spawning.pop(seq)
         chan.segment.unlink()  # both sides have it mapped now
         handle: WorkerHandle | None = None
 
@@ -180,7 +200,7 @@ class Pool(Dispatcher):
             return handle is not None and handle.load <= 2
 
         link = Link(chan.end(0, peer_pid=pid), on_message, on_lost, expects_answer=expects_answer)
-        handle = WorkerHandle(pid, link)
+        handle = WorkerHandle(pid, link, return_fd)
         self._workers[pid] = handle
         link.start()
         if self.closed:
@@ -207,6 +227,7 @@ class Pool(Dispatcher):
         self.fail_target(handle, exc)
         self._drop_relays(handle)
         handle.link.close()
+        os.close(handle.return_fd)
         if not self.closed and self.broken is None:
             self._spawn().add_done_callback(_ignore_result)
         else:
@@ -219,7 +240,7 @@ class Pool(Dispatcher):
         self._loop.remove_reader(self._zygote.sock.fileno())
         self.broken = PoolClosed("the pool's zygote process died; the pool cannot fork workers")
         log.error("wool_local: %s", self.broken)
-        for _, fut in self._spawning.values():
+        for _, _, fut in self._spawning.values():
             if not fut.done():
                 fut.set_exception(self.broken)
         self._wake_all(self.broken)
@@ -281,12 +302,17 @@ class Pool(Dispatcher):
                 pass
             self.fail_target(handle, PoolClosed("the pool is closed"))
             handle.link.close()
+            os.close(handle.return_fd)
         self._workers.clear()
-        for chan, fut in self._spawning.values():
+        for chan, return_fd, fut in self._spawning.values():
             chan.close()
+            os.close(return_fd)
             if not fut.done():
                 fut.cancel()
         self._spawning.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self.fail_all(PoolClosed("the pool is closed"))
         if self._zygote.sock is not None and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._zygote.sock.fileno())
@@ -299,8 +325,8 @@ class Pool(Dispatcher):
         for handle in self._workers.values():
             if handle.stopping or not handle.alive or handle.link.lost is not None:
                 continue
-            if handle.cancelling:
-                continue  # it has not acknowledged a cancel yet: its loop may be blocked
+            if handle.cancelling or handle.stalled:
+                continue  # its loop is (or may be) blocked
             if handle.effective_load >= self.max_inflight:
                 continue
             if best is None or handle.effective_load < best.effective_load:
@@ -315,6 +341,44 @@ class Pool(Dispatcher):
             self._queue.append((rid, pending, call, buffers))
         else:
             self.send_call(handle, pending, call, buffers)
+        if self._watchdog is None:
+            assert self._loop is not None
+            self._watchdog = self._loop.call_later(self.stall_after, self._watch)
+
+    def _watch(self) -> None:
+        """Ask a worker that has calls queued but has not answered for a whole
+        period to hand back the calls it has not started (its loop is blocked)."""
+        self._watchdog = None
+        busy = bool(self._queue)
+        for h in self._workers.values():
+            if h.load > 0:
+                busy = True
+                if h.heard == h.heard_seen and h.load >= 2 and not h.asked and not h.stopping:
+                    h.asked = True
+                    try:
+                        os.eventfd_write(h.return_fd, 1)
+                    except OSError:
+                        pass
+            h.heard_seen = h.heard
+        if busy and not self.closed:
+            assert self._loop is not None
+            self._watchdog = self._loop.call_later(self.stall_after, self._watch)
+
+    def _on_returned(self, handle: WorkerHandle, ids: list[int]) -> None:
+        """Calls ``handle`` never started: queue them first, to run elsewhere."""
+        back = []
+        for rid in ids:
+            pending = self._pending.get(rid)
+            if pending is None or pending.target is not handle or pending.call is None:
+                continue
+            handle.load -= 1
+            pending.target = None
+            back.append((rid, pending, pending.call, pending.buffers))
+        if back:
+            handle.stalled = True
+            self._queue.extendleft(reversed(back))
+            log.info("wool_local: worker %d is blocked; %d calls moved", handle.pid, len(back))
+        self._answered(handle)
 
     def _answered(self, target: Target) -> None:
         """Capacity freed up (or a worker joined): send queued calls, oldest first."""
@@ -348,6 +412,13 @@ class Pool(Dispatcher):
 
     def _on_worker_message(self, handle: WorkerHandle, msg: Message, buffers: list[bytes]) -> None:
         kind = type(msg)
+        handle.heard += 1
+        if kind is Returned:
+            self._on_returned(handle, msg.ids)  # type: ignore[union-attr]
+            return
+        if handle.stalled or handle.asked:
+            handle.stalled = handle.asked = False  # it answers again
+            self._answered(handle)
         if kind is Reply:
             self.on_reply(msg, buffers)  # type: ignore[arg-type]
         elif kind is Call:

@@ -65,7 +65,13 @@ class Stop(msgspec.Struct, array_like=True, tag=5, gc=False):
     """Ask the receiver to finish and exit."""
 
 
-Message = Call | Step | Cancel | Reply | Stop
+class Returned(msgspec.Struct, array_like=True, tag=6, gc=False):
+    """Worker to hub: these calls were never started here; schedule them elsewhere."""
+
+    ids: list[int]
+
+
+Message = Call | Step | Cancel | Reply | Stop | Returned
 
 
 class Envelope(msgspec.Struct, array_like=True, gc=False):

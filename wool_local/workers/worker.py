@@ -5,6 +5,13 @@ generator is a session advanced by ``Step`` messages, one step per task so a
 step can be cancelled. Callables arrive pickled once and are cached by id.
 Routines the body calls dispatch again through :class:`HubClient`, which sends
 them up to the hub to be scheduled like any other call.
+
+Calls are *admitted* one per loop iteration: a new task's first step runs
+before the next call is started. So if a task blocks the loop (plain CPU
+work), the calls behind it have not started, and a small "returner" thread,
+woken by the hub when this worker stops answering, hands them back to be run
+elsewhere. The loop and the thread take calls out of the same queue under one
+lock, so each call is either started here or returned, never both.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import contextvars
 import inspect
 import os
+import threading
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -37,6 +45,7 @@ from .protocol import (
     Cancel,
     Message,
     Reply,
+    Returned,
     Step,
     Stop,
 )
@@ -74,35 +83,142 @@ class HubClient(Dispatcher):
         self.send_call(self.target, pending, call, buffers)  # the hub does the scheduling
 
 
+class _LockedLink(Link):
+    """A link whose ring access is shared with the returner thread under one lock."""
+
+    def __init__(self, *args: Any, lock: threading.RLock, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.lock = lock
+        self.deferred: list[tuple[Message, list[bytes]]] = []  # read by the returner
+
+    def pump(self) -> None:
+        with self.lock:
+            deferred, self.deferred = self.deferred, []
+            for msg, buffers in deferred:
+                self._on_message(msg, buffers)
+            super().pump()
+
+    def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
+        with self.lock:
+            super().send(message, buffers)
+
+    def _on_bell(self) -> None:
+        with self.lock:
+            super()._on_bell()
+
+    def _after_send(self) -> None:
+        with self.lock:
+            super()._after_send()
+
+
 class WorkerService:
     """Serves one channel to the hub until told to stop or the hub goes away."""
 
-    def __init__(self, link_end: Any) -> None:
+    def __init__(self, link_end: Any, return_fd: int = -1) -> None:
+        self._lock = threading.RLock()
         # After answering, spin briefly for the next call only when idle (the
         # task that just replied may still be registered).
-        self.link = Link(
+        self.link = _LockedLink(
             link_end,
             self._on_message,
             self._on_lost,
             watch_peer=True,
             expects_answer=lambda: len(self._tasks) <= 1,
+            lock=self._lock,
         )
         self.client = HubClient(self.link)
         self._functions: dict[int, Any] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._generators: dict[int, AsyncGenerator[Any, Any]] = {}
+        self._admission: dict[int, tuple[Call, list[bytes]]] = {}
+        self._admitting = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
+        self._return_fd = return_fd
 
     async def serve(self) -> None:
         global process_dispatcher
-        self._done = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._done = self._loop.create_future()
         process_dispatcher = self.client
+        returner = None
+        if self._return_fd >= 0:
+            returner = threading.Thread(
+                target=self._returner, name="wool_local-returner", daemon=True
+            )
+            returner.start()
         self.link.start()
         try:
             await self._done
         finally:
             await self._cancel_everything()
-            self.link.close()
+            with self._lock:
+                self.link.close()
+            if returner is not None:
+                os.eventfd_write(self._return_fd, 1 << 62)  # wake it to exit
+                returner.join(1)
+
+    # -- admission and returning -----------------------------------------------
+
+    def _admit_later(self, call: Call, buffers: list[bytes]) -> None:
+        if not self._admitting:
+            # Nothing is waiting to start: start this one now, and admit whatever
+            # arrives after it only once its first step has run.
+            self._admitting = True
+            self._start(call, buffers)
+            assert self._loop is not None
+            self._loop.call_soon(self._admit)  # after the new task's first step
+        else:
+            self._admission[call.id] = (call, buffers)
+
+    def _admit(self) -> None:
+        with self._lock:
+            if not self._admission:
+                self._admitting = False
+                return
+            rid = next(iter(self._admission))
+            call, buffers = self._admission.pop(rid)
+        self._start(call, buffers)
+        assert self._loop is not None
+        self._loop.call_soon(self._admit)  # after the new task's first step
+
+    def _returner(self) -> None:
+        """Thread: when the hub asks, hand back every call not started yet."""
+        while True:
+            try:
+                if os.eventfd_read(self._return_fd) >= 1 << 62:
+                    return
+            except OSError:
+                return
+            with self._lock:
+                if self.link.lost is not None:
+                    return
+                returned = list(self._admission)
+                self._admission.clear()
+                # Calls still in the ring are not started either: take them too,
+                # and leave every other message for the loop, in order.
+                try:
+                    self.link.reader.drain(self._sort_unread(returned))
+                except Exception:
+                    pass  # the loop will meet the same error and handle it
+                if returned:
+                    self.link.send_now(Returned(returned))
+
+    def _sort_unread(self, returned: list[int]) -> Any:
+        from .protocol import decode
+
+        def handle(view: memoryview) -> None:
+            msg, buffers = decode(view)
+            if type(msg) is Call:
+                returned.append(msg.id)
+            else:
+                self.link.deferred.append((msg, buffers))
+
+        return handle
+
+    def _stop(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     def _stop(self) -> None:
         if self._done is not None and not self._done.done():
@@ -131,7 +247,7 @@ class WorkerService:
 
     def _on_message(self, msg: Message, buffers: list[bytes]) -> None:
         if type(msg) is Call:
-            self._start(msg, buffers)
+            self._admit_later(msg, buffers)
         elif type(msg) is Reply:
             self.client.on_reply(msg, buffers)
         elif type(msg) is Step:
@@ -140,6 +256,8 @@ class WorkerService:
             task = self._tasks.get(msg.id)
             if task is not None:
                 task.cancel()
+            elif self._admission.pop(msg.id, None) is not None:
+                self._reply(msg.id, CANCELLED)  # never started
         elif type(msg) is Stop:
             self._stop()
 
@@ -262,14 +380,21 @@ def _name(fn: Any) -> str:
 
 
 def worker_main(segment: Segment, capacity: int, fds: list[int], hub_pid: int) -> int:
-    """Entry point of a freshly forked worker (called by the zygote)."""
+    """Entry point of a freshly forked worker (called by the zygote).
+
+    ``fds``: the channel's two doorbells, then the eventfd the hub rings to ask
+    for unstarted calls back.
+    """
     chan = Channel(segment, (Doorbell(fds[0]), Doorbell(fds[1])), capacity)
     end = chan.end(1, peer_pid=hub_pid)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
+    return_fd = fds[2] if len(fds) > 2 else -1
     try:
-        loop.run_until_complete(WorkerService(end).serve())
+        loop.run_until_complete(WorkerService(end, return_fd).serve())
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        if return_fd >= 0:
+            os.close(return_fd)
     return 0
