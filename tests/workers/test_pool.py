@@ -32,15 +32,29 @@ def test_given_workers_killed_at_random_points_under_load_then_every_call_ends_i
                     return "crashed"
 
             calls = [asyncio.ensure_future(one(i)) for i in range(600)]
+            kills = 0
             for _ in range(6):
-                await asyncio.sleep(rng.uniform(0, 0.01))
+                await asyncio.sleep(rng.uniform(0, 0.01))  # a random moment, not a sync
                 pids = pool.pids
                 if pids:
-                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    try:
+                        os.kill(rng.choice(pids), signal.SIGKILL)
+                        kills += 1
+                    except ProcessLookupError:
+                        pass
             results = await asyncio.wait_for(asyncio.gather(*calls), 30)
             assert all(res == i or res == "crashed" for i, res in enumerate(results))
             assert pool.pool.crashes >= 1
-            assert await asyncio.wait_for(r.square(6), 10) == 36
+            # A call may still meet a worker whose death is not reported yet;
+            # once the pool has seen every kill, calls succeed again.
+            for _ in range(kills + 1):
+                try:
+                    assert await asyncio.wait_for(r.square(6), 10) == 36
+                    break
+                except wool_local.WorkerCrashed:
+                    continue
+            else:
+                pytest.fail("the pool did not recover from the kills")
 
     run(main)
 
