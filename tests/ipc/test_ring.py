@@ -23,7 +23,8 @@ from wool_local.ipc import (
     init_ring,
     ring_size,
 )
-from wool_local.ipc.ring import _READER_WAITING, _WRITER_WAITING, RingReader
+from wool_local.ipc.reader import RingReader
+from wool_local.ipc.ring import H_READER_WAITING, H_WRITER_WAITING
 
 CAP = 4096
 
@@ -123,7 +124,7 @@ def test_given_a_slow_consumer_when_ring_fills_then_producer_waits_and_nothing_i
                 # Hold the frame until the producer is blocked: it announced that
                 # it waits for space and its next frame really cannot fit. (The
                 # flag alone can be up for a moment while it re-checks the tail.)
-                while not (hdr[_WRITER_WAITING] and not _fits(hdr, end.reader.capacity, 1008)):
+                while not (hdr[H_WRITER_WAITING] and not _fits(hdr, end.reader.capacity, 1008)):
                     os.sched_yield()
                 seen_waiting += 1
             frame.release()
@@ -316,7 +317,7 @@ class TestBrokenFrames:
         """Given nothing to read from a live peer, a bounded read times out."""
         with pytest.raises(TimeoutError):
             self.b.reader.read_blocking(timeout=0.05)
-        assert self.b.reader._hdr[_READER_WAITING] == 0
+        assert self.b.reader._hdr[H_READER_WAITING] == 0
 
 
 def test_given_ring_of_another_layout_version_when_attaching_then_protocol_version_error():

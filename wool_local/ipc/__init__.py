@@ -16,9 +16,11 @@ from .errors import (
     SegmentError,
     SlotTableError,
 )
-from .ring import Frame, RingReader, RingWriter, init_ring, ring_size
+from .reader import Frame, RingReader
+from .ring import init_ring, ring_size
 from .segment import Segment, sweep
 from .slots import SlotTable
+from .writer import RingWriter
 
 __all__ = [
     "DEFAULT_CAPACITY",

@@ -9,8 +9,10 @@ process takes its end with :meth:`Channel.end`.
 from __future__ import annotations
 
 from .doorbell import Doorbell, PeerWatch
-from .ring import RingReader, RingWriter, init_ring, ring_size
+from .reader import RingReader
+from .ring import init_ring, ring_size
 from .segment import Segment
+from .writer import RingWriter
 
 #: Default data capacity of each ring (the pages are touched lazily).
 DEFAULT_CAPACITY = 1 << 20
