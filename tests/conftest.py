@@ -36,23 +36,36 @@ def process_wide_setup():
     uvloop.run(asyncio.sleep(0))
 
 
+def _shm_of(pids: set[int]) -> set[str]:
+    return {name for name, creator, _ in owned_leftovers() if creator in pids}
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(process_wide_setup):
-    """Fail a test that leaves children, fds or shared-memory names behind."""
+    """Fail a test that leaves children, fds or shared-memory names behind.
+
+    Shared-memory names are attributed by the creator pid in the name: this
+    process and the descendants alive at the end of the test. (Other programs
+    of this user may create and remove segments meanwhile; a leak by a
+    descendant that already exited is left to ``sweep()``, which removes
+    segments of dead creators.)
+    """
     me = psutil.Process()
     children_before = {p.pid for p in me.children(recursive=True)}
-    shm_before = {name for name, _, _ in owned_leftovers()}
     fds_before = _fds()
+    ours = {os.getpid()}
+    shm_before = _shm_of(ours | children_before)
     yield
     # Children a test killed or stopped may take a moment to be reaped: wait on
     # them (an event, bounded), never sleep.
     extra = [p for p in me.children(recursive=True) if p.pid not in children_before]
+    ours |= {p.pid for p in extra}
     _, alive = psutil.wait_procs(extra, timeout=5)
     leftover_children = [p.pid for p in alive]
     for p in alive:
         p.kill()
     psutil.wait_procs(alive, timeout=5)
-    shm_after = {name for name, _, _ in owned_leftovers()} - shm_before
+    shm_after = _shm_of(ours) - shm_before
     fds_after = _fds() - fds_before
     problems = []
     if leftover_children:
