@@ -9,11 +9,16 @@ from .pool import WorkerPool, available_cpus
 from .routine import NoPoolError, Routine, routine
 from .workers import (
     PoolClosed,
+    PoolStats,
+    RecycleReason,
     RemoteError,
     RemoteTraceback,
     ThreadedForkWarning,
     UnpicklableError,
     WorkerCrashed,
+    WorkerHealth,
+    WorkerLimits,
+    evaluate_recycle,
 )
 
 __version__ = "0.1.0.dev0"
@@ -21,6 +26,8 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "NoPoolError",
     "PoolClosed",
+    "PoolStats",
+    "RecycleReason",
     "RemoteError",
     "RemoteTraceback",
     "Routine",
@@ -28,7 +35,10 @@ __all__ = [
     "ThreadedForkWarning",
     "UnpicklableError",
     "WorkerCrashed",
+    "WorkerHealth",
+    "WorkerLimits",
     "WorkerPool",
     "available_cpus",
+    "evaluate_recycle",
     "routine",
 ]

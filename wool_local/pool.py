@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any
 
-from .workers import Pool, current_dispatcher
+from .workers import Pool, PoolStats, WorkerLimits, current_dispatcher
 
 
 def available_cpus() -> int:
@@ -29,26 +29,45 @@ def available_cpus() -> int:
 class WorkerPool:
     """A pool of forked worker processes that routines called in its block run on.
 
-    ``spawn`` defaults to :func:`available_cpus`. ``max_inflight`` bounds the
-    dispatches in flight per worker (the rest queue in this process).
+    ``spawn`` (the most workers it runs) defaults to :func:`available_cpus`;
+    all are forked at start, idle ones retire after ``limits.idle_ttl`` down to
+    ``min_workers``, and come back on demand. ``limits`` (:class:`WorkerLimits`)
+    makes the monitor recycle workers on memory, open files, age or task
+    count, checked every ``monitor_interval`` seconds. ``max_inflight`` bounds
+    the dispatches in flight per worker (the rest queue in this process).
+    ``cancel_grace`` is how long a cancelled task may take to stop before its
+    worker is killed; ``recycle_grace`` how long a recycled worker may take to
+    finish its calls.
     """
 
     def __init__(
         self,
         spawn: int | None = None,
         *,
+        limits: WorkerLimits | None = None,
+        min_workers: int = 0,
         max_inflight: int = 32,
         cancel_grace: float = 5.0,
+        recycle_grace: float = 30.0,
+        monitor_interval: float = 0.5,
         ring_capacity: int = 1 << 20,
     ) -> None:
         self.spawn = available_cpus() if spawn is None else spawn
         if self.spawn < 1:
             raise ValueError(f"spawn must be at least 1, got {spawn}")
+        if limits is not None and not isinstance(limits, WorkerLimits):
+            raise TypeError(f"limits must be a WorkerLimits, got {limits!r}")
         self._options: dict[str, Any] = {
+            "limits": limits,
+            "min_workers": min_workers,
             "max_inflight": max_inflight,
             "cancel_grace": cancel_grace,
+            "recycle_grace": recycle_grace,
+            "monitor_interval": monitor_interval,
             "ring_capacity": ring_capacity,
         }
+        if not 0 <= min_workers <= self.spawn:
+            raise ValueError(f"min_workers must be between 0 and spawn={self.spawn}")
         self._pool: Pool | None = None
         self._token: contextvars.Token[Any] | None = None
 
@@ -76,6 +95,10 @@ class WorkerPool:
     def pids(self) -> list[int]:
         """Pids of the running workers."""
         return self._pool.pids if self._pool is not None else []
+
+    def stats(self) -> PoolStats:
+        """Per-worker health, recycle counts by reason, and totals."""
+        return self.pool.stats()
 
     @property
     def pool(self) -> Pool:

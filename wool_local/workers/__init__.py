@@ -6,8 +6,9 @@ decorator that sits above it.
 
 from .dispatch import Dispatcher
 from .errors import PoolClosed, WorkerCrashed
+from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
 from .payload import RemoteError, RemoteTraceback, UnpicklableError
-from .pool import Pool
+from .pool import Pool, PoolStats
 from .worker import current_dispatcher, get_dispatcher
 from .zygote import ThreadedForkWarning
 from .zygote import main_has as zygote_main_has
@@ -16,12 +17,17 @@ __all__ = [
     "Dispatcher",
     "Pool",
     "PoolClosed",
+    "PoolStats",
+    "RecycleReason",
     "RemoteError",
     "RemoteTraceback",
     "ThreadedForkWarning",
     "UnpicklableError",
     "WorkerCrashed",
+    "WorkerHealth",
+    "WorkerLimits",
     "current_dispatcher",
+    "evaluate_recycle",
     "get_dispatcher",
     "zygote_main_has",
 ]

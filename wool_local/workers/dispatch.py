@@ -53,6 +53,7 @@ class Target:
         self.name = name
         self.known_fns: set[int] = set()
         self.load = 0  # requests sent and not yet answered
+        self.open = 0  # calls and generator sessions it holds (a session may be idle)
         self.cancelling = 0  # of those, ones we cancelled: the target may be stuck
         self.alive = True
 
@@ -108,6 +109,9 @@ class Dispatcher:
     def _escalate(self, target: Target, request_id: int) -> None:
         """A cancelled request was not acknowledged within :attr:`cancel_grace`."""
 
+    def _finished(self, target: Target) -> None:
+        """A call or generator session on ``target`` is over (answered for good)."""
+
     # -- sending -----------------------------------------------------------
 
     def encode_fn(self, fn: Any) -> int:
@@ -135,6 +139,7 @@ class Dispatcher:
         pending.target = target
         pending.call = call
         pending.buffers = buffers
+        target.open += 1
         target.load += 1
         target.send(call, buffers)
 
@@ -152,13 +157,17 @@ class Dispatcher:
         assert target is not None
         target.load -= 1
         pending.call = None  # answered: it started, it can no longer be handed back
-        if reply.status != YIELDED:
+        final = reply.status != YIELDED
+        if final:
             del self._pending[reply.id]
+            target.open -= 1
             if pending.cancelled:
                 target.cancelling -= 1
         fut = pending.future
         if fut is not None and not fut.done():
             fut.set_result((reply, buffers))
+        if final:
+            self._finished(target)
         self._answered(target)
 
     def fail_target(self, target: Target, exc: BaseException) -> None:
@@ -171,6 +180,7 @@ class Dispatcher:
                 if fut is not None and not fut.done():
                     fut.set_exception(exc)
         target.load = 0
+        target.open = 0
         target.cancelling = 0
 
     def fail_all(self, exc: BaseException) -> None:

@@ -18,15 +18,19 @@ import itertools
 import logging
 import os
 import signal
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..ipc import DEFAULT_CAPACITY, Channel, sweep
 from . import payload, zygote
 from .dispatch import Dispatcher, Pending, Target
 from .errors import PoolClosed, WorkerCrashed
+from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
 from .link import Link
+from .monitor import Monitor
 from .protocol import (
     CANCELLED,
     RAISED,
@@ -56,6 +60,10 @@ class WorkerHandle(Target):
         self.heard_seen = 0
         self.asked = False  # asked to hand calls back, no answer since
         self.stalled = False  # handed calls back: its loop is blocked
+        self.started_at = time.monotonic()
+        self.idle_since: float | None = self.started_at  # None while it holds calls
+        self.completed = 0
+        self.retiring: RecycleReason | None = None  # takes no new calls, stops when empty
         self.nested = 0  # nested calls it sent up and still waits on
         self.relays: dict[int, int] = {}  # its call id -> the hub's request id
         self.stopping = False
@@ -98,6 +106,20 @@ class _Forward:
             self.asker.send(reply, buffers)
 
 
+@dataclass
+class PoolStats:
+    """A snapshot of the pool, cheap enough to take every second."""
+
+    size: int
+    workers: list[WorkerHealth] = field(default_factory=list)
+    recycles: dict[str, int] = field(default_factory=dict)  # by RecycleReason value
+    completed: int = 0
+    crashes: int = 0
+    queued: int = 0
+    monitor_cpu: float = 0.0  # seconds the monitor has spent sampling
+    monitor_rounds: int = 0
+
+
 class Pool(Dispatcher):
     """A pool of worker processes forked from one zygote, owned by the running loop."""
 
@@ -110,11 +132,25 @@ class Pool(Dispatcher):
         cancel_grace: float = 5.0,
         stop_timeout: float = 5.0,
         stall_after: float = 0.05,
+        limits: WorkerLimits | None = None,
+        min_workers: int = 0,
+        monitor_interval: float = 0.5,
+        recycle_grace: float = 30.0,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, got size={size}")
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
+        if not 0 <= min_workers <= size:
+            raise ValueError(f"min_workers must be between 0 and spawn={size}, got {min_workers}")
+        self.limits = WorkerLimits() if limits is None else limits
+        self.min_workers = min_workers
+        self.recycle_grace = recycle_grace
+        self.recycles: Counter[RecycleReason] = Counter()
+        self.completed_total = 0
+        self.monitor = Monitor(
+            lambda: list(self._workers.values()), self._apply_limits, interval=monitor_interval
+        )
         super().__init__(main_has=zygote.main_has)
         self.size = size
         self.max_inflight = max_inflight
@@ -147,6 +183,7 @@ class Pool(Dispatcher):
         except BaseException:
             self._terminate()
             raise
+        self.monitor.start()
 
     def _spawn(self) -> asyncio.Future[WorkerHandle]:
         assert self._loop is not None
@@ -219,7 +256,7 @@ class Pool(Dispatcher):
             return
         handle.link.pump()  # deliver answers it wrote before exiting
         if handle.stopping and not handle.kill_reason:
-            exc: BaseException = PoolClosed("the pool stopped before this dispatch finished")
+            exc: BaseException = PoolClosed("the worker stopped before this dispatch finished")
         else:
             exc = WorkerCrashed.from_wait_status(pid, status, handle.kill_reason)
             self.crashes += 1
@@ -228,8 +265,8 @@ class Pool(Dispatcher):
         self._drop_relays(handle)
         handle.link.close()
         os.close(handle.return_fd)
-        if not self.closed and self.broken is None:
-            self._spawn().add_done_callback(_ignore_result)
+        if handle.retiring is None and not self.closed and self.broken is None:
+            self._spawn().add_done_callback(_ignore_result)  # replace a crashed worker
         else:
             self._answered(handle)
 
@@ -266,6 +303,7 @@ class Pool(Dispatcher):
         if self.closed:
             return
         self.closed = True
+        self.monitor.stop()
         self._wake_all(PoolClosed("the pool is closed"))
         try:
             await self._stop_workers()
@@ -294,6 +332,7 @@ class Pool(Dispatcher):
     def _terminate(self) -> None:
         """Synchronous last resort: kill whatever is left, reap the zygote, free everything."""
         self.closed = True
+        self.monitor.stop()
         for handle in list(self._workers.values()):
             handle.stopping = True
             try:
@@ -325,8 +364,8 @@ class Pool(Dispatcher):
         for handle in self._workers.values():
             if handle.stopping or not handle.alive or handle.link.lost is not None:
                 continue
-            if handle.cancelling or handle.stalled:
-                continue  # its loop is (or may be) blocked
+            if handle.cancelling or handle.stalled or handle.retiring is not None:
+                continue  # its loop is (or may be) blocked, or it is on its way out
             if handle.effective_load >= self.max_inflight:
                 continue
             if best is None or handle.effective_load < best.effective_load:
@@ -339,11 +378,89 @@ class Pool(Dispatcher):
         handle = self._pick() if not self._queue else None
         if handle is None:
             self._queue.append((rid, pending, call, buffers))
+            if self._serving() + len(self._spawning) < self.size:
+                self._spawn().add_done_callback(_ignore_result)  # grow back on demand
         else:
             self.send_call(handle, pending, call, buffers)
         if self._watchdog is None:
             assert self._loop is not None
             self._watchdog = self._loop.call_later(self.stall_after, self._watch)
+
+    def send_call(
+        self, target: Target, pending: Pending, call: Call, buffers: Sequence[Any] = ()
+    ) -> None:
+        target.idle_since = None  # type: ignore[attr-defined]
+        super().send_call(target, pending, call, buffers)
+
+    def _finished(self, target: Target) -> None:
+        handle: WorkerHandle = target  # type: ignore[assignment]
+        handle.completed += 1
+        self.completed_total += 1
+        if handle.open == 0:
+            handle.idle_since = time.monotonic()
+            if handle.retiring is not None and not handle.stopping:
+                self._stop_worker(handle)
+
+    def _serving(self) -> int:
+        """Workers that take new calls (not retiring, not stopping)."""
+        return sum(1 for h in self._workers.values() if h.retiring is None and not h.stopping)
+
+    # -- limits and recycling ----------------------------------------------
+
+    def _apply_limits(self, readings: dict[int, WorkerHealth]) -> None:
+        """Act on one monitor round: at most one recycle and one idle retirement."""
+        if self.closed or self.broken is not None:
+            return
+        recycling = any(
+            h.retiring not in (None, RecycleReason.IDLE) for h in self._workers.values()
+        )
+        retired_idle = False
+        for pid, health in readings.items():
+            handle = self._workers.get(pid)
+            if handle is None or handle.retiring is not None or handle.stopping:
+                continue
+            reason = evaluate_recycle(health, self.limits)
+            if reason is None:
+                continue
+            if reason is RecycleReason.IDLE:
+                # Keep min_workers warm; retire one idle worker per round.
+                if not retired_idle and self._serving() > self.min_workers:
+                    retired_idle = True
+                    self.retire(handle, reason, health)
+            elif not recycling:
+                # Staggered: one worker at a time is replaced.
+                recycling = True
+                self.retire(handle, reason, health)
+
+    def retire(self, handle: WorkerHandle, reason: RecycleReason, health: WorkerHealth) -> None:
+        """Take ``handle`` out of service; replace it first unless it is merely idle."""
+        handle.retiring = reason
+        self.recycles[reason] += 1
+        log.info(
+            "wool_local: retiring worker %d: %s (%s)", handle.pid, reason, _reading(reason, health)
+        )
+        if reason is not RecycleReason.IDLE:
+            self._spawn().add_done_callback(_ignore_result)  # capacity holds
+        if handle.open == 0:
+            self._stop_worker(handle)
+        else:
+            assert self._loop is not None
+            self._loop.call_later(self.recycle_grace, self._recycle_overdue, handle)
+
+    def _recycle_overdue(self, handle: WorkerHandle) -> None:
+        if handle.alive and self._workers.get(handle.pid) is handle:
+            self._kill(
+                handle,
+                f"it was being recycled ({handle.retiring}) and its calls did not finish "
+                f"within recycle_grace={self.recycle_grace}s",
+            )
+
+    def _stop_worker(self, handle: WorkerHandle) -> None:
+        handle.stopping = True
+        try:
+            handle.send(Stop())
+        except Exception:
+            self._kill(handle, "it could not be told to stop")
 
     def _watch(self) -> None:
         """Ask a worker that has calls queued but has not answered for a whole
@@ -504,6 +621,49 @@ class Pool(Dispatcher):
 
     def loads(self) -> dict[int, int]:
         return {h.pid: h.load for h in self._workers.values()}
+
+    def stats(self) -> PoolStats:
+        """Per-worker health (latest OS readings, current counters), recycles and totals."""
+        now = time.monotonic()
+        workers = []
+        for h in self._workers.values():
+            seen = self.monitor.latest.get(h.pid)
+            workers.append(
+                WorkerHealth(
+                    pid=h.pid,
+                    rss=seen.rss if seen else None,
+                    private_rss=seen.private_rss if seen else None,
+                    uss=seen.uss if seen else None,
+                    fds=seen.fds if seen else None,
+                    age=now - h.started_at,
+                    idle=0.0 if h.idle_since is None else now - h.idle_since,
+                    tasks_completed=h.completed,
+                    inflight=h.load,
+                )
+            )
+        return PoolStats(
+            size=self.size,
+            workers=workers,
+            recycles={reason.value: n for reason, n in self.recycles.items()},
+            completed=self.completed_total,
+            crashes=self.crashes,
+            queued=self.queued(),
+            monitor_cpu=self.monitor.cpu_seconds,
+            monitor_rounds=self.monitor.rounds,
+        )
+
+
+def _reading(reason: RecycleReason, health: WorkerHealth) -> str:
+    """The reading that tripped ``reason``, for the log line."""
+    if reason is RecycleReason.MEMORY:
+        return f"private RSS {(health.private_rss or health.rss or 0) / 2**20:.0f} MiB"
+    if reason is RecycleReason.FDS:
+        return f"{health.fds} open files"
+    if reason is RecycleReason.AGE:
+        return f"age {health.age:.1f}s"
+    if reason is RecycleReason.TASKS:
+        return f"{health.tasks_completed} tasks"
+    return f"idle {health.idle:.1f}s"
 
 
 def _ignore_result(fut: asyncio.Future[Any]) -> None:

@@ -1,0 +1,168 @@
+"""Worker limits, health readings, and the pure decision to recycle a worker.
+
+Limits are soft ceilings checked by the hub's monitor between tasks; each is
+optional (``None`` switches it off) and accepts human units in the public API
+(``"1GiB"``, ``"512MB"``, ``"10m"``, ``"30s"``). A reading a platform cannot
+give is ``None`` and never trips a limit.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import resource
+from dataclasses import dataclass, field
+from typing import Any
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1 << 10,
+    "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+    "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
+    "t": 1000**4, "tb": 1000**4, "tib": 1 << 40,
+}  # fmt: skip
+_TIME_UNITS = {"": 1, "ms": 1e-3, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | float | str, name: str = "size") -> int:
+    """Bytes from ``1073741824``, ``"1GiB"``, ``"512 MB"``, ``"64k"``."""
+    number, unit = _split(value, name, "a size like 512MiB or 2GB")
+    factor = _SIZE_UNITS.get(unit.lower())
+    if factor is None:
+        raise ValueError(f"{name}: unknown size unit {unit!r} (use B, KiB, MiB, GiB, kB, MB, GB)")
+    return _positive(int(number * factor), name, value)
+
+
+def parse_duration(value: int | float | str, name: str = "duration") -> float:
+    """Seconds from ``30``, ``"30s"``, ``"10m"``, ``"1.5h"``, ``"250ms"``."""
+    number, unit = _split(value, name, "a duration like 30s, 10m or 2h")
+    factor = _TIME_UNITS.get(unit.lower())
+    if factor is None:
+        raise ValueError(f"{name}: unknown time unit {unit!r} (use ms, s, m, h, d)")
+    return _positive(number * factor, name, value)
+
+
+def _split(value: Any, name: str, example: str) -> tuple[float, str]:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or a string like {example}, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value), ""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a number or a string like {example}, got {value!r}")
+    m = _QUANTITY.match(value)
+    if m is None:
+        raise ValueError(f"{name}: cannot read {value!r}; write {example}")
+    return float(m.group(1)), m.group(2)
+
+
+def _positive(number: Any, name: str, original: Any) -> Any:
+    if number <= 0:
+        raise ValueError(f"{name} must be positive, got {original!r} (use None to turn it off)")
+    return number
+
+
+def default_max_fds() -> int | None:
+    """A margin below this process's soft ``RLIMIT_NOFILE`` (workers inherit it)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    return max(16, soft - max(32, soft // 10))
+
+
+class RecycleReason(enum.Enum):
+    """Why a worker is replaced (or, for IDLE, retired)."""
+
+    MEMORY = "memory"
+    FDS = "fds"
+    AGE = "age"
+    TASKS = "tasks"
+    IDLE = "idle"
+
+    def __str__(self) -> str:
+        return _REASON_TEXT[self]
+
+
+_REASON_TEXT = {
+    RecycleReason.MEMORY: "memory above max_rss",
+    RecycleReason.FDS: "open files above max_fds",
+    RecycleReason.AGE: "older than max_age",
+    RecycleReason.TASKS: "ran max_tasks tasks",
+    RecycleReason.IDLE: "idle past idle_ttl",
+}
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """Soft ceilings for each worker; ``None`` turns one off.
+
+    ``max_rss`` counts the worker's private memory: resident pages minus
+    shared ones, so the shared-memory rings and the pages it shares with the
+    zygote do not count against it.
+    """
+
+    max_rss: int | str | None = "1GiB"
+    max_fds: int | None = _UNSET
+    max_age: float | str | None = "10m"
+    idle_ttl: float | str | None = "30s"
+    max_tasks: int | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.max_rss is not None:
+            set_(self, "max_rss", parse_size(self.max_rss, "max_rss"))
+        if self.max_fds is _UNSET:
+            set_(self, "max_fds", default_max_fds())
+        elif self.max_fds is not None:
+            set_(self, "max_fds", _whole(self.max_fds, "max_fds"))
+        for name in ("max_age", "idle_ttl"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, parse_duration(value, name))
+        if self.max_tasks is not None:
+            set_(self, "max_tasks", _whole(self.max_tasks, "max_tasks"))
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    return _positive(value, name, value)
+
+
+@dataclass
+class WorkerHealth:
+    """What the hub knows of one worker. Readings it could not take are None."""
+
+    pid: int
+    rss: int | None = None  # resident bytes, shared pages included
+    private_rss: int | None = None  # resident minus shared: what max_rss limits
+    uss: int | None = None  # unique set size, sampled only on request (costly)
+    fds: int | None = None
+    age: float | None = None  # seconds since it was forked
+    idle: float | None = None  # seconds with nothing in flight (0 when busy)
+    tasks_completed: int = 0
+    inflight: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_recycle(health: WorkerHealth, limits: WorkerLimits) -> RecycleReason | None:
+    """The most pressing limit ``health`` breaks: memory > fds > age > tasks > idle."""
+    mem = health.private_rss if health.private_rss is not None else health.rss
+    if limits.max_rss is not None and mem is not None and mem > limits.max_rss:  # type: ignore[operator]
+        return RecycleReason.MEMORY
+    if limits.max_fds is not None and health.fds is not None and health.fds > limits.max_fds:
+        return RecycleReason.FDS
+    if limits.max_age is not None and health.age is not None and health.age > limits.max_age:  # type: ignore[operator]
+        return RecycleReason.AGE
+    if limits.max_tasks is not None and health.tasks_completed >= limits.max_tasks:
+        return RecycleReason.TASKS
+    if (
+        limits.idle_ttl is not None
+        and health.idle is not None
+        and health.inflight == 0
+        and health.idle >= limits.idle_ttl  # type: ignore[operator]
+    ):
+        return RecycleReason.IDLE
+    return None
