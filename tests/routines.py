@@ -149,3 +149,29 @@ async def record(path: str, i: int) -> int:
     finally:
         os.close(fd)
     return i
+
+
+_hoard: list[bytearray] = []
+_leaked_fds: list[int] = []
+
+
+@wool_local.routine
+async def hoard(mib: int) -> int:
+    """Leak ``mib`` MiB of touched memory in this worker."""
+    block = bytearray(mib << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    _hoard.append(block)
+    return os.getpid()
+
+
+@wool_local.routine
+async def leak_fds(n: int) -> int:
+    """Leak ``n`` open files in this worker."""
+    _leaked_fds.extend(os.open(os.devnull, os.O_RDONLY) for _ in range(n))
+    return os.getpid()
+
+
+@wool_local.routine
+async def fingerprint() -> tuple[int, int, int]:
+    return os.getpid(), id(asyncio.get_running_loop()), threading.get_ident()

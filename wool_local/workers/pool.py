@@ -169,8 +169,20 @@ class Pool(Dispatcher):
         self.closed = False
         self.broken: BaseException | None = None
         self.crashes = 0
+        self._changed: asyncio.Event | None = None
 
     # -- lifecycle ---------------------------------------------------------
+
+    async def changed(self) -> None:
+        """Wait for the next change of membership (a worker joined, retired or died)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, None
+        if event is not None:
+            event.set()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -246,6 +258,7 @@ class Pool(Dispatcher):
         self._answered(handle)
         if not fut.done():
             fut.set_result(handle)
+        self._notify()
 
     def _on_exited(self, pid: int, status: int) -> None:
         handle = self._workers.pop(pid, None)
@@ -269,6 +282,7 @@ class Pool(Dispatcher):
             self._spawn().add_done_callback(_ignore_result)  # replace a crashed worker
         else:
             self._answered(handle)
+        self._notify()
 
     def _on_zygote_lost(self) -> None:
         if self.closed:
@@ -436,6 +450,7 @@ class Pool(Dispatcher):
         """Take ``handle`` out of service; replace it first unless it is merely idle."""
         handle.retiring = reason
         self.recycles[reason] += 1
+        self._notify()
         log.info(
             "wool_local: retiring worker %d: %s (%s)", handle.pid, reason, _reading(reason, health)
         )
