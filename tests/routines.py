@@ -175,3 +175,22 @@ async def leak_fds(n: int) -> int:
 @wool_local.routine
 async def fingerprint() -> tuple[int, int, int]:
     return os.getpid(), id(asyncio.get_running_loop()), threading.get_ident()
+
+
+@wool_local.routine
+async def gc_off() -> bool:
+    import gc
+
+    gc.disable()
+    return gc.isenabled()
+
+
+@wool_local.routine
+async def finished_tasks_alive() -> int:
+    """Finished asyncio tasks still in memory here (with the cyclic GC off, a leak)."""
+    import gc
+
+    me = asyncio.current_task()
+    return sum(
+        1 for o in gc.get_objects() if isinstance(o, asyncio.Task) and o.done() and o is not me
+    )

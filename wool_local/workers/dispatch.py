@@ -69,7 +69,7 @@ class Pending:
     request whose Cancel was sent and whose final answer is still due.
     """
 
-    __slots__ = ("buffers", "call", "cancelled", "future", "target")
+    __slots__ = ("__weakref__", "buffers", "call", "cancelled", "future", "target")
 
     def __init__(self, future: Any, target: Target | None = None) -> None:
         self.future = future
@@ -89,6 +89,7 @@ class Dispatcher:
     def __init__(self, main_has: Callable[[Any], bool]) -> None:
         self._ids = itertools.count(1)
         self._pending: dict[int, Pending] = {}
+        self._cancel_timers: dict[int, asyncio.TimerHandle] = {}  # escalation, by request
         self._fn_cache: dict[int, tuple[Any, int]] = {}
         self._main_has = main_has
         #: Pickled callables by id, from this process or relayed from workers.
@@ -163,6 +164,7 @@ class Dispatcher:
             target.open -= 1
             if pending.cancelled:
                 target.cancelling -= 1
+                self._drop_timer(reply.id)
         fut = pending.future
         if fut is not None and not fut.done():
             fut.set_result((reply, buffers))
@@ -176,6 +178,7 @@ class Dispatcher:
         for rid, pending in list(self._pending.items()):
             if pending.target is target:
                 del self._pending[rid]
+                self._drop_timer(rid)
                 fut = pending.future
                 if fut is not None and not fut.done():
                     fut.set_exception(exc)
@@ -183,9 +186,15 @@ class Dispatcher:
         target.open = 0
         target.cancelling = 0
 
+    def _drop_timer(self, rid: int) -> None:
+        timer = self._cancel_timers.pop(rid, None)
+        if timer is not None:
+            timer.cancel()
+
     def fail_all(self, exc: BaseException) -> None:
         for rid, pending in list(self._pending.items()):
             del self._pending[rid]
+            self._drop_timer(rid)
             fut = pending.future
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
@@ -230,12 +239,14 @@ class Dispatcher:
             target.send(Cancel(rid))
         except Exception:
             return
+        loop = asyncio.get_running_loop()
+        self._cancel_timers[rid] = loop.call_later(self.cancel_grace, self._cancel_overdue, rid)
 
-        def check() -> None:
-            if self._pending.get(rid) is pending:
-                self._escalate(target, rid)
-
-        asyncio.get_running_loop().call_later(self.cancel_grace, check)
+    def _cancel_overdue(self, rid: int) -> None:
+        self._cancel_timers.pop(rid, None)
+        pending = self._pending.get(rid)
+        if pending is not None and pending.cancelled and pending.target is not None:
+            self._escalate(pending.target, rid)
 
     def stream(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncGenerator:
         """Run the async generator function ``fn`` remotely, one step per pull."""

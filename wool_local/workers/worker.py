@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import os
 import threading
@@ -264,14 +265,18 @@ class WorkerService:
     def _spawn(self, rid: int, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks[rid] = task
-        task.add_done_callback(self._forget_task)
+        task.add_done_callback(functools.partial(self._task_done, rid))
 
-    def _forget_task(self, task: asyncio.Task[None]) -> None:
-        # The next generator step may already have replaced this entry.
-        for rid, t in list(self._tasks.items()):
-            if t is task:
-                del self._tasks[rid]
-                return
+    def _task_done(self, rid: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(rid) is task:  # the next generator step may have replaced it
+            del self._tasks[rid]
+        if task.cancelled():
+            # Cancelled before its first step: the body never ran, so nothing
+            # answered for it yet. The hub waits for an answer to every request.
+            gen = self._generators.pop(rid, None)
+            if gen is not None:
+                self._spawn(-rid, gen.aclose())
+            self._reply(rid, CANCELLED)
 
     def _reply(
         self, rid: int, status: int, value: bytes | None = None, buffers: Sequence[Any] = ()
