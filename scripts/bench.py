@@ -30,6 +30,9 @@ What is measured (one run, one machine, every implementation side by side)
     "x vs best peer" is speed relative to the fastest peer of the same group (worker count or
     payload size): best peer median / median for latencies, tasks/s / best peer tasks/s for
     throughput. Above 1.00x is faster than every peer; the best peer itself shows 1.00x.
+    "others' CPU" is the CPU time processes outside this benchmark used while the case ran,
+    in percent of all CPUs (busy time from /proc/stat minus this process tree's): on a small
+    shared machine a case that ran while something else was busy is not comparable.
 
 Why
     wool_local promises an async-native pool that is much cheaper per dispatch than what
@@ -547,6 +550,9 @@ class Case:
     calls: int = 0  # timed calls (or tasks)
     stats: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # CPU used by processes outside this benchmark's process tree while the case ran, in
+    # percent of all CPUs: other programs competing for the machine (see CpuMeter).
+    others_cpu: float | None = None
 
 
 def percentile(sorted_ns: list[int], q: float) -> float:
@@ -580,6 +586,7 @@ class Bench:
         if self.verbose:
             print(f"  ... {what}", file=sys.stderr, flush=True)
         gc.collect()
+        meter = CpuMeter()
         try:
             return fn()
         except Exception as exc:
@@ -588,6 +595,7 @@ class Bench:
             traceback.print_exc()
             return None
         finally:
+            case.others_cpu = meter.others_percent()
             self.cases.append(case)
 
     def roundtrip(self, impl: Impl, workers: int) -> None:
@@ -670,13 +678,18 @@ def table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> str:
 
 
 def print_table(headers: list[str], cases: list[Case], cells: Callable[[Case], list[str]]) -> None:
-    """One row per case (failed cases say so; their errors follow the table)."""
+    """One row per case (failed cases say so; their errors follow the table).
+
+    The last column, "others' CPU", is the CPU time used by other programs while the case ran.
+    """
+    headers = [*headers, "others' CPU"]
     rows = []
     for case in cases:
+        others = "-" if case.others_cpu is None else f"{case.others_cpu:.0f}%"
         if case.error:
-            rows.append([case.impl, case.method, "FAILED", *[""] * (len(headers) - 3)])
+            rows.append([case.impl, case.method, "FAILED", *[""] * (len(headers) - 4), others])
         else:
-            rows.append([case.impl, case.method, *cells(case)])
+            rows.append([case.impl, case.method, *cells(case), others])
     print(table(headers, rows))
     for case in cases:
         if case.error:
@@ -852,6 +865,42 @@ def source_digest() -> str:
     for path in sorted(pkg.rglob("*.py")):
         digest.update(str(path.relative_to(pkg)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+class CpuMeter:
+    """CPU time the rest of the machine used since creation, from /proc/stat and os.times().
+
+    Busy time of all CPUs minus the CPU time of this process and of its reaped descendants
+    (every pool of a case is shut down and reaped before the case ends, so their workers'
+    time is included). On a shared 2-vCPU VM another busy process takes the CPU a worker or
+    the hub would have run on, which shows in round trips at once.
+    """
+
+    def __init__(self) -> None:
+        self.wall = time.monotonic()
+        self.busy = self._busy()
+        self.ours = self._ours()
+
+    @staticmethod
+    def _busy() -> float | None:
+        times = cpu_times()
+        if not times:
+            return None
+        busy = sum(times.get(k, 0) for k in ("user", "nice", "system", "irq", "softirq"))
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _ours() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def others_percent(self) -> float | None:
+        busy = self._busy()
+        wall = time.monotonic() - self.wall
+        if busy is None or self.busy is None or wall <= 0:
+            return None
+        others = (busy - self.busy) - (self._ours() - self.ours)
+        return max(0.0, 100 * others / (wall * (os.cpu_count() or 1)))
 
 
 def cpu_times() -> dict[str, int]:

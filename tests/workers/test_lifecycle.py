@@ -143,3 +143,34 @@ def test_given_pool_stats_then_health_per_worker_and_totals():
             assert sum(w.tasks_completed for w in stats.workers) == 100
 
     run(main)
+
+
+def test_given_a_stream_open_when_its_worker_is_recycled_then_the_stream_finishes():
+    """Given an async generator mid-stream on a worker marked for recycling, the stream
+    runs to its end on that worker, and the worker retires after."""
+    limits = wool_local.WorkerLimits(max_tasks=1)
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1, limits=limits, **FAST) as wp:
+            stream = r.countdown(5)
+            first = await stream.__anext__()
+            (pid,) = wp.pids
+            await r.square(2)  # another task done: max_tasks is passed
+            await until(wp.pool, lambda: wp.pool.worker(pid).retiring is not None)
+            rest = [v async for v in stream]
+            assert [first, *rest] == [5, 4, 3, 2, 1]
+            await until(wp.pool, lambda: pid not in wp.pids and wp.pids)
+
+    run(main)
+
+
+def test_given_a_normal_stop_then_nothing_is_logged_at_warning_or_above(caplog):
+    """Given a pool that worked and stops while workers are warm, the stop is silent."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2, limits=wool_local.WorkerLimits(idle_ttl="1h")):
+            await asyncio.gather(*(r.square(i) for i in range(50)))
+
+    with caplog.at_level(logging.WARNING):
+        run(main)
+    assert [rec for rec in caplog.records if rec.levelno >= logging.WARNING] == []
