@@ -80,6 +80,7 @@ class SlotTable:
         self._bytes = segment.buf[_TABLE_OFF:]
         self._fd = os.open(f"/dev/shm{segment.name}", os.O_RDWR) if not segment.unlinked else -1
         self._thread_lock = threading.Lock()
+        self._cache: dict[bytes, int] = {}  # key -> word index of our holder entry
         self.lock_timeout = lock_timeout
         self.stale_after = stale_after
         self._pid = os.getpid()
@@ -266,35 +267,61 @@ class SlotTable:
     def _total(self, idx: int) -> int:
         words = self._words
         base = idx * self._stride + 6
-        return sum(words[base + 2 * h + 1] for h in range(self.holders_per_slot))
+        return sum(words[base + 1 : base + 2 * self.holders_per_slot : 2])
+
+    def _locate(self, key: bytes, insert: bool) -> int:
+        """Word index of this process's (pid, count) entry for ``key``; -1 if absent.
+
+        The position is cached per key and re-checked under the lock (another
+        process may have freed and reused the slot since).
+        """
+        at = self._cache.get(key, -1)
+        if at >= 0:
+            words = self._words
+            base = (at // self._stride) * self._stride
+            if (
+                words[at] == self._pid
+                and words[base + 4] == _USED
+                and self._bytes[base * 4 : base * 4 + KEY_SIZE] == key
+            ):
+                return at
+        idx = self._find(key, insert)
+        at = self._holder(idx, self._pid, insert) if idx >= 0 else -1
+        if at >= 0:
+            if len(self._cache) > 4 * self.slots:
+                self._cache.clear()
+            self._cache[key] = at
+        return at
 
     def acquire(self, key: bytes) -> int:
         """Take one count on ``key`` for this process (inserting it); returns the new total."""
-        self._check_key(key)
+        if len(key) != KEY_SIZE:
+            self._check_key(key)
         self._lock()
         try:
-            idx = self._find(key, insert=True)
-            at = self._holder(idx, self._pid, insert=True)
+            at = self._locate(key, insert=True)
             self._words[at + 1] += 1
-            return self._total(idx)
+            return self._total(at // self._stride)
         finally:
             self._unlock()
 
     def release(self, key: bytes) -> int:
         """Drop one of this process's counts on ``key``; returns the new total (0 = freed)."""
-        self._check_key(key)
+        if len(key) != KEY_SIZE:
+            self._check_key(key)
         self._lock()
         try:
-            idx = self._find(key, insert=False)
-            at = self._holder(idx, self._pid, insert=False) if idx >= 0 else -1
-            if at < 0 or self._words[at + 1] == 0:
+            at = self._locate(key, insert=False)
+            words = self._words
+            if at < 0 or words[at + 1] == 0:
                 raise SlotTableError(f"process {self._pid} holds no count on key {key.hex()}")
-            self._words[at + 1] -= 1
-            if self._words[at + 1] == 0:
-                self._words[at] = 0
+            words[at + 1] -= 1
+            if words[at + 1] == 0:
+                words[at] = 0
+            idx = at // self._stride
             total = self._total(idx)
             if total == 0:
-                self._words[idx * self._stride + 4] = _TOMB
+                words[idx * self._stride + 4] = _TOMB
             return total
         finally:
             self._unlock()
