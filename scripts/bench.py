@@ -107,7 +107,8 @@ except ImportError:  # reported as a skipped peer
 # wool's spawned workers import this module as __mp_main__; keep their INFO logs quiet.
 logging.getLogger("wool").setLevel(logging.WARNING)
 
-_ROOT = Path(__file__).resolve().parent.parent
+# The tree wool_local is imported from (PYTHONPATH may point at a checkout other than ours).
+_WL_ROOT = Path(wool_local.__file__).resolve().parent.parent
 MiB = 1 << 20
 T = TypeVar("T")
 
@@ -633,6 +634,7 @@ class Bench:
         )
         self.cases.extend(rest)
         for case in box:
+            case.others_cpu = first.others_cpu  # one pool, one measurement for all sizes
             if samples is None:
                 case.error = first.error
                 continue
@@ -851,7 +853,7 @@ def version(dist: str) -> str | None:
 def git(*args: str) -> str | None:
     try:
         done = subprocess.run(
-            ["git", "-C", str(_ROOT), *args], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(_WL_ROOT), *args], capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -931,6 +933,7 @@ def machine(hub_loop: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "python_impl": platform.python_implementation(),
         "hub_loop": hub_loop,
+        "wool_local_path": str(_WL_ROOT),
         "git_head": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--", "wool_local")),
         "wool_local_source_sha256": source_digest(),
@@ -1061,7 +1064,8 @@ def main(argv: list[str] | None = None) -> int:
 
     head = (info["git_head"] or "unknown")[:12] + (" (modified)" if info["git_dirty"] else "")
     print(
-        f"wool_local benchmark, {'quick' if args.quick else 'full'} run, wool_local {head}\n"
+        f"wool_local benchmark, {'quick' if args.quick else 'full'} run, wool_local {head} "
+        f"from {info['wool_local_path']}\n"
         f"  {info['cpu_model']}, nproc {info['nproc']}, kernel {info['kernel']}, "
         f"Python {info['python']}, hub loop {args.hub_loop}"
     )

@@ -8,22 +8,29 @@ from .context import RuntimeContext
 from .pool import WorkerPool, available_cpus
 from .routine import NoPoolError, Routine, routine
 from .workers import (
+    ContextDecodeWarning,
+    ContextVar,
     PoolClosed,
     PoolStats,
     RecycleReason,
     RemoteError,
     RemoteTraceback,
     ThreadedForkWarning,
+    Token,
     UnpicklableError,
     WorkerCrashed,
     WorkerHealth,
     WorkerLimits,
+    WorkerProxy,
+    __proxy__,
     evaluate_recycle,
 )
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ContextDecodeWarning",
+    "ContextVar",
     "NoPoolError",
     "PoolClosed",
     "PoolStats",
@@ -33,11 +40,14 @@ __all__ = [
     "Routine",
     "RuntimeContext",
     "ThreadedForkWarning",
+    "Token",
     "UnpicklableError",
     "WorkerCrashed",
     "WorkerHealth",
     "WorkerLimits",
     "WorkerPool",
+    "WorkerProxy",
+    "__proxy__",
     "available_cpus",
     "evaluate_recycle",
     "routine",

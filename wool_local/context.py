@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import contextvars
 from typing import Any
 
-_dispatch_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "wool_local.dispatch_timeout", default=None
+from .workers import ContextVar, Token
+
+# A wool_local context variable: it travels with each dispatch, so routines
+# that dispatch onward from a worker inherit the timeout of their caller.
+_dispatch_timeout: ContextVar[float | None] = ContextVar(
+    "dispatch_timeout", namespace="wool_local", default=None
 )
 
 
@@ -21,7 +24,7 @@ class RuntimeContext:
         if dispatch_timeout is not None and dispatch_timeout <= 0:
             raise ValueError(f"dispatch_timeout must be positive, got {dispatch_timeout}")
         self.dispatch_timeout = dispatch_timeout
-        self._token: contextvars.Token[float | None] | None = None
+        self._token: Token[float | None] | None = None
 
     def __enter__(self) -> RuntimeContext:
         self._token = _dispatch_timeout.set(self.dispatch_timeout)

@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any
 
-from .workers import Pool, PoolStats, WorkerLimits, current_dispatcher
+from .workers import Pool, PoolStats, WorkerLimits, __proxy__, current_dispatcher
 
 
 def available_cpus() -> int:
@@ -70,6 +70,7 @@ class WorkerPool:
             raise ValueError(f"min_workers must be between 0 and spawn={self.spawn}")
         self._pool: Pool | None = None
         self._token: contextvars.Token[Any] | None = None
+        self._proxy_token: Any = None
 
     async def __aenter__(self) -> WorkerPool:
         if self._pool is not None:
@@ -78,10 +79,22 @@ class WorkerPool:
         await pool.start()
         self._pool = pool
         self._token = current_dispatcher.set(pool)
+        # Binding the pool's proxy for this block takes a lease on it.
+        self._proxy_token = __proxy__.set(pool.proxy)
+        assert pool.leases is not None
+        pool.leases.acquire(pool.id)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         pool, self._pool = self._pool, None
+        if self._proxy_token is not None:
+            try:
+                __proxy__.reset(self._proxy_token)
+            except ValueError:  # exited from another context
+                pass
+            self._proxy_token = None
+            if pool is not None and pool.leases is not None:
+                pool.leases.release(pool.id)
         if self._token is not None:
             try:
                 current_dispatcher.reset(self._token)

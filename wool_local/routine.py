@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from .context import ambient_dispatch_timeout
-from .workers import get_dispatcher, zygote_main_has
+from .workers import __proxy__, get_dispatcher, zygote_main_has
 
 
 class NoPoolError(RuntimeError):
@@ -47,12 +47,20 @@ class Routine:
         self._body = _Body(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        dispatcher = get_dispatcher()
-        if dispatcher is None:
-            raise NoPoolError(
-                f"{self.__qualname__}() was called outside a worker pool; start one with "
-                "'async with wool_local.WorkerPool(): ...' and call the routine inside it"
-            )
+        proxy = __proxy__.get()
+        if proxy is None:
+            dispatcher = get_dispatcher()
+            if dispatcher is None:
+                raise NoPoolError(
+                    f"{self.__qualname__}() was called outside a worker pool; start one with "
+                    "'async with wool_local.WorkerPool(): ...' and call the routine inside it"
+                )
+        elif proxy.started:
+            dispatcher = proxy._dispatcher
+        else:  # first dispatch through this proxy in this process: start it first
+            if self._streams:
+                return _started_stream(proxy, self, args, kwargs)
+            return _started_call(proxy, self, args, kwargs)
         timeout = self.dispatch_timeout or ambient_dispatch_timeout()
         if self._streams:
             return _timed_stream(dispatcher.stream(self._body, args, kwargs), timeout)
@@ -141,6 +149,31 @@ def _importable(routine: Routine, module: str, qualname: str) -> bool:
 
 def _lookup_top(module: str, qualname: str) -> Any:
     return vars(sys.modules[module]).get(qualname.split(".")[0])
+
+
+async def _started_call(proxy: Any, routine: Routine, args: Any, kwargs: Any) -> Any:
+    await proxy.start()
+    return await routine(*args, **kwargs)
+
+
+async def _started_stream(proxy: Any, routine: Routine, args: Any, kwargs: Any) -> AsyncGenerator:
+    await proxy.start()
+    gen = routine(*args, **kwargs)
+    try:
+        item = await gen.__anext__()
+        while True:
+            try:
+                sent = yield item
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                item = await gen.athrow(exc)
+            else:
+                item = await gen.asend(sent)
+    except StopAsyncIteration:
+        return
+    finally:
+        await gen.aclose()
 
 
 async def _timed_call(coro: Any, timeout: float | None) -> Any:

@@ -4,28 +4,37 @@ Knows tasks (callables, arguments, results) but nothing of the ``@routine``
 decorator that sits above it.
 """
 
+from .context import ContextDecodeWarning, ContextVar, Token
 from .dispatch import Dispatcher
 from .errors import PoolClosed, WorkerCrashed
 from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
 from .payload import RemoteError, RemoteTraceback, UnpicklableError
 from .pool import Pool, PoolStats
+from .proxy import ProxyUnreachable, WorkerProxy, __proxy__, __proxy_pool__
 from .worker import current_dispatcher, get_dispatcher
 from .zygote import ThreadedForkWarning
 from .zygote import main_has as zygote_main_has
 
 __all__ = [
+    "ContextDecodeWarning",
+    "ContextVar",
     "Dispatcher",
     "Pool",
     "PoolClosed",
     "PoolStats",
+    "ProxyUnreachable",
     "RecycleReason",
     "RemoteError",
     "RemoteTraceback",
     "ThreadedForkWarning",
+    "Token",
     "UnpicklableError",
     "WorkerCrashed",
     "WorkerHealth",
     "WorkerLimits",
+    "WorkerProxy",
+    "__proxy__",
+    "__proxy_pool__",
     "current_dispatcher",
     "evaluate_recycle",
     "get_dispatcher",

@@ -26,7 +26,7 @@ import itertools
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
-from . import payload, protocol
+from . import context, payload, protocol
 from .protocol import (
     CANCELLED,
     CLOSE,
@@ -205,15 +205,19 @@ class Dispatcher:
         """Run ``fn(*args, **kwargs)`` (a coroutine function) remotely and return its result."""
         fid = self.encode_fn(fn)
         data, buffers = payload.dumps_args(args, kwargs, _name(fn))
+        snapshot = context.encode(context.capture())
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         pending = self._pending[rid] = Pending(fut)
         try:
-            self.submit(rid, pending, Call(rid, fid, None, data), buffers)
+            self.submit(rid, pending, Call(rid, fid, None, data, context=snapshot), buffers)
         except BaseException:
             self._pending.pop(rid, None)
             raise
-        return _outcome(await self._answer(rid, pending), fn)
+        answer = await self._answer(rid, pending)
+        if answer[0].context:  # what the routine set comes back, as in one process
+            context.apply(context.decode(answer[0].context), back=True)
+        return _outcome(answer, fn)
 
     async def _answer(self, rid: int, pending: Pending) -> tuple[Reply, list[bytes]]:
         """Await the answer to ``rid``; on cancellation, cancel the remote side too."""
@@ -262,19 +266,22 @@ class Dispatcher:
         try:
             while True:
                 fut = loop.create_future()
+                snapshot = context.encode(context.capture())
                 if pending is None:  # the first step starts the remote generator
                     rid = next(self._ids)
                     pending = self._pending[rid] = Pending(fut)
-                    call = Call(rid, fid, None, args[0], GENERATOR, op, value)
+                    call = Call(rid, fid, None, args[0], GENERATOR, op, value, snapshot)
                     self.submit(rid, pending, call, buffers)
                 else:
                     target = pending.target
                     if target is None or not target.alive or self._pending.get(rid) is not pending:
                         raise protocol.ProtocolError("the remote generator session is gone")
                     pending.future = fut
-                    self.send_step(target, Step(rid, op, value), buffers)
+                    self.send_step(target, Step(rid, op, value, snapshot), buffers)
                 answer = await self._answer(rid, pending)
                 reply = answer[0]
+                if reply.context:
+                    context.apply(context.decode(reply.context), back=True)
                 if reply.status != YIELDED:
                     finished = True
                     if reply.status == EXHAUSTED:

@@ -14,17 +14,19 @@ and forks a replacement.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
 import signal
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ipc import DEFAULT_CAPACITY, Channel, sweep
+from ..ipc import DEFAULT_CAPACITY, Channel, SlotTable, sweep
 from . import payload, zygote
 from .dispatch import Dispatcher, Pending, Target
 from .errors import PoolClosed, WorkerCrashed
@@ -43,7 +45,8 @@ from .protocol import (
     Step,
     Stop,
 )
-from .worker import worker_main
+from .proxy import WorkerProxy, __proxy_pool__
+from .worker import WorkerConfig, worker_main
 
 log = logging.getLogger("wool_local")
 
@@ -95,7 +98,7 @@ class _Forward:
         reply, buffers = answer
         if reply.status != YIELDED:
             self.pool._relay_finished(self.asker, self.call_id)
-        self._send(Reply(self.call_id, reply.status, reply.value), buffers)
+        self._send(Reply(self.call_id, reply.status, reply.value, reply.context), buffers)
 
     def set_exception(self, exc: BaseException) -> None:
         self.pool._relay_finished(self.asker, self.call_id)
@@ -158,6 +161,11 @@ class Pool(Dispatcher):
         self.cancel_grace = cancel_grace
         self.stop_timeout = stop_timeout
         self.stall_after = stall_after
+        self.id = uuid.uuid4().bytes
+        #: The handle routines dispatch through; canonical in this process.
+        self.proxy = WorkerProxy(self.id, dispatcher=self)
+        __proxy_pool__.register(self.proxy)
+        self.leases: SlotTable | None = None
         self._zygote = zygote.Zygote(worker_main)
         self._workers: dict[int, WorkerHandle] = {}
         self._spawning: dict[int, tuple[Channel, int, asyncio.Future[WorkerHandle]]] = {}
@@ -187,7 +195,15 @@ class Pool(Dispatcher):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         sweep()
-        self._zygote.start()
+        # The lease table exists before the zygote, so every worker inherits it;
+        # once the zygote has it, no name is needed any more.
+        self.leases = SlotTable.create(slots=4096, holders_per_slot=max(16, 2 * self.size + 2))
+        config = WorkerConfig(pool_id=self.id, leases=self.leases)
+        self._zygote = zygote.Zygote(functools.partial(worker_main, config=config))
+        try:
+            self._zygote.start()
+        finally:
+            self.leases.unlink()
         assert self._zygote.sock is not None
         self._loop.add_reader(self._zygote.sock.fileno(), self._on_zygote)
         try:
@@ -278,6 +294,8 @@ class Pool(Dispatcher):
         self._drop_relays(handle)
         handle.link.close()
         os.close(handle.return_fd)
+        if self.leases is not None:
+            self.leases.reclaim(pid)  # whatever it held when it died
         if handle.retiring is None and not self.closed and self.broken is None:
             self._spawn().add_done_callback(_ignore_result)  # replace a crashed worker
         else:
@@ -370,6 +388,10 @@ class Pool(Dispatcher):
         if self._zygote.sock is not None and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._zygote.sock.fileno())
         self._zygote.stop(self.stop_timeout)
+        __proxy_pool__.forget(self.id)
+        if self.leases is not None:
+            self.leases.close()
+            self.leases = None
 
     # -- scheduling --------------------------------------------------------
 
@@ -574,7 +596,18 @@ class Pool(Dispatcher):
         pending = self._pending[hid] = Pending(_Forward(self, asker, call.id))
         asker.relays[call.id] = hid
         try:
-            relayed = Call(hid, call.fn, None, call.args, call.kind, call.op, call.value)
+            relayed = Call(
+                hid,
+                call.fn,
+                None,
+                call.args,
+                call.kind,
+                call.op,
+                call.value,
+                call.context,
+                call.proxy,
+                call.proxy_id,
+            )
             self.submit(hid, pending, relayed, buffers)
         except Exception as exc:
             del self._pending[hid]
@@ -587,7 +620,7 @@ class Pool(Dispatcher):
             gone = RuntimeError("the remote generator session is gone")
             asker.send(Reply(step.id, RAISED, payload.dumps_exception(gone)))
             return
-        self.send_step(pending.target, Step(hid, step.op, step.value), buffers)
+        self.send_step(pending.target, Step(hid, step.op, step.value, step.context), buffers)
 
     def _relay_cancel(self, asker: WorkerHandle, call_id: int) -> None:
         hid = asker.relays.get(call_id)

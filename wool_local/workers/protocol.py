@@ -37,6 +37,9 @@ class Call(msgspec.Struct, array_like=True, tag=1, gc=False):
     kind: int = COROUTINE
     op: int = NEXT
     value: bytes | None = None
+    context: dict[str, bytes] | None = None  # the caller's context variables, by key
+    proxy: bytes | None = None  # deprecated: the proxy now travels in ``context``
+    proxy_id: bytes | None = None  # deprecated, with ``proxy``; removed at the next major
 
 
 class Step(msgspec.Struct, array_like=True, tag=2, gc=False):
@@ -45,6 +48,7 @@ class Step(msgspec.Struct, array_like=True, tag=2, gc=False):
     id: int
     op: int
     value: bytes | None = None
+    context: dict[str, bytes] | None = None  # the caller's context variables now
 
 
 class Cancel(msgspec.Struct, array_like=True, tag=3, gc=False):
@@ -59,6 +63,7 @@ class Reply(msgspec.Struct, array_like=True, tag=4, gc=False):
     id: int
     status: int
     value: bytes | None = None
+    context: dict[str, bytes] | None = None  # variables the routine's context holds now
 
 
 class Stop(msgspec.Struct, array_like=True, tag=5, gc=False):

@@ -23,12 +23,13 @@ import inspect
 import os
 import threading
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import uvloop
 
-from ..ipc import Channel, Doorbell, Segment
-from . import payload
+from ..ipc import Channel, Doorbell, Segment, SlotTable
+from . import context, payload, proxy
 from .dispatch import Dispatcher, Pending, Target
 from .link import Link
 from .protocol import (
@@ -84,6 +85,14 @@ class HubClient(Dispatcher):
         self.send_call(self.target, pending, call, buffers)  # the hub does the scheduling
 
 
+@dataclass
+class WorkerConfig:
+    """What a worker needs from its pool, inherited through the zygote."""
+
+    pool_id: bytes | None = None
+    leases: SlotTable | None = None  # the pool's shared lease table
+
+
 class _LockedLink(Link):
     """A link whose ring access is shared with the returner thread under one lock."""
 
@@ -115,7 +124,14 @@ class _LockedLink(Link):
 class WorkerService:
     """Serves one channel to the hub until told to stop or the hub goes away."""
 
-    def __init__(self, link_end: Any, return_fd: int = -1) -> None:
+    def __init__(
+        self,
+        link_end: Any,
+        return_fd: int = -1,
+        config: WorkerConfig | None = None,
+    ) -> None:
+        self._config = config or WorkerConfig()
+        self._leases = self._config.leases
         self._lock = threading.RLock()
         # After answering, spin briefly for the next call only when idle (the
         # task that just replied may still be registered).
@@ -133,6 +149,10 @@ class WorkerService:
         self._generators: dict[int, AsyncGenerator[Any, Any]] = {}
         self._admission: dict[int, tuple[Call, list[bytes]]] = {}
         self._admitting = False
+        self._call_leases: dict[int, bytes] = {}  # proxy lease held by a running call
+        self._gen_contexts: dict[int, contextvars.Context] = {}  # one per generator session
+        self._gen_leases: dict[int, bytes] = {}
+        self._base_context = contextvars.copy_context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
         self._return_fd = return_fd
@@ -141,7 +161,9 @@ class WorkerService:
         global process_dispatcher
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
+        self._base_context = contextvars.copy_context()
         process_dispatcher = self.client
+        proxy.__proxy_pool__.reset(self._config.pool_id, self.client)
         returner = None
         if self._return_fd >= 0:
             returner = threading.Thread(
@@ -252,7 +274,7 @@ class WorkerService:
         elif type(msg) is Reply:
             self.client.on_reply(msg, buffers)
         elif type(msg) is Step:
-            self._spawn(msg.id, self._step(msg.id, msg.op, msg.value, buffers))
+            self._next_step(msg, buffers)
         elif type(msg) is Cancel:
             task = self._tasks.get(msg.id)
             if task is not None:
@@ -262,27 +284,36 @@ class WorkerService:
         elif type(msg) is Stop:
             self._stop()
 
-    def _spawn(self, rid: int, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, rid: int, coro: Any, ctx: contextvars.Context | None = None) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro, context=ctx)
         self._tasks[rid] = task
         task.add_done_callback(functools.partial(self._task_done, rid))
 
     def _task_done(self, rid: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(rid) is task:  # the next generator step may have replaced it
             del self._tasks[rid]
+        lease = self._call_leases.pop(rid, None)
+        if lease is not None:
+            self._release(lease)
         if task.cancelled():
             # Cancelled before its first step: the body never ran, so nothing
             # answered for it yet. The hub waits for an answer to every request.
-            gen = self._generators.pop(rid, None)
+            gen = self._end_session(rid)
             if gen is not None:
                 self._spawn(-rid, gen.aclose())
             self._reply(rid, CANCELLED)
 
     def _reply(
-        self, rid: int, status: int, value: bytes | None = None, buffers: Sequence[Any] = ()
+        self,
+        rid: int,
+        status: int,
+        value: bytes | None = None,
+        buffers: Sequence[Any] = (),
+        snapshot: dict[str, bytes] | None = None,
     ) -> None:
         if self.link.lost is None:
-            self.link.send(Reply(rid, status, value), buffers)
+            self.link.send(Reply(rid, status, value, snapshot), buffers)
 
     def _resolve(self, call: Call) -> Any:
         fn = self._functions.get(call.fn)
@@ -295,25 +326,73 @@ class WorkerService:
             self._functions[call.fn] = fn
         return fn
 
+    # -- context and leases --------------------------------------------------
+
+    def _mount(self, call: Call) -> tuple[contextvars.Context, bytes | None]:
+        """The context a call runs in (the caller's variables set) and its proxy lease."""
+        values = context.decode(call.context)
+        if proxy.PROXY_KEY not in values and call.proxy_id is not None:
+            # An older caller: the proxy came in the deprecated dedicated fields.
+            values[proxy.PROXY_KEY] = proxy._restore_proxy(call.proxy_id)
+        ctx = self._base_context.copy()
+        if values:
+            ctx.run(context.apply, values)
+        bound = values.get(proxy.PROXY_KEY)
+        lease = None
+        if isinstance(bound, proxy.WorkerProxy) and self._leases is not None:
+            lease = bound.id
+            self._leases.acquire(lease)
+        return ctx, lease
+
+    def _release(self, lease: bytes) -> None:
+        if self._leases is not None:
+            try:
+                self._leases.release(lease)
+            except Exception:
+                pass  # the table is gone with the pool
+
+    def _end_session(self, rid: int) -> AsyncGenerator[Any, Any] | None:
+        self._gen_contexts.pop(rid, None)
+        lease = self._gen_leases.pop(rid, None)
+        if lease is not None:
+            self._release(lease)
+        return self._generators.pop(rid, None)
+
+    # -- running -------------------------------------------------------------
+
     def _start(self, call: Call, buffers: list[bytes]) -> None:
         try:
             fn = self._resolve(call)
             args, kwargs = payload.loads(call.args, "the arguments", buffers)
+            ctx, lease = self._mount(call)
         except BaseException as exc:
             self._reply(call.id, RAISED, payload.dumps_exception(exc))
             return
         if call.kind == COROUTINE:
-            self._spawn(call.id, self._run(call.id, fn, args, kwargs))
+            if lease is not None:
+                self._call_leases[call.id] = lease
+            self._spawn(call.id, self._run(call.id, fn, args, kwargs), ctx)
             return
         try:
-            gen = fn(*args, **kwargs)
+            gen = ctx.run(fn, *args, **kwargs)
             if not inspect.isasyncgen(gen):
                 raise TypeError(f"{fn!r} did not return an async generator")
         except BaseException as exc:
+            if lease is not None:
+                self._release(lease)
             self._reply(call.id, RAISED, payload.dumps_exception(exc))
             return
         self._generators[call.id] = gen
-        self._spawn(call.id, self._step(call.id, call.op, call.value, []))
+        self._gen_contexts[call.id] = ctx
+        if lease is not None:
+            self._gen_leases[call.id] = lease
+        self._spawn(call.id, self._step(call.id, call.op, call.value, []), ctx)
+
+    def _next_step(self, step: Step, buffers: list[bytes]) -> None:
+        ctx = self._gen_contexts.get(step.id)
+        if ctx is not None and step.context:
+            ctx.run(context.apply, context.decode(step.context))  # the caller's changes
+        self._spawn(step.id, self._step(step.id, step.op, step.value, buffers), ctx)
 
     async def _run(self, rid: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
@@ -322,7 +401,7 @@ class WorkerService:
             self._reply(rid, CANCELLED)
             return
         except BaseException as exc:
-            self._reply(rid, RAISED, payload.dumps_exception(exc))
+            self._reply(rid, RAISED, payload.dumps_exception(exc), (), context.encode_back())
             return
         try:
             data, out = payload.dumps(
@@ -331,7 +410,7 @@ class WorkerService:
         except payload.UnpicklableError as exc:
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
-        self._reply(rid, RETURNED, data, out)
+        self._reply(rid, RETURNED, data, out, context.encode_back())
 
     async def _step(self, rid: int, op: int, value: bytes | None, buffers: list[bytes]) -> None:
         gen = self._generators.get(rid)
@@ -353,11 +432,11 @@ class WorkerService:
             else:
                 raise ValueError(f"unknown generator step {op}")
         except StopAsyncIteration:
-            self._generators.pop(rid, None)
-            self._reply(rid, EXHAUSTED)
+            self._end_session(rid)
+            self._reply(rid, EXHAUSTED, None, (), context.encode_back())
             return
         except asyncio.CancelledError:
-            self._generators.pop(rid, None)
+            self._end_session(rid)
             try:
                 await gen.aclose()
             except BaseException:
@@ -365,26 +444,32 @@ class WorkerService:
             self._reply(rid, CANCELLED)
             return
         except BaseException as exc:
-            self._generators.pop(rid, None)
-            self._reply(rid, RAISED, payload.dumps_exception(exc))
+            self._end_session(rid)
+            self._reply(rid, RAISED, payload.dumps_exception(exc), (), context.encode_back())
             return
         try:
             data, out = payload.dumps(
                 item, f"a value yielded by {_name(gen)} ({type(item).__name__})"
             )
         except payload.UnpicklableError as exc:
-            self._generators.pop(rid, None)
+            self._end_session(rid)
             await gen.aclose()
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
-        self._reply(rid, YIELDED, data, out)
+        self._reply(rid, YIELDED, data, out, context.encode_back())
 
 
 def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
-def worker_main(segment: Segment, capacity: int, fds: list[int], hub_pid: int) -> int:
+def worker_main(
+    segment: Segment,
+    capacity: int,
+    fds: list[int],
+    hub_pid: int,
+    config: WorkerConfig | None = None,
+) -> int:
     """Entry point of a freshly forked worker (called by the zygote).
 
     ``fds``: the channel's two doorbells, then the eventfd the hub rings to ask
@@ -396,7 +481,10 @@ def worker_main(segment: Segment, capacity: int, fds: list[int], hub_pid: int) -
     asyncio.set_event_loop(loop)
     return_fd = fds[2] if len(fds) > 2 else -1
     try:
-        loop.run_until_complete(WorkerService(end, return_fd).serve())
+        # A fresh, empty context: the one inherited through the fork is the hub's,
+        # and its variables must not leak into dispatches here.
+        service = WorkerService(end, return_fd, config)
+        contextvars.Context().run(loop.run_until_complete, service.serve())
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()

@@ -1,0 +1,276 @@
+"""Context variables that follow a dispatch to its worker and back.
+
+:class:`ContextVar` has the surface of :class:`contextvars.ContextVar` and is
+built on one: inside a process it behaves exactly like the stdlib (asyncio
+tasks get copies, tokens reset, ...). Across a dispatch, the values the
+caller *set* (defaults stay home) travel with the call; when the routine
+returns (or an async generator yields), the values set in the routine's
+context travel back and are set in the caller's, so ``await routine()``
+observes what ``await coroutine()`` would in one process. A
+``forward_only`` variable travels to the worker but never back.
+
+On the wire a variable is its key, ``"<namespace>:<name>"`` (the namespace
+defaults to the declaring module), so both processes agree without a
+registry. A value whose variable this process has not declared yet (its
+module is not imported here) is kept as is and passed along: it becomes
+visible the moment the variable is declared. Tokens do not travel: a token
+belongs to the context (and so the process) that made it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import pickle
+import sys
+import warnings
+from typing import Any, Generic, TypeVar
+
+import cloudpickle
+
+T = TypeVar("T")
+
+#: What :attr:`Token.old_value` is when the variable was not set before.
+MISSING = contextvars.Token.MISSING
+
+_NO_DEFAULT: Any = object()
+
+#: Every declared variable of this process, by key. Variables are meant to be
+#: declared once, at module level, like stdlib ones; they are never dropped.
+_registry: dict[str, ContextVar[Any]] = {}
+
+#: Values received for keys no variable of this process has declared (yet).
+_unbound: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "wool_local.unbound", default=None
+)
+
+
+class ContextDecodeWarning(RuntimeWarning):
+    """A context variable's value could not be rebuilt here; the dispatch went on without it.
+
+    Turn it into an error with ``warnings.simplefilter("error", ContextDecodeWarning)``.
+    """
+
+
+class ContextVar(Generic[T]):
+    """A :class:`contextvars.ContextVar` whose values propagate across dispatches."""
+
+    __slots__ = ("_default", "_inner", "forward_only", "key", "name")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        default: T = _NO_DEFAULT,
+        namespace: str | None = None,
+        forward_only: bool = False,
+    ) -> None:
+        if not isinstance(name, str):
+            raise TypeError("context variable name must be a str")
+        if namespace is None:
+            namespace = sys._getframe(1).f_globals.get("__name__", "__main__")
+        key = f"{namespace}:{name}"
+        if key in _registry:
+            raise ValueError(
+                f"a wool_local.ContextVar with key {key!r} already exists in this process; "
+                "declare each variable once (at module level), or pass another namespace="
+            )
+        self.name = name
+        self.key = key
+        self.forward_only = forward_only
+        self._default = default
+        self._inner: contextvars.ContextVar[T] = contextvars.ContextVar(name)
+        _registry[key] = self
+
+    def get(self, default: T = _NO_DEFAULT) -> T:
+        """The value in the current context, else ``default``, else the variable's default."""
+        try:
+            return self._inner.get()
+        except LookupError:
+            pass
+        unbound = _unbound.get()
+        if unbound is not None and self.key in unbound:
+            return unbound[self.key]  # type: ignore[no-any-return]
+        if default is not _NO_DEFAULT:
+            return default
+        if self._default is not _NO_DEFAULT:
+            return self._default  # type: ignore[no-any-return]
+        raise LookupError(self)
+
+    def set(self, value: T) -> Token[T]:
+        """Set the value in the current context; the token undoes exactly this set."""
+        return Token(self, self._inner.set(value))
+
+    def reset(self, token: Token[T]) -> None:
+        """Restore the value from before ``token``'s set (stdlib rules and errors)."""
+        if not isinstance(token, Token):
+            raise TypeError(f"expected an instance of Token, got {type(token).__name__!r}")
+        if token.var is not self:
+            raise ValueError(f"{token!r} was created by a different ContextVar")
+        self._inner.reset(token._inner)
+
+    @property
+    def default(self) -> Any:
+        return MISSING if self._default is _NO_DEFAULT else self._default
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        return cls
+
+    def __repr__(self) -> str:
+        default = "" if self._default is _NO_DEFAULT else f" default={self._default!r}"
+        return f"<wool_local.ContextVar name={self.name!r} key={self.key!r}{default}>"
+
+
+class Token(Generic[T]):
+    """What :meth:`ContextVar.set` returns: undoes that one set, once, in its context."""
+
+    __slots__ = ("_inner", "var")
+
+    MISSING = MISSING
+
+    def __init__(self, var: ContextVar[T], inner: contextvars.Token[T]) -> None:
+        self.var = var
+        self._inner = inner
+
+    @property
+    def old_value(self) -> Any:
+        return self._inner.old_value
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        return cls
+
+    def __repr__(self) -> str:
+        used = " used" if _token_used(self._inner) else ""
+        return f"<wool_local.Token{used} var={self.var!r} at {id(self):#x}>"
+
+
+def _token_used(inner: contextvars.Token[Any]) -> bool:
+    return " used " in repr(inner)
+
+
+# -- moving values across a dispatch -------------------------------------------
+
+Snapshot = dict[str, bytes]
+
+
+def capture(back: bool = False) -> dict[str, Any]:
+    """The values set in the current context, by key (``back``: skip forward-only ones)."""
+    values: dict[str, Any] = {}
+    unbound = _unbound.get()
+    if unbound:
+        values.update(unbound)
+    for key, var in _registry.items():
+        if back and var.forward_only:
+            continue
+        try:
+            values[key] = var._inner.get()
+        except LookupError:
+            continue
+    return values
+
+
+_last_pickled: dict[str, tuple[Any, bytes]] = {}  # key -> (value, its pickle), one per key
+_IMMUTABLE = (str, bytes, int, float, bool, type(None))
+
+
+def _reusable(value: Any) -> bool:
+    """Whether a value's pickle can be reused while it is the same object: immutable ones
+    (a proxy says so with ``__wool_immutable__``); a mutable one may change in between."""
+    return type(value) in _IMMUTABLE or getattr(value, "__wool_immutable__", False)
+
+
+def encode(values: dict[str, Any]) -> Snapshot | None:
+    """Pickle each value on its own; a value that cannot travel is a TypeError naming it."""
+    if not values:
+        return None
+    out = {}
+    for key, value in values.items():
+        last = _last_pickled.get(key)
+        if last is not None and last[0] is value:
+            out[key] = last[1]  # the same immutable object as last time: reuse its pickle
+            continue
+        try:
+            data = pickle.dumps(value, 5)
+        except Exception:
+            try:
+                data = cloudpickle.dumps(value, 5)
+            except Exception as exc:
+                raise TypeError(
+                    f"cannot send context variable {key!r} (a {type(value).__name__}) to "
+                    f"another process: {exc}"
+                ) from None
+        if _reusable(value):
+            _last_pickled[key] = (value, data)
+        out[key] = data
+    return out
+
+
+class _Unsendable:
+    """Stands in for a value set in a worker that could not be pickled back."""
+
+    def __init__(self, key: str, kind: str, error: str) -> None:
+        self.key, self.kind, self.error = key, kind, error
+
+    def __reduce__(self) -> Any:
+        return (_unsendable, (self.key, self.kind, self.error))
+
+
+def _unsendable(key: str, kind: str, error: str) -> Any:
+    raise TypeError(f"the worker set it to a {kind} that cannot be pickled: {error}")
+
+
+def encode_back() -> Snapshot | None:
+    """The current context's values for the trip back; never raises (an unpicklable
+    value becomes a ContextDecodeWarning on the other side, the result still goes)."""
+    values = capture(back=True)
+    try:
+        return encode(values)
+    except TypeError:
+        pass
+    out = {}
+    for key, value in values.items():
+        try:
+            out.update(encode({key: value}) or {})
+        except TypeError as exc:
+            stand_in = _Unsendable(key, type(value).__name__, str(exc.__cause__ or exc))
+            out[key] = pickle.dumps(stand_in, 5)
+    return out
+
+
+def decode(snapshot: Snapshot | None) -> dict[str, Any]:
+    """Rebuild each value; one that cannot be rebuilt is skipped with a ContextDecodeWarning."""
+    if not snapshot:
+        return {}
+    values = {}
+    for key, data in snapshot.items():
+        try:
+            values[key] = pickle.loads(data)
+        except Exception as exc:
+            warnings.warn(
+                f"context variable {key!r} could not be rebuilt in this process and is left "
+                f"out: {exc!r}",
+                ContextDecodeWarning,
+                stacklevel=2,
+            )
+    return values
+
+
+def apply(values: dict[str, Any], back: bool = False) -> None:
+    """Set ``values`` in the current context (``back``: never touch forward-only ones)."""
+    unbound = None
+    for key, value in values.items():
+        var = _registry.get(key)
+        if var is None:
+            if unbound is None:
+                unbound = dict(_unbound.get() or {})
+            unbound[key] = value
+            continue
+        if back and var.forward_only:
+            continue
+        try:
+            if var._inner.get() is value:
+                continue  # unchanged: no new token, no copy
+        except LookupError:
+            pass
+        var._inner.set(value)
+    if unbound is not None:
+        _unbound.set(unbound)
