@@ -62,7 +62,11 @@ Safety
 
 Usage
     python scripts/bench.py [--quick] [--json PATH] [--hub-loop {uvloop,asyncio}]
-                            [--sections 1,2,3]
+                            [--sections 1,2,3] [--case-timeout S] [--wait-quiet S]
+
+    --quick is a ~15 s smoke run (fewer calls, smaller N); --wait-quiet S first waits up to
+    S seconds for other programs to leave the CPUs idle. wool_local is imported from
+    PYTHONPATH; the git commit and a digest of the source it was imported from are recorded.
 
 The exit status is 1 if a case failed or the cleanup check found something; a missed target
 is reported, not turned into a failure.
@@ -83,6 +87,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -111,6 +116,10 @@ logging.getLogger("wool").setLevel(logging.WARNING)
 _WL_ROOT = Path(wool_local.__file__).resolve().parent.parent
 MiB = 1 << 20
 T = TypeVar("T")
+# This process and the wool_local workers it ran: creators of the /dev/shm names that count
+# as ours in the cleanup check (wool_local names them [sem.]wl-<uid>-<creator pid>-<random>).
+OUR_PIDS: set[int] = {os.getpid()}
+_WL_SHM_NAME = re.compile(r"(?:sem\.)?wl-\d+-(\d+)-")
 
 # Targets (see "Why").
 TARGET_RT_FRACTION = 1 / 5
@@ -426,9 +435,13 @@ class AsyncImpl(Impl):
     @contextlib.asynccontextmanager
     async def _bounded_pool(self, workers: int, s: Settings) -> Any:
         # The outer bound also covers pool start-up and shutdown; the inner one the work.
-        async with asyncio.timeout(2 * s.case_timeout), self._pool(workers):
+        async with asyncio.timeout(2 * s.case_timeout), self._pool(workers) as pool:
+            self._started(pool)
             async with asyncio.timeout(s.case_timeout):
                 yield
+
+    def _started(self, pool: Any) -> None:
+        """Called with the running pool (the value of its ``async with``)."""
 
     def roundtrip(self, workers: int, s: Settings) -> list[int]:
         return self._run(self._roundtrip(workers, s), s)
@@ -495,6 +508,9 @@ class WoolLocal(AsyncImpl):
 
     def _pool(self, workers: int) -> contextlib.AbstractAsyncContextManager[Any]:
         return wool_local.WorkerPool(spawn=workers)
+
+    def _started(self, pool: Any) -> None:
+        OUR_PIDS.update(pool.pids)  # their shared-memory names carry these pids
 
     def _noop(self) -> Callable[..., Coroutine[Any, Any, Any]]:
         return wl_noop
@@ -905,6 +921,19 @@ class CpuMeter:
         return max(0.0, 100 * others / (wall * (os.cpu_count() or 1)))
 
 
+def wait_until_quiet(limit: float, threshold: float = 10.0) -> tuple[float | None, float]:
+    """Wait up to ``limit`` seconds for a one-second window in which other programs use less
+    than ``threshold`` percent of the CPUs; (their last reading, seconds waited)."""
+    started = time.monotonic()
+    while True:
+        meter = CpuMeter()
+        time.sleep(1.0)
+        busy = meter.others_percent()
+        waited = time.monotonic() - started
+        if busy is None or busy < threshold or waited >= limit:
+            return busy, waited
+
+
 def cpu_times() -> dict[str, int]:
     """Aggregate jiffies from /proc/stat (to compute CPU steal over the run)."""
     try:
@@ -967,7 +996,12 @@ def stop_resource_trackers() -> None:
 
 
 def cleanup_check(shm_before: set[str]) -> dict[str, Any]:
-    """Children still alive (or unreaped) and /dev/shm entries that appeared during the run."""
+    """Children still alive (or unreaped) and /dev/shm entries that appeared during the run.
+
+    Other programs (a test suite, say) may create and remove segments meanwhile: a wool_local
+    name created by a pid that is not ours is listed as theirs and not counted, and any other
+    new name counts only if it is still there a second later.
+    """
     stop_resource_trackers()
     me = psutil.Process()
     deadline = time.monotonic() + 5
@@ -979,12 +1013,20 @@ def cleanup_check(shm_before: set[str]) -> dict[str, Any]:
     for child in children:
         with contextlib.suppress(psutil.Error):
             left.append(f"{child.pid} {child.status()} {' '.join(child.cmdline())[:80]}")
-    new_shm = sorted(shm_entries() - shm_before)
-    ours = f"-{os.getpid()}-"
+    ours, others, unknown = [], [], []
+    for name in sorted(shm_entries() - shm_before):
+        match = _WL_SHM_NAME.match(name)
+        if match is None:
+            unknown.append(name)
+        else:
+            (ours if int(match.group(1)) in OUR_PIDS else others).append(name)
+    if unknown:
+        time.sleep(1.0)
+        unknown = sorted(set(unknown) & shm_entries())
     return {
         "children_left": left,
-        "shm_new": new_shm,
-        "shm_new_wool_local_of_this_process": [n for n in new_shm if ours in n],
+        "shm_new": ours + unknown,
+        "shm_new_of_other_programs": others,
     }
 
 
@@ -1004,6 +1046,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sections", default="1,2,3", help="sections to run, e.g. 1,3")
     parser.add_argument(
         "--case-timeout", type=float, metavar="S", help="time limit of one case, in seconds"
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for other programs to leave the CPUs idle",
     )
     args = parser.parse_args(argv)
     try:
@@ -1042,6 +1091,10 @@ def main(argv: list[str] | None = None) -> int:
     s = QUICK if args.quick else FULL
     if args.case_timeout is not None:
         s = replace(s, case_timeout=args.case_timeout, call_timeout=args.case_timeout)
+    quiet: dict[str, float | None] = {}
+    if args.wait_quiet > 0:
+        busy, waited = wait_until_quiet(args.wait_quiet)
+        quiet = {"others_cpu_percent": busy, "waited_seconds": waited}
     faulthandler.dump_traceback_later(s.budget, exit=True)
     started = time.monotonic()
     shm_before = shm_entries()
@@ -1069,6 +1122,11 @@ def main(argv: list[str] | None = None) -> int:
         f"  {info['cpu_model']}, nproc {info['nproc']}, kernel {info['kernel']}, "
         f"Python {info['python']}, hub loop {args.hub_loop}"
     )
+    if quiet:
+        print(
+            f"  waited {quiet['waited_seconds']:.0f} s for a quiet machine; other programs "
+            f"then used {quiet['others_cpu_percent'] or 0:.0f}% of the CPUs"
+        )
     for note in notes:
         print(f"  note: {note}")
 
@@ -1119,6 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_before": load_before,
                 "loadavg_after": load_after,
                 "cpu_steal_percent": steal,
+                "wait_quiet": quiet,
             },
             "cleanup": cleanup,
         }

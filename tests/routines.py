@@ -194,3 +194,109 @@ async def finished_tasks_alive() -> int:
     return sum(
         1 for o in gc.get_objects() if isinstance(o, asyncio.Task) and o.done() and o is not me
     )
+
+
+# -- context propagation ----------------------------------------------------------
+
+request_id = wool_local.ContextVar("request_id", default="none")
+trail = wool_local.ContextVar("trail")
+
+
+@wool_local.routine
+async def read_var() -> str:
+    return request_id.get()
+
+
+@wool_local.routine
+async def set_var(value: str) -> str:
+    old = request_id.get()
+    request_id.set(value)
+    return old
+
+
+@wool_local.routine
+async def set_then_fail(value: str) -> None:
+    request_id.set(value)
+    raise KeyError("after setting")
+
+
+@wool_local.routine
+async def echo_var_after(delay: float) -> str:
+    mine = request_id.get()
+    await asyncio.sleep(delay)
+    assert request_id.get() == mine
+    return mine
+
+
+@wool_local.routine
+async def child_task_sees_copy() -> tuple[str, str]:
+    request_id.set("parent")
+
+    async def child():
+        seen = request_id.get()
+        request_id.set("child")
+        return seen
+
+    seen = await asyncio.create_task(child())
+    return seen, request_id.get()
+
+
+@wool_local.routine
+async def stream_vars(n: int):
+    """Yields what it sees; sets trail to the step number before each yield."""
+    for i in range(n):
+        trail.set(i)
+        got = yield request_id.get()
+        if got is not None:
+            request_id.set(got)
+
+
+@wool_local.routine
+async def rebind_proxy() -> bool:
+    wool_local.__proxy__.set(None)
+    return wool_local.__proxy__.get() is None
+
+
+@wool_local.routine
+async def proxy_identity() -> tuple[int, bool]:
+    proxy = wool_local.__proxy__.get()
+    return id(proxy), proxy.started
+
+
+@wool_local.routine
+async def declare_and_read(namespace: str, name: str) -> str:
+    """Declares a variable this worker had not seen, then reads the value it was sent."""
+    var = wool_local.ContextVar(name, namespace=namespace)
+    return var.get()
+
+
+@wool_local.routine
+async def nested_timeout() -> float | None:
+    from wool_local.context import ambient_dispatch_timeout
+
+    return ambient_dispatch_timeout()
+
+
+@wool_local.routine
+async def inner_timeout() -> float | None:
+    return await nested_timeout()
+
+
+@wool_local.routine
+async def nested_read() -> str:
+    """Reads request_id one dispatch further down, through this worker's proxy."""
+    return await read_var()
+
+
+@wool_local.routine
+async def proxy_acquisitions() -> tuple[int, bool]:
+    from wool_local.workers.proxy import __proxy_pool__
+
+    proxy = wool_local.__proxy__.get()
+    return __proxy_pool__.acquisitions, proxy is not None and proxy.id == _pool_id()
+
+
+def _pool_id() -> bytes | None:
+    from wool_local.workers.proxy import __proxy_pool__
+
+    return __proxy_pool__.local_id

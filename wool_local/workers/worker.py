@@ -293,9 +293,7 @@ class WorkerService:
     def _task_done(self, rid: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(rid) is task:  # the next generator step may have replaced it
             del self._tasks[rid]
-        lease = self._call_leases.pop(rid, None)
-        if lease is not None:
-            self._release(lease)
+        self._unmount(rid)  # if it was cancelled before its first step
         if task.cancelled():
             # Cancelled before its first step: the body never ran, so nothing
             # answered for it yet. The hub waits for an answer to every request.
@@ -394,15 +392,25 @@ class WorkerService:
             ctx.run(context.apply, context.decode(step.context))  # the caller's changes
         self._spawn(step.id, self._step(step.id, step.op, step.value, buffers), ctx)
 
+    def _unmount(self, rid: int) -> None:
+        """The routine's frame is gone: give its proxy lease back (before answering, so a
+        caller that has the answer never sees the lease still held)."""
+        lease = self._call_leases.pop(rid, None)
+        if lease is not None:
+            self._release(lease)
+
     async def _run(self, rid: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
             result = await fn(*args, **kwargs)
         except asyncio.CancelledError:
+            self._unmount(rid)
             self._reply(rid, CANCELLED)
             return
         except BaseException as exc:
+            self._unmount(rid)
             self._reply(rid, RAISED, payload.dumps_exception(exc), (), context.encode_back())
             return
+        self._unmount(rid)
         try:
             data, out = payload.dumps(
                 result, f"the result of {_name(fn)} ({type(result).__name__})"
