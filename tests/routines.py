@@ -300,3 +300,42 @@ def _pool_id() -> bytes | None:
     from wool_local.workers.proxy import __proxy_pool__
 
     return __proxy_pool__.local_id
+
+
+# -- the context oracle: the same script against wool vars here and stdlib vars there --
+
+oracle_vars = [
+    wool_local.ContextVar("oracle_a"),
+    wool_local.ContextVar("oracle_b", default="b0"),
+    wool_local.ContextVar("oracle_c", default=None),
+]
+
+
+def run_ops(ops: list[tuple[str, int, int]], variables: list, tokens: list) -> list:
+    """Apply a script of (op, var, arg) to ``variables``; return what it observed."""
+    seen: list = []
+    for op, i, arg in ops:
+        var = variables[i]
+        if op == "get":
+            try:
+                seen.append(var.get())
+            except LookupError:
+                seen.append("<unset>")
+        elif op == "set":
+            tokens.append(var.set(arg))
+            seen.append(None)
+        elif tokens:
+            token = tokens[arg % len(tokens)]
+            try:
+                token.var.reset(token)
+                seen.append("reset")
+            except RuntimeError:
+                seen.append("<used>")
+            except ValueError:
+                seen.append("<foreign>")
+    return seen
+
+
+@wool_local.routine
+async def run_script(ops: list[tuple[str, int, int]]) -> list:
+    return run_ops(ops, oracle_vars, [])
