@@ -201,8 +201,8 @@ QUICK = Settings(
     thr_warmup=200,
     windows=(10_000, 1_000),
     echo=(EchoSpec(1 * MiB, 2, 10), EchoSpec(64 * MiB, 1, 2)),
-    call_timeout=30.0,
-    case_timeout=60.0,
+    call_timeout=15.0,
+    case_timeout=15.0,  # every quick case takes a few seconds at most
     budget=180.0,
 )
 

@@ -37,7 +37,8 @@ class WorkerPool:
     the dispatches in flight per worker (the rest queue in this process).
     ``cancel_grace`` is how long a cancelled task may take to stop before its
     worker is killed; ``recycle_grace`` how long a recycled worker may take to
-    finish its calls.
+    finish its calls. ``proxy_retry_after`` is how long a worker remembers that
+    starting a ``__proxy__`` failed before the next dispatch through it retries.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class WorkerPool:
         recycle_grace: float = 30.0,
         monitor_interval: float = 0.5,
         ring_capacity: int = 1 << 20,
+        proxy_retry_after: float = 1.0,
     ) -> None:
         self.spawn = available_cpus() if spawn is None else spawn
         if self.spawn < 1:
@@ -65,6 +67,7 @@ class WorkerPool:
             "recycle_grace": recycle_grace,
             "monitor_interval": monitor_interval,
             "ring_capacity": ring_capacity,
+            "proxy_retry_after": proxy_retry_after,
         }
         if not 0 <= min_workers <= self.spawn:
             raise ValueError(f"min_workers must be between 0 and spawn={self.spawn}")

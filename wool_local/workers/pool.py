@@ -139,6 +139,7 @@ class Pool(Dispatcher):
         min_workers: int = 0,
         monitor_interval: float = 0.5,
         recycle_grace: float = 30.0,
+        proxy_retry_after: float = 1.0,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, got size={size}")
@@ -146,6 +147,9 @@ class Pool(Dispatcher):
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
         if not 0 <= min_workers <= size:
             raise ValueError(f"min_workers must be between 0 and spawn={size}, got {min_workers}")
+        if proxy_retry_after < 0:
+            raise ValueError(f"proxy_retry_after must be >= 0, got {proxy_retry_after}")
+        self.proxy_retry_after = proxy_retry_after
         self.limits = WorkerLimits() if limits is None else limits
         self.min_workers = min_workers
         self.recycle_grace = recycle_grace
@@ -198,7 +202,7 @@ class Pool(Dispatcher):
         # The lease table exists before the zygote, so every worker inherits it;
         # once the zygote has it, no name is needed any more.
         self.leases = SlotTable.create(slots=4096, holders_per_slot=max(16, 2 * self.size + 2))
-        config = WorkerConfig(pool_id=self.id, leases=self.leases)
+        config = WorkerConfig(self.id, self.leases, self.proxy_retry_after)
         self._zygote = zygote.Zygote(functools.partial(worker_main, config=config))
         try:
             self._zygote.start()

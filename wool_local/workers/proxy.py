@@ -101,6 +101,8 @@ class ProxyPool:
 
     def __init__(self) -> None:
         self._proxies: dict[bytes, WorkerProxy] = {}
+        #: The back-off window given to proxies this pool creates.
+        self.retry_after = DEFAULT_RETRY_AFTER
         self.acquisitions = 0  # how many lookups: tests check one per dispatch
         #: The pool this process can dispatch to and how (set in workers and hubs).
         self.local_id: bytes | None = None
@@ -111,7 +113,8 @@ class ProxyPool:
         self.acquisitions += 1
         proxy = self._proxies.get(pool_id)
         if proxy is None:
-            proxy = self._proxies[pool_id] = WorkerProxy(pool_id)
+            proxy = WorkerProxy(pool_id, retry_after=self.retry_after)
+            self._proxies[pool_id] = proxy
         return proxy
 
     async def acquire(self, pool_id: bytes) -> WorkerProxy:
@@ -120,10 +123,16 @@ class ProxyPool:
         await proxy.start()
         return proxy
 
-    def reset(self, local_id: bytes | None, dispatcher: Dispatcher | None) -> None:
+    def reset(
+        self,
+        local_id: bytes | None,
+        dispatcher: Dispatcher | None,
+        retry_after: float = DEFAULT_RETRY_AFTER,
+    ) -> None:
         """Start over in a forked worker: the hub's proxies (and their dispatchers,
         which are the hub's pool objects) mean nothing here."""
         self._proxies.clear()
+        self.retry_after = retry_after
         self.acquisitions = 0
         self.local_id = local_id
         self.local_dispatcher = dispatcher

@@ -91,6 +91,7 @@ class WorkerConfig:
 
     pool_id: bytes | None = None
     leases: SlotTable | None = None  # the pool's shared lease table
+    proxy_retry_after: float = proxy.DEFAULT_RETRY_AFTER  # failed-start back-off
 
 
 class _LockedLink(Link):
@@ -163,7 +164,8 @@ class WorkerService:
         self._done = self._loop.create_future()
         self._base_context = contextvars.copy_context()
         process_dispatcher = self.client
-        proxy.__proxy_pool__.reset(self._config.pool_id, self.client)
+        cfg = self._config
+        proxy.__proxy_pool__.reset(cfg.pool_id, self.client, cfg.proxy_retry_after)
         returner = None
         if self._return_fd >= 0:
             returner = threading.Thread(
