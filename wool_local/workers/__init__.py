@@ -9,8 +9,9 @@ from .dispatch import Dispatcher
 from .errors import PoolClosed, WorkerCrashed
 from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
 from .payload import RemoteError, RemoteTraceback, UnpicklableError
-from .pool import Pool, PoolStats
+from .pool import Pool
 from .proxy import ProxyUnreachable, WorkerProxy, __proxy__, __proxy_pool__
+from .recycling import PoolStats
 from .worker import current_dispatcher, get_dispatcher
 from .zygote import ThreadedForkWarning
 from .zygote import main_has as zygote_main_has

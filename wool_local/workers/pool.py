@@ -23,20 +23,18 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..ipc import DEFAULT_CAPACITY, Channel, SlotTable, sweep
-from . import payload, zygote
+from . import zygote
 from .dispatch import Dispatcher, Pending, Target
 from .errors import PoolClosed, WorkerCrashed
-from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
+from .handback import HandBack
+from .handle import WorkerHandle
+from .limits import RecycleReason, WorkerLimits
 from .link import Link
 from .monitor import Monitor
 from .protocol import (
-    CANCELLED,
-    RAISED,
-    YIELDED,
     Call,
     Cancel,
     Message,
@@ -46,84 +44,14 @@ from .protocol import (
     Stop,
 )
 from .proxy import WorkerProxy, __proxy_pool__
+from .recycling import Recycling
+from .relay import Relaying
 from .worker import WorkerConfig, worker_main
 
 log = logging.getLogger("wool_local")
 
 
-class WorkerHandle(Target):
-    """The hub's view of one worker process."""
-
-    def __init__(self, pid: int, link: Link, return_fd: int) -> None:
-        super().__init__(f"worker {pid}")
-        self.pid = pid
-        self.link = link
-        self.return_fd = return_fd  # rung to ask for its unstarted calls back
-        self.heard = 0  # messages received: progress, as the stall watchdog sees it
-        self.heard_seen = 0
-        self.asked = False  # asked to hand calls back, no answer since
-        self.stalled = False  # handed calls back: its loop is blocked
-        self.started_at = time.monotonic()
-        self.idle_since: float | None = self.started_at  # None while it holds calls
-        self.completed = 0
-        self.retiring: RecycleReason | None = None  # takes no new calls, stops when empty
-        self.nested = 0  # nested calls it sent up and still waits on
-        self.relays: dict[int, int] = {}  # its call id -> the hub's request id
-        self.stopping = False
-        self.kill_reason = ""
-
-    def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
-        self.link.send(message, buffers)
-
-    @property
-    def effective_load(self) -> int:
-        # Tasks that wait on nested calls leave the worker's loop free: without
-        # discounting them, workers all waiting on nested calls would deadlock.
-        return max(0, self.load - self.nested)
-
-
-class _Forward:
-    """Stands in for a future: relays an answer to the worker whose nested call it is."""
-
-    __slots__ = ("asker", "asker_gone", "call_id", "pool")
-
-    def __init__(self, pool: Pool, asker: WorkerHandle, call_id: int) -> None:
-        self.pool, self.asker, self.call_id = pool, asker, call_id
-        self.asker_gone = False
-
-    def done(self) -> bool:
-        return False
-
-    def set_result(self, answer: tuple[Reply, list[bytes]]) -> None:
-        reply, buffers = answer
-        if reply.status != YIELDED:
-            self.pool._relay_finished(self.asker, self.call_id)
-        self._send(Reply(self.call_id, reply.status, reply.value, reply.context), buffers)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.pool._relay_finished(self.asker, self.call_id)
-        self._send(Reply(self.call_id, RAISED, payload.dumps_exception(exc)))
-
-    def _send(self, reply: Reply, buffers: Sequence[Any] = ()) -> None:
-        if not self.asker_gone and self.asker.alive and self.asker.link.lost is None:
-            self.asker.send(reply, buffers)
-
-
-@dataclass
-class PoolStats:
-    """A snapshot of the pool, cheap enough to take every second."""
-
-    size: int
-    workers: list[WorkerHealth] = field(default_factory=list)
-    recycles: dict[str, int] = field(default_factory=dict)  # by RecycleReason value
-    completed: int = 0
-    crashes: int = 0
-    queued: int = 0
-    monitor_cpu: float = 0.0  # seconds the monitor has spent sampling
-    monitor_rounds: int = 0
-
-
-class Pool(Dispatcher):
+class Pool(Relaying, Recycling, HandBack, Dispatcher):
     """A pool of worker processes forked from one zygote, owned by the running loop."""
 
     def __init__(
@@ -217,6 +145,10 @@ class Pool(Dispatcher):
             raise
         self.monitor.start()
 
+    def _spawn_worker(self) -> None:
+        """Fork a worker in the background (failures surface as pool state, not here)."""
+        self._spawn().add_done_callback(_ignore_result)
+
     def _spawn(self) -> asyncio.Future[WorkerHandle]:
         assert self._loop is not None
         chan = Channel.create(self.ring_capacity)
@@ -301,7 +233,7 @@ class Pool(Dispatcher):
         if self.leases is not None:
             self.leases.reclaim(pid)  # whatever it held when it died
         if handle.retiring is None and not self.closed and self.broken is None:
-            self._spawn().add_done_callback(_ignore_result)  # replace a crashed worker
+            self._spawn_worker()  # replace a crashed worker
         else:
             self._answered(handle)
         self._notify()
@@ -419,7 +351,7 @@ class Pool(Dispatcher):
         if handle is None:
             self._queue.append((rid, pending, call, buffers))
             if self._serving() + len(self._spawning) < self.size:
-                self._spawn().add_done_callback(_ignore_result)  # grow back on demand
+                self._spawn_worker()  # grow back on demand
         else:
             self.send_call(handle, pending, call, buffers)
         if self._watchdog is None:
@@ -446,97 +378,6 @@ class Pool(Dispatcher):
         return sum(1 for h in self._workers.values() if h.retiring is None and not h.stopping)
 
     # -- limits and recycling ----------------------------------------------
-
-    def _apply_limits(self, readings: dict[int, WorkerHealth]) -> None:
-        """Act on one monitor round: at most one recycle and one idle retirement."""
-        if self.closed or self.broken is not None:
-            return
-        recycling = any(
-            h.retiring not in (None, RecycleReason.IDLE) for h in self._workers.values()
-        )
-        retired_idle = False
-        for pid, health in readings.items():
-            handle = self._workers.get(pid)
-            if handle is None or handle.retiring is not None or handle.stopping:
-                continue
-            reason = evaluate_recycle(health, self.limits)
-            if reason is None:
-                continue
-            if reason is RecycleReason.IDLE:
-                # Keep min_workers warm; retire one idle worker per round.
-                if not retired_idle and self._serving() > self.min_workers:
-                    retired_idle = True
-                    self.retire(handle, reason, health)
-            elif not recycling:
-                # Staggered: one worker at a time is replaced.
-                recycling = True
-                self.retire(handle, reason, health)
-
-    def retire(self, handle: WorkerHandle, reason: RecycleReason, health: WorkerHealth) -> None:
-        """Take ``handle`` out of service; replace it first unless it is merely idle."""
-        handle.retiring = reason
-        self.recycles[reason] += 1
-        self._notify()
-        log.info(
-            "wool_local: retiring worker %d: %s (%s)", handle.pid, reason, _reading(reason, health)
-        )
-        if reason is not RecycleReason.IDLE:
-            self._spawn().add_done_callback(_ignore_result)  # capacity holds
-        if handle.open == 0:
-            self._stop_worker(handle)
-        else:
-            assert self._loop is not None
-            self._loop.call_later(self.recycle_grace, self._recycle_overdue, handle)
-
-    def _recycle_overdue(self, handle: WorkerHandle) -> None:
-        if handle.alive and self._workers.get(handle.pid) is handle:
-            self._kill(
-                handle,
-                f"it was being recycled ({handle.retiring}) and its calls did not finish "
-                f"within recycle_grace={self.recycle_grace}s",
-            )
-
-    def _stop_worker(self, handle: WorkerHandle) -> None:
-        handle.stopping = True
-        try:
-            handle.send(Stop())
-        except Exception:
-            self._kill(handle, "it could not be told to stop")
-
-    def _watch(self) -> None:
-        """Ask a worker that has calls queued but has not answered for a whole
-        period to hand back the calls it has not started (its loop is blocked)."""
-        self._watchdog = None
-        busy = bool(self._queue)
-        for h in self._workers.values():
-            if h.load > 0:
-                busy = True
-                if h.heard == h.heard_seen and h.load >= 2 and not h.asked and not h.stopping:
-                    h.asked = True
-                    try:
-                        os.eventfd_write(h.return_fd, 1)
-                    except OSError:
-                        pass
-            h.heard_seen = h.heard
-        if busy and not self.closed:
-            assert self._loop is not None
-            self._watchdog = self._loop.call_later(self.stall_after, self._watch)
-
-    def _on_returned(self, handle: WorkerHandle, ids: list[int]) -> None:
-        """Calls ``handle`` never started: queue them first, to run elsewhere."""
-        back = []
-        for rid in ids:
-            pending = self._pending.get(rid)
-            if pending is None or pending.target is not handle or pending.call is None:
-                continue
-            handle.load -= 1
-            pending.target = None
-            back.append((rid, pending, pending.call, pending.buffers))
-        if back:
-            handle.stalled = True
-            self._queue.extendleft(reversed(back))
-            log.info("wool_local: worker %d is blocked; %d calls moved", handle.pid, len(back))
-        self._answered(handle)
 
     def _answered(self, target: Target) -> None:
         """Capacity freed up (or a worker joined): send queued calls, oldest first."""
@@ -586,75 +427,6 @@ class Pool(Dispatcher):
         elif kind is Cancel:
             self._relay_cancel(handle, msg.id)  # type: ignore[union-attr]
 
-    def _relay_call(self, asker: WorkerHandle, call: Call, buffers: list[bytes]) -> None:
-        """A worker dispatches onward: schedule its call like any other."""
-        if call.fn_def is not None:
-            self.fn_defs[call.fn] = call.fn_def
-        if call.fn not in self.fn_defs:
-            missing = payload.UnpicklableError(f"the hub never received callable #{call.fn}")
-            asker.send(Reply(call.id, RAISED, payload.dumps_exception(missing)))
-            return
-        asker.nested += 1
-        self._answered(asker)  # its waiting task frees a slot for queued calls
-        hid = next(self._ids)
-        pending = self._pending[hid] = Pending(_Forward(self, asker, call.id))
-        asker.relays[call.id] = hid
-        try:
-            relayed = Call(
-                hid,
-                call.fn,
-                None,
-                call.args,
-                call.kind,
-                call.op,
-                call.value,
-                call.context,
-                call.proxy,
-                call.proxy_id,
-            )
-            self.submit(hid, pending, relayed, buffers)
-        except Exception as exc:
-            del self._pending[hid]
-            pending.future.set_exception(exc)
-
-    def _relay_step(self, asker: WorkerHandle, step: Step, buffers: list[bytes]) -> None:
-        hid = asker.relays.get(step.id)
-        pending = self._pending.get(hid) if hid is not None else None
-        if pending is None or pending.target is None or hid is None:
-            gone = RuntimeError("the remote generator session is gone")
-            asker.send(Reply(step.id, RAISED, payload.dumps_exception(gone)))
-            return
-        self.send_step(pending.target, Step(hid, step.op, step.value, step.context), buffers)
-
-    def _relay_cancel(self, asker: WorkerHandle, call_id: int) -> None:
-        hid = asker.relays.get(call_id)
-        pending = self._pending.get(hid) if hid is not None else None
-        if pending is None or pending.cancelled:
-            return
-        if pending.target is None:  # still queued here: answer for it
-            del self._pending[hid]  # type: ignore[arg-type]
-            pending.future.set_result((Reply(call_id, CANCELLED), []))
-        else:
-            self.cancel_remote(pending, hid)  # type: ignore[arg-type]
-
-    def _relay_finished(self, asker: WorkerHandle, call_id: int) -> None:
-        if asker.relays.pop(call_id, None) is not None:
-            asker.nested = max(0, asker.nested - 1)
-
-    def _drop_relays(self, asker: WorkerHandle) -> None:
-        """A worker died: cancel the nested calls it was waiting on."""
-        for hid in list(asker.relays.values()):
-            pending = self._pending.get(hid)
-            if pending is None:
-                continue
-            pending.future.asker_gone = True
-            if pending.target is None:
-                del self._pending[hid]
-            elif pending.target.alive and not pending.cancelled:
-                self.cancel_remote(pending, hid)
-        asker.relays.clear()
-        asker.nested = 0
-
     # -- introspection -----------------------------------------------------
 
     @property
@@ -673,49 +445,6 @@ class Pool(Dispatcher):
 
     def loads(self) -> dict[int, int]:
         return {h.pid: h.load for h in self._workers.values()}
-
-    def stats(self) -> PoolStats:
-        """Per-worker health (latest OS readings, current counters), recycles and totals."""
-        now = time.monotonic()
-        workers = []
-        for h in self._workers.values():
-            seen = self.monitor.latest.get(h.pid)
-            workers.append(
-                WorkerHealth(
-                    pid=h.pid,
-                    rss=seen.rss if seen else None,
-                    private_rss=seen.private_rss if seen else None,
-                    uss=seen.uss if seen else None,
-                    fds=seen.fds if seen else None,
-                    age=now - h.started_at,
-                    idle=0.0 if h.idle_since is None else now - h.idle_since,
-                    tasks_completed=h.completed,
-                    inflight=h.load,
-                )
-            )
-        return PoolStats(
-            size=self.size,
-            workers=workers,
-            recycles={reason.value: n for reason, n in self.recycles.items()},
-            completed=self.completed_total,
-            crashes=self.crashes,
-            queued=self.queued(),
-            monitor_cpu=self.monitor.cpu_seconds,
-            monitor_rounds=self.monitor.rounds,
-        )
-
-
-def _reading(reason: RecycleReason, health: WorkerHealth) -> str:
-    """The reading that tripped ``reason``, for the log line."""
-    if reason is RecycleReason.MEMORY:
-        return f"private RSS {(health.private_rss or health.rss or 0) / 2**20:.0f} MiB"
-    if reason is RecycleReason.FDS:
-        return f"{health.fds} open files"
-    if reason is RecycleReason.AGE:
-        return f"age {health.age:.1f}s"
-    if reason is RecycleReason.TASKS:
-        return f"{health.tasks_completed} tasks"
-    return f"idle {health.idle:.1f}s"
 
 
 def _ignore_result(fut: asyncio.Future[Any]) -> None:

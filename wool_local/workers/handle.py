@@ -1,0 +1,43 @@
+"""The hub's view of one worker process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .dispatch import Target
+from .limits import RecycleReason
+from .link import Link
+from .protocol import Message
+
+
+class WorkerHandle(Target):
+    """The hub's view of one worker process."""
+
+    def __init__(self, pid: int, link: Link, return_fd: int) -> None:
+        super().__init__(f"worker {pid}")
+        self.pid = pid
+        self.link = link
+        self.return_fd = return_fd  # rung to ask for its unstarted calls back
+        self.heard = 0  # messages received: progress, as the stall watchdog sees it
+        self.heard_seen = 0
+        self.asked = False  # asked to hand calls back, no answer since
+        self.stalled = False  # handed calls back: its loop is blocked
+        self.started_at = time.monotonic()
+        self.idle_since: float | None = self.started_at  # None while it holds calls
+        self.completed = 0
+        self.retiring: RecycleReason | None = None  # takes no new calls, stops when empty
+        self.nested = 0  # nested calls it sent up and still waits on
+        self.relays: dict[int, int] = {}  # its call id -> the hub's request id
+        self.stopping = False
+        self.kill_reason = ""
+
+    def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
+        self.link.send(message, buffers)
+
+    @property
+    def effective_load(self) -> int:
+        # Tasks that wait on nested calls leave the worker's loop free: without
+        # discounting them, workers all waiting on nested calls would deadlock.
+        return max(0, self.load - self.nested)
