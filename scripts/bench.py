@@ -64,8 +64,9 @@ Usage
     python scripts/bench.py [--quick] [--json PATH] [--hub-loop {uvloop,asyncio}]
                             [--sections 1,2,3] [--case-timeout S] [--wait-quiet S]
 
-    --quick is a ~15 s smoke run (fewer calls, smaller N); --wait-quiet S first waits up to
-    S seconds for other programs to leave the CPUs idle. wool_local is imported from
+    --quick is a ~15 s smoke run (fewer calls, smaller N); --wait-quiet S waits before each
+    case, up to S seconds, for other programs to leave the CPUs idle (the time waited is not
+    part of any measurement, so the run takes longer). wool_local is imported from
     PYTHONPATH; the git commit and a digest of the source it was imported from are recorded.
 
 The exit status is 1 if a case failed or the cleanup check found something; a missed target
@@ -187,9 +188,9 @@ FULL = Settings(
     thr_warmup=1_000,
     windows=(10_000, 1_000),
     echo=(EchoSpec(1 * MiB, 5, 30), EchoSpec(64 * MiB, 1, 5)),
-    call_timeout=60.0,
-    case_timeout=60.0,
-    budget=420.0,
+    call_timeout=40.0,
+    case_timeout=40.0,  # the longest case (wool round trips) takes about 10 s
+    budget=600.0,
 )
 
 QUICK = Settings(
@@ -570,6 +571,7 @@ class Case:
     # CPU used by processes outside this benchmark's process tree while the case ran, in
     # percent of all CPUs: other programs competing for the machine (see CpuMeter).
     others_cpu: float | None = None
+    waited_for_quiet: float = 0.0  # seconds waited before the case (--wait-quiet)
 
 
 def percentile(sorted_ns: list[int], q: float) -> float:
@@ -594,14 +596,17 @@ def latency_stats(samples_ns: list[int], unit: float) -> dict[str, float]:
 class Bench:
     """Runs cases one at a time and keeps their results (a failed case keeps its error)."""
 
-    def __init__(self, s: Settings, verbose: bool = True) -> None:
+    def __init__(self, s: Settings, wait_quiet: float = 0.0, verbose: bool = True) -> None:
         self.s = s
+        self.wait_quiet = wait_quiet
         self.cases: list[Case] = []
         self.verbose = verbose
 
     def _attempt(self, case: Case, what: str, fn: Callable[[], T]) -> T | None:
         if self.verbose:
             print(f"  ... {what}", file=sys.stderr, flush=True)
+        if self.wait_quiet > 0:
+            _, case.waited_for_quiet = wait_until_quiet(self.wait_quiet)
         gc.collect()
         meter = CpuMeter()
         try:
@@ -921,13 +926,15 @@ class CpuMeter:
         return max(0.0, 100 * others / (wall * (os.cpu_count() or 1)))
 
 
-def wait_until_quiet(limit: float, threshold: float = 10.0) -> tuple[float | None, float]:
-    """Wait up to ``limit`` seconds for a one-second window in which other programs use less
-    than ``threshold`` percent of the CPUs; (their last reading, seconds waited)."""
+def wait_until_quiet(
+    limit: float, threshold: float = 10.0, window: float = 0.5
+) -> tuple[float | None, float]:
+    """Wait up to ``limit`` seconds for a ``window`` in which other programs use less than
+    ``threshold`` percent of the CPUs; (their last reading, seconds waited)."""
     started = time.monotonic()
     while True:
         meter = CpuMeter()
-        time.sleep(1.0)
+        time.sleep(window)
         busy = meter.others_percent()
         waited = time.monotonic() - started
         if busy is None or busy < threshold or waited >= limit:
@@ -1052,7 +1059,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         metavar="S",
-        help="first wait up to S seconds for other programs to leave the CPUs idle",
+        help="before each case, wait up to S seconds for other programs to leave the CPUs idle",
     )
     args = parser.parse_args(argv)
     try:
@@ -1091,11 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
     s = QUICK if args.quick else FULL
     if args.case_timeout is not None:
         s = replace(s, case_timeout=args.case_timeout, call_timeout=args.case_timeout)
-    quiet: dict[str, float | None] = {}
-    if args.wait_quiet > 0:
-        busy, waited = wait_until_quiet(args.wait_quiet)
-        quiet = {"others_cpu_percent": busy, "waited_seconds": waited}
-    faulthandler.dump_traceback_later(s.budget, exit=True)
+    # Backstop for the whole run; waiting for a quiet machine (about 25 cases) comes on top.
+    faulthandler.dump_traceback_later(s.budget + 25 * args.wait_quiet, exit=True)
     started = time.monotonic()
     shm_before = shm_entries()
     cpu_before = cpu_times()
@@ -1122,15 +1126,15 @@ def main(argv: list[str] | None = None) -> int:
         f"  {info['cpu_model']}, nproc {info['nproc']}, kernel {info['kernel']}, "
         f"Python {info['python']}, hub loop {args.hub_loop}"
     )
-    if quiet:
+    if args.wait_quiet > 0:
         print(
-            f"  waited {quiet['waited_seconds']:.0f} s for a quiet machine; other programs "
-            f"then used {quiet['others_cpu_percent'] or 0:.0f}% of the CPUs"
+            f"  before each case: wait up to {args.wait_quiet:g} s for other programs to use "
+            "under 10% of the CPUs (for half a second)"
         )
     for note in notes:
         print(f"  note: {note}")
 
-    bench = Bench(s)
+    bench = Bench(s, args.wait_quiet)
     try:
         run_cases(bench, impls, late, args.sections)
     finally:
@@ -1153,7 +1157,8 @@ def main(argv: list[str] | None = None) -> int:
     for check in checks:
         print(f"  {_format_check(check)}")
     print(
-        f"\nRun took {elapsed:.0f} s; load average {load_before[0]:.2f} -> {load_after[0]:.2f}"
+        f"\nRun took {elapsed:.0f} s ({sum(c.waited_for_quiet for c in cases):.0f} s of it waiting "
+        f"for a quiet machine); load average {load_before[0]:.2f} -> {load_after[0]:.2f}"
         + (f"; CPU steal {steal:.1f}% of CPU time over the run" if steal is not None else "")
     )
     failures = [c for c in cases if c.error]
@@ -1177,7 +1182,8 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_before": load_before,
                 "loadavg_after": load_after,
                 "cpu_steal_percent": steal,
-                "wait_quiet": quiet,
+                "wait_quiet_limit": args.wait_quiet,
+                "waited_for_quiet_seconds": sum(c.waited_for_quiet for c in cases),
             },
             "cleanup": cleanup,
         }

@@ -7,12 +7,12 @@ decorator that sits above it.
 from .context import ContextDecodeWarning, ContextVar, Token
 from .dispatch import Dispatcher
 from .errors import PoolClosed, WorkerCrashed
+from .hubclient import current_dispatcher, get_dispatcher
 from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
 from .payload import RemoteError, RemoteTraceback, UnpicklableError
 from .pool import Pool
 from .proxy import ProxyUnreachable, WorkerProxy, __proxy__, __proxy_pool__
 from .recycling import PoolStats
-from .worker import current_dispatcher, get_dispatcher
 from .zygote import ThreadedForkWarning
 from .zygote import main_has as zygote_main_has
 

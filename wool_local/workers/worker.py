@@ -6,12 +6,8 @@ step can be cancelled. Callables arrive pickled once and are cached by id.
 Routines the body calls dispatch again through :class:`HubClient`, which sends
 them up to the hub to be scheduled like any other call.
 
-Calls are *admitted* one per loop iteration: a new task's first step runs
-before the next call is started. So if a task blocks the loop (plain CPU
-work), the calls behind it have not started, and a small "returner" thread,
-woken by the hub when this worker stops answering, hands them back to be run
-elsewhere. The loop and the thread take calls out of the same queue under one
-lock, so each call is either started here or returned, never both.
+Calls are admitted one per loop iteration, so a task that blocks the loop
+strands nothing: see :mod:`wool_local.workers.admission`.
 """
 
 from __future__ import annotations
@@ -29,9 +25,9 @@ from typing import Any
 import uvloop
 
 from ..ipc import Channel, Doorbell, Segment, SlotTable
-from . import context, payload, proxy
-from .dispatch import Dispatcher, Pending, Target
-from .link import Link
+from . import context, hubclient, payload, proxy
+from .admission import Admission, LockedLink
+from .hubclient import HubClient
 from .protocol import (
     CANCELLED,
     CLOSE,
@@ -47,42 +43,9 @@ from .protocol import (
     Cancel,
     Message,
     Reply,
-    Returned,
     Step,
     Stop,
 )
-
-#: The dispatcher routines use: the pool of the enclosing ``WorkerPool`` block
-#: in the hub. In a worker it is unset and :data:`process_dispatcher` applies.
-current_dispatcher: contextvars.ContextVar[Dispatcher | None] = contextvars.ContextVar(
-    "wool_local.dispatcher", default=None
-)
-process_dispatcher: Dispatcher | None = None
-
-
-def get_dispatcher() -> Dispatcher | None:
-    """Where a routine called here dispatches to, or None outside any pool."""
-    return current_dispatcher.get() or process_dispatcher
-
-
-class _HubTarget(Target):
-    def __init__(self, link: Link) -> None:
-        super().__init__("hub")
-        self.link = link
-
-    def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
-        self.link.send(message, buffers)
-
-
-class HubClient(Dispatcher):
-    """Nested dispatch from a worker: calls go up to the hub, which schedules them."""
-
-    def __init__(self, link: Link) -> None:
-        super().__init__(main_has=lambda fn: False)
-        self.target = _HubTarget(link)
-
-    def submit(self, rid: int, pending: Pending, call: Call, buffers: Sequence[Any] = ()) -> None:
-        self.send_call(self.target, pending, call, buffers)  # the hub does the scheduling
 
 
 @dataclass
@@ -94,35 +57,7 @@ class WorkerConfig:
     proxy_retry_after: float = proxy.DEFAULT_RETRY_AFTER  # failed-start back-off
 
 
-class _LockedLink(Link):
-    """A link whose ring access is shared with the returner thread under one lock."""
-
-    def __init__(self, *args: Any, lock: threading.RLock, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.lock = lock
-        self.deferred: list[tuple[Message, list[bytes]]] = []  # read by the returner
-
-    def pump(self) -> None:
-        with self.lock:
-            deferred, self.deferred = self.deferred, []
-            for msg, buffers in deferred:
-                self._on_message(msg, buffers)
-            super().pump()
-
-    def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
-        with self.lock:
-            super().send(message, buffers)
-
-    def _on_bell(self) -> None:
-        with self.lock:
-            super()._on_bell()
-
-    def _after_send(self) -> None:
-        with self.lock:
-            super()._after_send()
-
-
-class WorkerService:
+class WorkerService(Admission):
     """Serves one channel to the hub until told to stop or the hub goes away."""
 
     def __init__(
@@ -136,7 +71,7 @@ class WorkerService:
         self._lock = threading.RLock()
         # After answering, spin briefly for the next call only when idle (the
         # task that just replied may still be registered).
-        self.link = _LockedLink(
+        self.link = LockedLink(
             link_end,
             self._on_message,
             self._on_lost,
@@ -159,11 +94,10 @@ class WorkerService:
         self._return_fd = return_fd
 
     async def serve(self) -> None:
-        global process_dispatcher
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
         self._base_context = contextvars.copy_context()
-        process_dispatcher = self.client
+        hubclient.process_dispatcher = self.client
         cfg = self._config
         proxy.__proxy_pool__.reset(cfg.pool_id, self.client, cfg.proxy_retry_after)
         returner = None
@@ -182,68 +116,6 @@ class WorkerService:
             if returner is not None:
                 os.eventfd_write(self._return_fd, 1 << 62)  # wake it to exit
                 returner.join(1)
-
-    # -- admission and returning -----------------------------------------------
-
-    def _admit_later(self, call: Call, buffers: list[bytes]) -> None:
-        if not self._admitting:
-            # Nothing is waiting to start: start this one now, and admit whatever
-            # arrives after it only once its first step has run.
-            self._admitting = True
-            self._start(call, buffers)
-            assert self._loop is not None
-            self._loop.call_soon(self._admit)  # after the new task's first step
-        else:
-            self._admission[call.id] = (call, buffers)
-
-    def _admit(self) -> None:
-        with self._lock:
-            if not self._admission:
-                self._admitting = False
-                return
-            rid = next(iter(self._admission))
-            call, buffers = self._admission.pop(rid)
-        self._start(call, buffers)
-        assert self._loop is not None
-        self._loop.call_soon(self._admit)  # after the new task's first step
-
-    def _returner(self) -> None:
-        """Thread: when the hub asks, hand back every call not started yet."""
-        while True:
-            try:
-                if os.eventfd_read(self._return_fd) >= 1 << 62:
-                    return
-            except OSError:
-                return
-            with self._lock:
-                if self.link.lost is not None:
-                    return
-                returned = list(self._admission)
-                self._admission.clear()
-                # Calls still in the ring are not started either: take them too,
-                # and leave every other message for the loop, in order.
-                try:
-                    self.link.reader.drain(self._sort_unread(returned))
-                except Exception:
-                    pass  # the loop will meet the same error and handle it
-                if returned:
-                    self.link.send_now(Returned(returned))
-
-    def _sort_unread(self, returned: list[int]) -> Any:
-        from .protocol import decode
-
-        def handle(view: memoryview) -> None:
-            msg, buffers = decode(view)
-            if type(msg) is Call:
-                returned.append(msg.id)
-            else:
-                self.link.deferred.append((msg, buffers))
-
-        return handle
-
-    def _stop(self) -> None:
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
 
     def _stop(self) -> None:
         if self._done is not None and not self._done.done():
