@@ -82,6 +82,7 @@ import contextlib
 import faulthandler
 import gc
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -209,7 +210,7 @@ QUICK = Settings(
 
 
 class CaseTimeout(Exception):
-    """A synchronous case ran over its time limit."""
+    """A case ran over its time limit."""
 
 
 # -- implementations ---------------------------------------------------------------------------
@@ -540,15 +541,20 @@ class WoolPeer(AsyncImpl):
         return self._module().wool_echo
 
 
-def wool_available() -> str | None:
-    """None if wool can be used, else why not (without importing it here)."""
+def wool_installed() -> bool:
+    """Whether wool can be found (it is imported only when its cases run)."""
     try:
-        import importlib.util
+        return importlib.util.find_spec("wool") is not None
+    except (ImportError, ValueError):
+        return False
 
-        if importlib.util.find_spec("wool") is None:
-            return "wool is not installed (pip install wool)"
-    except (ImportError, ValueError) as exc:
-        return f"wool cannot be found: {exc}"
+
+def wool_importable() -> str | None:
+    """None if the wool peer module imports, else why not."""
+    try:
+        import bench_peer_wool  # noqa: F401
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
     return None
 
 
@@ -1073,9 +1079,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_cases(bench: Bench, impls: list[Impl], late: list[Impl], sections: set[int]) -> None:
+def run_cases(
+    bench: Bench, impls: list[Impl], late: list[Impl], sections: set[int], notes: list[str]
+) -> None:
     """Every case, section by section; the ``late`` implementations after all others."""
     s = bench.s
+    if late and (why := wool_importable()) is not None:
+        notes.append(f"wool skipped: it does not import ({why})")
+        late = []
     for group in (impls, late):
         if 1 in sections:
             for workers in (1, 2):
@@ -1113,11 +1124,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         notes.append("loky skipped: not importable (pip install loky)")
     late: list[Impl] = []  # wool imports gRPC: run it after everything else
-    why_not = wool_available()
-    if why_not is None:
+    if wool_installed():
         late.append(WoolPeer(args.hub_loop))
     else:
-        notes.append(f"wool skipped: {why_not}")
+        notes.append("wool skipped: not installed (pip install wool)")
 
     head = (info["git_head"] or "unknown")[:12] + (" (modified)" if info["git_dirty"] else "")
     print(
@@ -1136,7 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(s, args.wait_quiet)
     try:
-        run_cases(bench, impls, late, args.sections)
+        run_cases(bench, impls, late, args.sections, notes)
     finally:
         cleanup = cleanup_check(shm_before)
         faulthandler.cancel_dump_traceback_later()
@@ -1156,6 +1166,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nTargets")
     for check in checks:
         print(f"  {_format_check(check)}")
+    for note in notes:
+        print(f"  note: {note}")
     print(
         f"\nRun took {elapsed:.0f} s ({sum(c.waited_for_quiet for c in cases):.0f} s of it waiting "
         f"for a quiet machine); load average {load_before[0]:.2f} -> {load_after[0]:.2f}"

@@ -33,6 +33,7 @@ T = TypeVar("T")
 MISSING = contextvars.Token.MISSING
 
 _NO_DEFAULT: Any = object()
+_UNSET: Any = object()
 
 #: Every declared variable of this process, by key. Variables are meant to be
 #: declared once, at module level, like stdlib ones; they are never dropped.
@@ -161,15 +162,20 @@ def capture(back: bool = False) -> dict[str, Any]:
     for key, var in _registry.items():
         if back and var.forward_only:
             continue
-        try:
-            values[key] = var._inner.get()
-        except LookupError:
-            continue
+        value = var._inner.get(_UNSET)  # no LookupError: raising costs a microsecond
+        if value is not _UNSET:
+            values[key] = value
     return values
 
 
 _last_pickled: dict[str, tuple[Any, bytes]] = {}  # key -> (value, its pickle), one per key
 _IMMUTABLE = (str, bytes, int, float, bool, type(None))
+
+
+def forget_caches() -> None:
+    """Drop values cached from another process (call in a freshly forked worker)."""
+    _last_pickled.clear()
+    _last_decoded.clear()
 
 
 def _reusable(value: Any) -> bool:
@@ -236,14 +242,23 @@ def encode_back() -> Snapshot | None:
     return out
 
 
+_last_decoded: dict[str, tuple[bytes, Any]] = {}  # key -> (pickle, value), immutable only
+
+
 def decode(snapshot: Snapshot | None) -> dict[str, Any]:
     """Rebuild each value; one that cannot be rebuilt is skipped with a ContextDecodeWarning."""
     if not snapshot:
         return {}
     values = {}
     for key, data in snapshot.items():
+        last = _last_decoded.get(key)
+        if last is not None and last[0] == data:
+            values[key] = last[1]  # the same immutable value as last time (a proxy, say)
+            continue
         try:
-            values[key] = pickle.loads(data)
+            value = values[key] = pickle.loads(data)
+            if type(value) in _IMMUTABLE:  # a proxy must come from its pool each time
+                _last_decoded[key] = (data, value)
         except Exception as exc:
             warnings.warn(
                 f"context variable {key!r} could not be rebuilt in this process and is left "
@@ -266,11 +281,8 @@ def apply(values: dict[str, Any], back: bool = False) -> None:
             continue
         if back and var.forward_only:
             continue
-        try:
-            if var._inner.get() is value:
-                continue  # unchanged: no new token, no copy
-        except LookupError:
-            pass
+        if var._inner.get(_UNSET) is value:
+            continue  # unchanged: no new token, no copy
         var._inner.set(value)
     if unbound is not None:
         _unbound.set(unbound)

@@ -204,7 +204,7 @@ class Dispatcher:
     async def call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``fn(*args, **kwargs)`` (a coroutine function) remotely and return its result."""
         fid = self.encode_fn(fn)
-        data, buffers = payload.dumps_args(args, kwargs, _name(fn))
+        data, buffers = payload.dumps_args(args, kwargs, fn)
         snapshot = context.encode(context.capture())
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
@@ -255,7 +255,7 @@ class Dispatcher:
     def stream(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncGenerator:
         """Run the async generator function ``fn`` remotely, one step per pull."""
         fid = self.encode_fn(fn)
-        return self._stream(fn, fid, payload.dumps_args(args, kwargs, _name(fn)))
+        return self._stream(fn, fid, payload.dumps_args(args, kwargs, fn))
 
     async def _stream(self, fn: Any, fid: int, args: payload.Pickled) -> AsyncGenerator:
         loop = asyncio.get_running_loop()

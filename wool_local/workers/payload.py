@@ -77,15 +77,23 @@ def _is_big(obj: Any) -> bool:
 
 
 def _has_big(obj: Any, depth: int) -> bool:
-    if _is_big(obj):
-        return True
+    # Plain loops, not any(<genexpr>): this runs for every call's arguments.
+    t = type(obj)
+    if t is bytes or t is bytearray:
+        return len(obj) >= OOB_MIN
     if depth:
-        t = type(obj)
         if t is tuple or t is list:
-            return any(_has_big(x, depth - 1) for x in obj)
-        if t is dict:
-            return any(_has_big(x, depth - 1) for x in obj.values())
+            for x in obj:
+                if _has_big(x, depth - 1):
+                    return True
+        elif t is dict:
+            for x in obj.values():
+                if _has_big(x, depth - 1):
+                    return True
     return False
+
+
+_CONTAINERS = (bytes, bytearray, tuple, list, dict)
 
 
 def _bytes_from(buffer: Any) -> bytes:
@@ -150,11 +158,24 @@ def _dumps_oob(obj: Any, what: str) -> Pickled:
         raise UnpicklableError(f"cannot send {what} between processes: {exc}") from exc
 
 
-def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn_name: str) -> Pickled:
+def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn: Any) -> Pickled:
     """Pickle a call's arguments; on failure, name the argument that cannot travel."""
+    big = False
+    for a in args:  # inline: most calls pass a few scalars
+        if type(a) in _CONTAINERS and _has_big(a, 1):
+            big = True
+            break
+    if not big and kwargs:
+        big = _has_big(kwargs, 2)
+    if not big:
+        try:
+            return pickle.dumps((args, kwargs), PROTOCOL), []
+        except Exception:
+            pass
     try:
         return dumps((args, kwargs), "")
     except UnpicklableError as exc:
+        fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         for i, arg in enumerate(args):
             _check(arg, f"positional argument {i} ({type(arg).__name__}) of {fn_name}()")
         for name, arg in kwargs.items():

@@ -100,6 +100,7 @@ class WorkerService(Admission):
         hubclient.process_dispatcher = self.client
         cfg = self._config
         proxy.__proxy_pool__.reset(cfg.pool_id, self.client, cfg.proxy_retry_after)
+        context.forget_caches()  # the hub's cached objects mean nothing here
         returner = None
         if self._return_fd >= 0:
             returner = threading.Thread(
