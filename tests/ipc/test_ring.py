@@ -29,6 +29,13 @@ from wool_local.ipc.ring import H_READER_WAITING, H_WRITER_WAITING
 CAP = 4096
 
 
+def _drop_views(end) -> None:
+    """Release one end's views of a segment the other end (same process) will close."""
+    end.writer.discard()
+    end.reader.discard()
+    end.status.release()
+
+
 def payload(i: int, size: int) -> bytes:
     return random.Random(i * 7919 + size).randbytes(size)
 
@@ -242,8 +249,7 @@ def test_given_two_coroutines_when_ping_pong_over_async_rings_then_every_reply_m
         uvloop.run(main())
     finally:
         a.discard()
-        b.writer.discard()
-        b.reader.discard()
+        _drop_views(b)
 
 
 def test_given_msgpack_frame_when_read_then_decodes_straight_from_ring_memory():
@@ -260,8 +266,7 @@ def test_given_msgpack_frame_when_read_then_decodes_straight_from_ring_memory():
             frame.data.tobytes()  # released views cannot be read by mistake
     finally:
         a.discard()
-        b.writer.discard()
-        b.reader.discard()
+        _drop_views(b)
 
 
 class TestBrokenFrames:
@@ -271,8 +276,7 @@ class TestBrokenFrames:
 
     def teardown_method(self):
         self.a.discard()
-        self.b.writer.discard()
-        self.b.reader.discard()
+        _drop_views(self.b)
 
     def _corrupt_first_word(self, fn):
         self.a.writer.write_blocking(b"hello world")
@@ -355,8 +359,7 @@ def test_given_repeated_large_frames_then_one_bulk_segment_is_reused_and_data_in
         assert a.writer._bulk.name not in names and a.writer._bulk.size >= len(big)
     finally:
         a.discard()
-        b.writer.discard()
-        b.reader.discard()
+        _drop_views(b)
 
 
 def test_given_spilled_frame_never_read_when_both_ends_discard_then_no_segment_is_left():

@@ -4,6 +4,10 @@ Side 0 writes ring 0 and reads ring 1; side 1 the reverse. Each side sleeps
 on its own doorbell, for data to read and for space to write alike, and
 rings the other side's. Create the channel before ``fork``; then each
 process takes its end with :meth:`Channel.end`.
+
+After the rings, :data:`STATUS_WORDS` u64 words are free for the two sides'
+own use (``ChannelEnd.status``), for example a progress counter one side
+bumps and the other reads; give each word a single writer.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from .writer import RingWriter
 
 #: Default data capacity of each ring (the pages are touched lazily).
 DEFAULT_CAPACITY = 1 << 20
+#: Shared u64 words after the rings, free for the two ends to use.
+STATUS_WORDS = 8
 
 
 class Channel:
@@ -28,7 +34,7 @@ class Channel:
 
     @classmethod
     def create(cls, capacity: int = DEFAULT_CAPACITY) -> Channel:
-        seg = Segment.create(2 * ring_size(capacity))
+        seg = Segment.create(2 * ring_size(capacity) + 8 * STATUS_WORDS)
         init_ring(seg.buf, 0, capacity)
         init_ring(seg.buf, ring_size(capacity), capacity)
         return cls(seg, (Doorbell(), Doorbell()), capacity)
@@ -72,6 +78,7 @@ class ChannelEnd:
         self.reader = RingReader(
             buf, (1 - side) * size, bell=self.bell, peer_bell=self.peer_bell, peer=self.peer
         )
+        self.status = buf[2 * size : 2 * size + 8 * STATUS_WORDS].cast("Q")
 
     def close(self) -> None:
         """Close both rings for the peer, then free every local resource."""
@@ -83,6 +90,7 @@ class ChannelEnd:
         """Free local resources without telling the peer (after it died, or in a fork)."""
         self.writer.discard()
         self.reader.discard()
+        self.status.release()
         self.segment.unlink()
         self.segment.close()
         self.bell.close()

@@ -93,8 +93,10 @@ class RingReader(RingEnd):
             pos = self._pos
             head = hdr[H_HEAD]
             if pos == head:
-                if hdr[H_WRITER_CLOSED]:
+                if self._closed_and_drained(pos):
                     raise RingClosed("the writer closed this ring")
+                if hdr[H_HEAD] != pos:
+                    continue  # a last frame landed just before the close
                 return None
             off, length, kind, size = self._header(pos, head)
             end = self._pos = pos + size
@@ -133,8 +135,10 @@ class RingReader(RingEnd):
                 pos = self._pos
                 head = hdr[H_HEAD]
                 if pos == head:
-                    if hdr[H_WRITER_CLOSED] and not handled:
+                    if not handled and self._closed_and_drained(pos):
                         raise RingClosed("the writer closed this ring")
+                    if hdr[H_HEAD] != pos:
+                        continue  # a last frame landed just before the close
                     return handled
                 off, length, kind, size = self._header(pos, head)
                 self._pos = pos + size
@@ -158,6 +162,16 @@ class RingReader(RingEnd):
         finally:
             if self._pos != hdr[H_TAIL] and self._broken is None:
                 self._advance_tail(self._pos)
+
+    def _closed_and_drained(self, pos: int) -> bool:
+        """True once the writer closed and every frame it wrote before is read. The
+        writer publishes its last head before the flag; re-reading head after seeing
+        the flag (load-load ordered, a fence on aarch64) catches that last frame."""
+        hdr = self._hdr
+        if not hdr[H_WRITER_CLOSED]:
+            return False
+        self._fence.publish()
+        return hdr[H_HEAD] == pos
 
     def _header(self, pos: int, head: int) -> tuple[int, int, int, int]:
         """Validate the frame header at ``pos``: (offset, length, kind, size)."""

@@ -58,7 +58,17 @@ class Segment:
         except (posix_ipc.Error, OSError) as exc:
             raise SegmentError(f"cannot create shared memory {name} ({size} bytes): {exc}") from exc
         try:
+            # Reserve the pages now: on a full /dev/shm this is a clear error here,
+            # where a write into the mapping later would be a SIGBUS.
+            os.posix_fallocate(shm.fd, 0, size)
             mapping = _map(shm.fd, size, populate)
+        except OSError as exc:
+            shm.close_fd()
+            unlink_name(name)
+            raise SegmentError(
+                f"cannot reserve {size} bytes of shared memory in {SHM_DIR}: {exc} "
+                f"(is {SHM_DIR} full or too small?)"
+            ) from exc
         except BaseException:
             shm.close_fd()
             unlink_name(name)

@@ -18,6 +18,9 @@ from typing import Any
 from .link import Link
 from .protocol import Call, Message, Returned
 
+#: The status word the worker bumps whenever its loop runs.
+TICK = 0
+
 
 class LockedLink(Link):
     """A link whose ring access is shared with the returner thread under one lock."""
@@ -26,12 +29,18 @@ class LockedLink(Link):
         super().__init__(*args, **kw)
         self.lock = lock
         self.deferred: list[tuple[Message, list[bytes]]] = []  # read by the returner
+        self.failed: BaseException | None = None  # a bad frame the returner met
 
     def pump(self) -> None:
         with self.lock:
+            self.end.status[TICK] += 1  # the loop runs: the hub's watchdog reads this
+            if self.failed is not None:
+                exc, self.failed = self.failed, None
+                self._lose(exc)
+                return
             deferred, self.deferred = self.deferred, []
             for msg, buffers in deferred:
-                self._on_message(msg, buffers)
+                self._handle_message(msg, buffers)
             super().pump()
 
     def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
@@ -63,6 +72,7 @@ class Admission:
 
     def _admit(self) -> None:
         with self._lock:
+            self.link.end.status[TICK] += 1
             if not self._admission:
                 self._admitting = False
                 return
@@ -89,8 +99,8 @@ class Admission:
                 # and leave every other message for the loop, in order.
                 try:
                     self.link.reader.drain(self._sort_unread(returned))
-                except Exception:
-                    pass  # the loop will meet the same error and handle it
+                except Exception as exc:
+                    self.link.failed = exc  # the loop ends the link at its next pump
                 if returned:
                     self.link.send_now(Returned(returned))
 
@@ -100,6 +110,7 @@ class Admission:
         def handle(view: memoryview) -> None:
             msg, buffers = decode(view)
             if type(msg) is Call:
+                self._keep_definition(msg)  # the hub now counts on us having it
                 returned.append(msg.id)
             else:
                 self.link.deferred.append((msg, buffers))

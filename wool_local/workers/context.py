@@ -224,12 +224,20 @@ def _unsendable(key: str, kind: str, error: str) -> Any:
     raise TypeError(f"the worker set it to a {kind} that cannot be pickled: {error}")
 
 
-def encode_back() -> Snapshot | None:
-    """The current context's values for the trip back; never raises (an unpicklable
-    value becomes a ContextDecodeWarning on the other side, the result still goes)."""
-    values = capture(back=True)
+def encode_back(synced: dict[str, Any]) -> tuple[Snapshot | None, dict[str, Any]]:
+    """The values of the current context that differ from ``synced`` (what the caller
+    already has), pickled for the trip back, and those values. Unchanged ones stay
+    home, so the caller keeps its own objects. Never raises: an unpicklable value
+    becomes a ContextDecodeWarning on the other side, and the result still goes."""
+    values = {
+        key: value
+        for key, value in capture(back=True).items()
+        if synced.get(key, _UNSET) is not value
+    }
+    if not values:
+        return None, values
     try:
-        return encode(values)
+        return encode(values), values
     except TypeError:
         pass
     out = {}
@@ -239,7 +247,7 @@ def encode_back() -> Snapshot | None:
         except TypeError as exc:
             stand_in = _Unsendable(key, type(value).__name__, str(exc.__cause__ or exc))
             out[key] = pickle.dumps(stand_in, 5)
-    return out
+    return out, values
 
 
 _last_decoded: dict[str, tuple[bytes, Any]] = {}  # key -> (pickle, value), immutable only

@@ -129,24 +129,25 @@ class Dispatcher:
     def send_call(
         self, target: Target, pending: Pending, call: Call, buffers: Sequence[Any] = ()
     ) -> None:
-        """Send ``call``, attaching the callable's definition the first time ``target`` sees it."""
+        """Send ``call``, attaching the callable's definition the first time ``target`` sees it.
+
+        The bookkeeping follows the send: a send that fails (no room for a spill
+        segment, a lost link) leaves no count or "already has it" behind.
+        """
         fid = call.fn
         known = target.known_fns
-        if fid in known:
-            call.fn_def = None
-        else:
-            call.fn_def = self.fn_defs[fid]
-            known.add(fid)
+        call.fn_def = None if fid in known else self.fn_defs[fid]
+        target.send(call, buffers)
+        known.add(fid)
         pending.target = target
         pending.call = call
         pending.buffers = buffers
         target.open += 1
         target.load += 1
-        target.send(call, buffers)
 
     def send_step(self, target: Target, step: Step, buffers: Sequence[Any] = ()) -> None:
-        target.load += 1
         target.send(step, buffers)
+        target.load += 1
 
     # -- receiving ---------------------------------------------------------
 

@@ -50,3 +50,7 @@ class WorkerCrashed(Exception):
 
 class PoolClosed(RuntimeError):
     """The pool was stopped, or is broken, and takes no more dispatches."""
+
+
+class SpawnFailed(RuntimeError):
+    """The zygote could not fork a worker (out of memory or processes, say)."""

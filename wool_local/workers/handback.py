@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 
+from .admission import TICK
 from .handle import WorkerHandle
+from .protocol import CANCELLED, Ping, Reply
 
 log = logging.getLogger("wool_local")
 
@@ -23,23 +25,48 @@ class HandBack:
     """The pool's stall watchdog (``self`` is the :class:`Pool`)."""
 
     def _watch(self) -> None:
-        """Ask a worker that has calls queued but has not answered for a whole
-        period to hand back the calls it has not started (its loop is blocked)."""
+        """Every ``stall_after``: ask a worker whose loop has not run for a whole period,
+        while it has calls in flight, to hand back the calls it has not started.
+
+        Progress is the worker's own tick (a shared word its loop bumps), not what
+        this hub has read: a hub too busy to read for a while must not make healthy
+        workers look stuck. A worker that handed calls back is pinged each period
+        and takes calls again as soon as its loop runs (it handles the ping).
+        """
         self._watchdog = None
         busy = bool(self._queue)
         for h in self._workers.values():
-            if h.load > 0:
+            tick = h.link.end.status[TICK]
+            moved = tick != h.tick_seen
+            h.tick_seen = tick
+            if h.stopping:
+                continue
+            if h.stalled or h.asked:
+                busy = busy or h.stalled
+                if moved:
+                    h.stalled = h.asked = False
+                    self._answered(h)
+                elif h.stalled:
+                    self._ping(h)
+                continue
+            if h.load >= 2 and not moved:
+                h.asked = True
                 busy = True
-                if h.heard == h.heard_seen and h.load >= 2 and not h.asked and not h.stopping:
-                    h.asked = True
-                    try:
-                        os.eventfd_write(h.return_fd, 1)
-                    except OSError:
-                        pass
-            h.heard_seen = h.heard
+                try:
+                    os.eventfd_write(h.return_fd, 1)
+                except OSError:
+                    pass
+            elif h.load > 0:
+                busy = True
         if busy and not self.closed:
             assert self._loop is not None
             self._watchdog = self._loop.call_later(self.stall_after, self._watch)
+
+    def _ping(self, handle: WorkerHandle) -> None:
+        try:
+            handle.send(Ping())
+        except Exception:
+            pass  # its link is gone: the exit report will follow
 
     def _on_returned(self, handle: WorkerHandle, ids: list[int]) -> None:
         """Calls ``handle`` never started: queue them first, to run elsewhere."""
@@ -49,6 +76,15 @@ class HandBack:
             if pending is None or pending.target is not handle or pending.call is None:
                 continue
             handle.load -= 1
+            handle.open -= 1
+            if pending.cancelled:
+                # Its caller gave up: it is over, not to be run anywhere.
+                handle.cancelling -= 1
+                del self._pending[rid]
+                self._drop_timer(rid)
+                if pending.future is not None:  # a relay: the asking worker is told
+                    pending.future.set_result((Reply(rid, CANCELLED), []))
+                continue
             pending.target = None
             back.append((rid, pending, pending.call, pending.buffers))
         if back:

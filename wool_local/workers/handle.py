@@ -20,8 +20,7 @@ class WorkerHandle(Target):
         self.pid = pid
         self.link = link
         self.return_fd = return_fd  # rung to ask for its unstarted calls back
-        self.heard = 0  # messages received: progress, as the stall watchdog sees it
-        self.heard_seen = 0
+        self.tick_seen = 0  # its loop's tick at the watchdog's last look
         self.asked = False  # asked to hand calls back, no answer since
         self.stalled = False  # handed calls back: its loop is blocked
         self.started_at = time.monotonic()

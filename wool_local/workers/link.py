@@ -18,6 +18,7 @@ answers get fast again.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 from ..ipc import ChannelEnd, FrameError, IpcError, PeerDied, RingClosed
 from . import protocol
 from .protocol import Message, ProtocolError
+
+log = logging.getLogger("wool_local")
 
 #: Longest spin after a send, in seconds.
 SPIN_WINDOW = 20e-6
@@ -91,7 +94,15 @@ class Link:
             self._lose(exc)
 
     def _handle(self, view: memoryview) -> None:
-        self._on_message(*protocol.decode(view))
+        self._handle_message(*protocol.decode(view))
+
+    def _handle_message(self, msg: Message, buffers: list[bytes]) -> None:
+        try:
+            self._on_message(msg, buffers)
+        except Exception:
+            # One message's handler failing must not stop the pump (the ring would
+            # stay disarmed and later frames unread): report it and go on.
+            log.exception("wool_local: handling %s failed", type(msg).__name__)
 
     def _on_peer_exit(self) -> None:
         assert self._loop is not None
@@ -125,17 +136,13 @@ class Link:
             self._after_send_scheduled = True
             self._loop.call_soon(self._after_send)
 
-    def send_now(self, message: Message, timeout: float = 1.0) -> None:
-        """Write ``message`` and wake the peer from any thread (the caller holds
-        whatever lock guards this link); waits up to ``timeout`` for ring space."""
+    def send_now(self, message: Message) -> None:
+        """Write ``message`` and wake the peer, from any thread (the caller holds
+        whatever lock guards this link). Never sleeps: our doorbell belongs to the
+        loop, so a full ring leaves the message in the backlog for the loop."""
         data = protocol.encode(message)
-        if self._backlog:
+        if self._backlog or not self._writer.try_write(data):
             self._backlog.append(data)  # keep order; the loop flushes it
-            return
-        try:
-            self._writer.write_blocking(data, timeout=timeout)
-        except (TimeoutError, IpcError):
-            self._backlog.append(data)
             return
         self._writer.wake_reader()
 

@@ -28,7 +28,7 @@ from typing import Any
 from ..ipc import DEFAULT_CAPACITY, Channel, SlotTable, sweep
 from . import zygote
 from .dispatch import Dispatcher, Pending, Target
-from .errors import PoolClosed, WorkerCrashed
+from .errors import PoolClosed, SpawnFailed, WorkerCrashed
 from .handback import HandBack
 from .handle import WorkerHandle
 from .limits import RecycleReason, WorkerLimits
@@ -179,6 +179,19 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
                 self._on_spawned(msg[1], msg[2])
             elif msg[0] == "exited":
                 self._on_exited(msg[1], msg[2])
+            elif msg[0] == "failed":
+                self._on_spawn_failed(msg[1], msg[2])
+
+    def _on_spawn_failed(self, seq: int, error: str) -> None:
+        chan, return_fd, fut = self._spawning.pop(seq)
+        chan.close()
+        os.close(return_fd)
+        exc = SpawnFailed(f"the zygote could not fork a worker: {error}")
+        log.error("wool_local: %s", exc)
+        if not fut.done():
+            fut.set_exception(exc)
+        if not self._spawning and self._serving() == 0:
+            self._wake_all(exc)  # nothing left to run the queued calls
 
     def _on_spawned(self, seq: int, pid: int) -> None:
         chan, return_fd, fut = self._spawning.pop(seq)
@@ -282,13 +295,16 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         assert self._loop is not None
         if self.broken is not None:
             return
+        if self._spawning:
+            # Workers being forked right now: wait for them (bounded); a worker that
+            # joins a closed pool is told to stop at once (_on_spawned).
+            forks = [fut for _, _, fut in self._spawning.values()]
+            await asyncio.wait(forks, timeout=self.stop_timeout)
         for handle in self._workers.values():
             self._exits[handle.pid] = self._loop.create_future()
-            handle.stopping = True
-            try:
-                handle.send(Stop())
-            except Exception:
-                self._kill(handle, "it could not be told to stop")
+            if handle.stopping:
+                continue  # already told (retiring, or joined after the close)
+            self._stop_worker(handle)
         pending = list(self._exits.values())
         if pending:
             _, late = await asyncio.wait(pending, timeout=self.stop_timeout)
@@ -361,8 +377,8 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
     def send_call(
         self, target: Target, pending: Pending, call: Call, buffers: Sequence[Any] = ()
     ) -> None:
-        target.idle_since = None  # type: ignore[attr-defined]
         super().send_call(target, pending, call, buffers)
+        target.idle_since = None  # type: ignore[attr-defined]
 
     def _finished(self, target: Target) -> None:
         handle: WorkerHandle = target  # type: ignore[assignment]
@@ -411,11 +427,10 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
 
     def _on_worker_message(self, handle: WorkerHandle, msg: Message, buffers: list[bytes]) -> None:
         kind = type(msg)
-        handle.heard += 1
         if kind is Returned:
             self._on_returned(handle, msg.ids)  # type: ignore[union-attr]
             return
-        if handle.stalled or handle.asked:
+        if handle.stalled:
             handle.stalled = handle.asked = False  # it answers again
             self._answered(handle)
         if kind is Reply:

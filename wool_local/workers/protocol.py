@@ -76,7 +76,11 @@ class Returned(msgspec.Struct, array_like=True, tag=6, gc=False):
     ids: list[int]
 
 
-Message = Call | Step | Cancel | Reply | Stop | Returned
+class Ping(msgspec.Struct, array_like=True, tag=7, gc=False):
+    """Hub to worker: handling it shows the worker's loop runs (see ``Pool._watch``)."""
+
+
+Message = Call | Step | Cancel | Reply | Stop | Returned | Ping
 
 
 class Envelope(msgspec.Struct, array_like=True, gc=False):

@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 import os
 import threading
 from collections.abc import AsyncGenerator, Sequence
@@ -46,6 +47,8 @@ from .protocol import (
     Step,
     Stop,
 )
+
+log = logging.getLogger("wool_local")
 
 
 @dataclass
@@ -81,6 +84,7 @@ class WorkerService(Admission):
         )
         self.client = HubClient(self.link)
         self._functions: dict[int, Any] = {}
+        self._definitions: dict[int, bytes] = {}  # received, not unpickled yet
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._generators: dict[int, AsyncGenerator[Any, Any]] = {}
         self._admission: dict[int, tuple[Call, list[bytes]]] = {}
@@ -88,6 +92,7 @@ class WorkerService(Admission):
         self._call_leases: dict[int, bytes] = {}  # proxy lease held by a running call
         self._gen_contexts: dict[int, contextvars.Context] = {}  # one per generator session
         self._gen_leases: dict[int, bytes] = {}
+        self._gen_synced: dict[int, dict[str, Any]] = {}  # values both sides agree on
         self._base_context = contextvars.copy_context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
@@ -145,6 +150,8 @@ class WorkerService(Admission):
 
     def _on_message(self, msg: Message, buffers: list[bytes]) -> None:
         if type(msg) is Call:
+            if msg.fn_def is not None:
+                self._keep_definition(msg)  # even if it is handed back unstarted
             self._admit_later(msg, buffers)
         elif type(msg) is Reply:
             self.client.on_reply(msg, buffers)
@@ -156,8 +163,16 @@ class WorkerService(Admission):
                 task.cancel()
             elif self._admission.pop(msg.id, None) is not None:
                 self._reply(msg.id, CANCELLED)  # never started
+            elif msg.id in self._generators:
+                # An idle generator session (its last step already answered):
+                # close it here, its finally runs, and say so.
+                gen = self._end_session(msg.id)
+                if gen is not None:
+                    self._spawn(-msg.id, gen.aclose())
+                self._reply(msg.id, CANCELLED)
         elif type(msg) is Stop:
             self._stop()
+        # Ping: handling it (the pump's tick) is the whole point
 
     def _spawn(self, rid: int, coro: Any, ctx: contextvars.Context | None = None) -> None:
         assert self._loop is not None
@@ -185,24 +200,41 @@ class WorkerService(Admission):
         buffers: Sequence[Any] = (),
         snapshot: dict[str, bytes] | None = None,
     ) -> None:
-        if self.link.lost is None:
+        if self.link.lost is not None:
+            return
+        try:
             self.link.send(Reply(rid, status, value, snapshot), buffers)
+        except Exception as exc:
+            # The answer itself could not go (no room for a spill segment, say):
+            # the caller still gets an answer, the error, rather than nothing.
+            if status == RAISED and value is not None and not buffers:
+                log.exception("wool_local: cannot answer request %d", rid)
+                return
+            error = payload.UnpicklableError(f"the answer could not be sent back: {exc!r}")
+            self._reply(rid, RAISED, payload.dumps_exception(error))
+
+    def _keep_definition(self, call: Call) -> None:
+        if call.fn_def is not None and call.fn not in self._functions:
+            self._definitions.setdefault(call.fn, call.fn_def)
 
     def _resolve(self, call: Call) -> Any:
         fn = self._functions.get(call.fn)
         if fn is None:
-            if call.fn_def is None:
+            data = call.fn_def if call.fn_def is not None else self._definitions.get(call.fn)
+            if data is None:
                 raise payload.UnpicklableError(
                     f"worker {os.getpid()} was never sent callable #{call.fn}"
                 )
-            fn = payload.loads(call.fn_def, "the routine")
+            fn = payload.loads(data, "the routine")
             self._functions[call.fn] = fn
+            self._definitions.pop(call.fn, None)
         return fn
 
     # -- context and leases --------------------------------------------------
 
-    def _mount(self, call: Call) -> tuple[contextvars.Context, bytes | None]:
-        """The context a call runs in (the caller's variables set) and its proxy lease."""
+    def _mount(self, call: Call) -> tuple[contextvars.Context, bytes | None, dict[str, Any]]:
+        """The context a call runs in (the caller's variables set), its proxy lease, and
+        the values set (so only what the routine changes travels back)."""
         values = context.decode(call.context)
         if proxy.PROXY_KEY not in values and call.proxy_id is not None:
             # An older caller: the proxy came in the deprecated dedicated fields.
@@ -215,7 +247,7 @@ class WorkerService(Admission):
         if isinstance(bound, proxy.WorkerProxy) and self._leases is not None:
             lease = bound.id
             self._leases.acquire(lease)
-        return ctx, lease
+        return ctx, lease, values
 
     def _release(self, lease: bytes) -> None:
         if self._leases is not None:
@@ -226,6 +258,7 @@ class WorkerService(Admission):
 
     def _end_session(self, rid: int) -> AsyncGenerator[Any, Any] | None:
         self._gen_contexts.pop(rid, None)
+        self._gen_synced.pop(rid, None)
         lease = self._gen_leases.pop(rid, None)
         if lease is not None:
             self._release(lease)
@@ -237,14 +270,14 @@ class WorkerService(Admission):
         try:
             fn = self._resolve(call)
             args, kwargs = payload.loads(call.args, "the arguments", buffers)
-            ctx, lease = self._mount(call)
+            ctx, lease, sent = self._mount(call)
         except BaseException as exc:
             self._reply(call.id, RAISED, payload.dumps_exception(exc))
             return
         if call.kind == COROUTINE:
             if lease is not None:
                 self._call_leases[call.id] = lease
-            self._spawn(call.id, self._run(call.id, fn, args, kwargs), ctx)
+            self._spawn(call.id, self._run(call.id, fn, args, kwargs, sent), ctx)
             return
         try:
             gen = ctx.run(fn, *args, **kwargs)
@@ -257,6 +290,7 @@ class WorkerService(Admission):
             return
         self._generators[call.id] = gen
         self._gen_contexts[call.id] = ctx
+        self._gen_synced[call.id] = sent
         if lease is not None:
             self._gen_leases[call.id] = lease
         self._spawn(call.id, self._step(call.id, call.op, call.value, []), ctx)
@@ -264,8 +298,23 @@ class WorkerService(Admission):
     def _next_step(self, step: Step, buffers: list[bytes]) -> None:
         ctx = self._gen_contexts.get(step.id)
         if ctx is not None and step.context:
-            ctx.run(context.apply, context.decode(step.context))  # the caller's changes
+            try:
+                values = context.decode(step.context)  # the caller's changes
+                ctx.run(context.apply, values)
+            except BaseException as exc:
+                gen = self._end_session(step.id)
+                if gen is not None:
+                    self._spawn(-step.id, gen.aclose())
+                self._reply(step.id, RAISED, payload.dumps_exception(exc))
+                return
+            self._gen_synced.setdefault(step.id, {}).update(values)
         self._spawn(step.id, self._step(step.id, step.op, step.value, buffers), ctx)
+
+    def _back(self, synced: dict[str, Any]) -> dict[str, bytes] | None:
+        """What the routine changed in its context, for the caller (and now in sync)."""
+        snapshot, changed = context.encode_back(synced)
+        synced.update(changed)
+        return snapshot
 
     def _unmount(self, rid: int) -> None:
         """The routine's frame is gone: give its proxy lease back (before answering, so a
@@ -274,7 +323,14 @@ class WorkerService(Admission):
         if lease is not None:
             self._release(lease)
 
-    async def _run(self, rid: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    async def _run(
+        self,
+        rid: int,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        sent: dict[str, Any],
+    ) -> None:
         try:
             result = await fn(*args, **kwargs)
         except asyncio.CancelledError:
@@ -283,17 +339,15 @@ class WorkerService(Admission):
             return
         except BaseException as exc:
             self._unmount(rid)
-            self._reply(rid, RAISED, payload.dumps_exception(exc), (), context.encode_back())
+            self._reply(rid, RAISED, payload.dumps_exception(exc), (), self._back(sent))
             return
         self._unmount(rid)
         try:
-            data, out = payload.dumps(
-                result, f"the result of {_name(fn)} ({type(result).__name__})"
-            )
+            data, out = payload.dumps(result, _Label("the result of", fn, result))
         except payload.UnpicklableError as exc:
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
-        self._reply(rid, RETURNED, data, out, context.encode_back())
+        self._reply(rid, RETURNED, data, out, self._back(sent))
 
     async def _step(self, rid: int, op: int, value: bytes | None, buffers: list[bytes]) -> None:
         gen = self._generators.get(rid)
@@ -315,8 +369,9 @@ class WorkerService(Admission):
             else:
                 raise ValueError(f"unknown generator step {op}")
         except StopAsyncIteration:
+            synced = self._gen_synced.get(rid, {})
             self._end_session(rid)
-            self._reply(rid, EXHAUSTED, None, (), context.encode_back())
+            self._reply(rid, EXHAUSTED, None, (), self._back(synced))
             return
         except asyncio.CancelledError:
             self._end_session(rid)
@@ -327,23 +382,34 @@ class WorkerService(Admission):
             self._reply(rid, CANCELLED)
             return
         except BaseException as exc:
+            synced = self._gen_synced.get(rid, {})
             self._end_session(rid)
-            self._reply(rid, RAISED, payload.dumps_exception(exc), (), context.encode_back())
+            self._reply(rid, RAISED, payload.dumps_exception(exc), (), self._back(synced))
             return
         try:
-            data, out = payload.dumps(
-                item, f"a value yielded by {_name(gen)} ({type(item).__name__})"
-            )
+            data, out = payload.dumps(item, _Label("a value yielded by", gen, item))
         except payload.UnpicklableError as exc:
             self._end_session(rid)
             await gen.aclose()
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
-        self._reply(rid, YIELDED, data, out, context.encode_back())
+        self._reply(rid, YIELDED, data, out, self._back(self._gen_synced.setdefault(rid, {})))
 
 
 def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+class _Label:
+    """Names a value in an error message, built only if the message is needed."""
+
+    __slots__ = ("fn", "prefix", "value")
+
+    def __init__(self, prefix: str, fn: Any, value: Any) -> None:
+        self.prefix, self.fn, self.value = prefix, fn, value
+
+    def __str__(self) -> str:
+        return f"{self.prefix} {_name(self.fn)} ({type(self.value).__name__})"
 
 
 def worker_main(

@@ -239,9 +239,18 @@ def _zygote_main(sock: socket.socket, hub_pid: int, worker_main: WorkerMain) -> 
             msg = _decode(data)
             if msg[0] == "spawn":
                 _, seq, segment, capacity = msg
-                pid = _fork_worker(
-                    me, hub_pid, sock, (wake_r, wake_w), worker_main, segment, capacity, fds
-                )
+                try:
+                    pid = _fork_worker(
+                        me, hub_pid, sock, (wake_r, wake_w), worker_main, segment, capacity, fds
+                    )
+                except Exception as exc:  # no memory, a pids limit, a vanished segment...
+                    for fd in fds:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                    sock.send(_encode(("failed", seq, f"{type(exc).__name__}: {exc}")))
+                    continue
                 children.add(pid)
                 sock.send(_encode(("spawned", seq, pid)))
 
