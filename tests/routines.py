@@ -339,3 +339,23 @@ def run_ops(ops: list[tuple[str, int, int]], variables: list, tokens: list) -> l
 @wool_local.routine
 async def run_script(ops: list[tuple[str, int, int]]) -> list:
     return run_ops(ops, oracle_vars, [])
+
+
+@wool_local.routine
+async def triple(x: int) -> int:
+    """Used by one test only, so no worker knows it beforehand."""
+    return 3 * x
+
+
+@wool_local.routine
+async def slow_ticks(started_fd: int, done_fd: int):
+    """Yields 0, then (after telling started_fd) 1 after 50 ms; its finally tells done_fd."""
+    try:
+        yield 0
+        os.write(started_fd, b"s")
+        await asyncio.sleep(0.05)
+        yield 1
+        await asyncio.sleep(3600)
+        yield 2
+    finally:
+        os.write(done_fd, b"finally")

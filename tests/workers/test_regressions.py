@@ -1,0 +1,114 @@
+"""Regressions: each test pins down a defect found in review, with the scenario that hit it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import wool_local
+from tests import routines as r
+from tests.helpers import Pipe, run
+
+
+def test_given_first_calls_of_a_routine_handed_back_then_later_calls_still_resolve_it():
+    """Given the calls that carried a routine's definition handed back unstarted (the worker
+    was blocked), the worker still has the definition: every later call succeeds."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1) as wp:
+            results = await asyncio.gather(r.hog_cpu(0.5), r.triple(1), r.triple(2))
+            assert results[1:] == [3, 6]
+            assert await r.triple(3) == 9
+            (handle,) = wp.pool._workers.values()
+            assert (handle.load, handle.open, handle.cancelling) == (0, 0, 0)
+
+    run(main)
+
+
+def test_given_a_call_cancelled_while_queued_behind_a_blocked_task_then_it_never_runs(tmp_path):
+    """Given a call cancelled while it waits behind a CPU hog, it never runs anywhere, the
+    worker's counts come back to zero, and the pool keeps serving."""
+    log = str(tmp_path / "runs")
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1, cancel_grace=2.0) as wp:
+            await r.record(log, 0)  # the worker knows record
+            hog = asyncio.ensure_future(r.hog_cpu(0.5))
+            late = asyncio.ensure_future(r.record(log, 1))
+            await asyncio.sleep(0)  # both sent
+            late.cancel()
+            assert isinstance(await hog, int)
+            assert await r.record(log, 2) == 2
+            (handle,) = wp.pool._workers.values()
+            assert (handle.load, handle.open, handle.cancelling) == (0, 0, 0)
+            assert wp.pool.crashes == 0
+
+    run(main)
+    with open(log) as f:
+        assert sorted(int(line) for line in f) == [0, 2]
+
+
+def test_given_a_stream_cancelled_as_its_step_was_answered_then_worker_closes_it_no_kill():
+    """Given a caller that gives up on a generator step whose answer is already on its way,
+    the worker closes the (now idle) generator, its finally runs, and nobody is killed."""
+    started, done = Pipe(), Pipe()
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1, cancel_grace=1.0) as wp:
+            gen = r.slow_ticks(started.w, done.w)
+            assert await gen.__anext__() == 0
+            step = asyncio.ensure_future(gen.__anext__())
+            await started.read()
+            time.sleep(0.2)  # the hub is busy: the step's answer arrives unread
+            step.cancel()
+            assert await done.read() == b"finally"
+            async with asyncio.timeout(5):
+                while wp.pool._pending:
+                    await asyncio.sleep(0.01)
+            assert wp.pool.crashes == 0 and await r.square(2) == 4
+
+    try:
+        run(main)
+    finally:
+        started.close()
+        done.close()
+
+
+def test_given_the_hub_loop_busy_right_after_dispatching_then_no_call_hangs():
+    """Given a hub too busy to read answers for 100 ms (more than the stall period), the
+    workers are not taken for blocked, and every call completes."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2) as wp:
+            await r.square(0)
+            for _ in range(3):
+                calls = [asyncio.ensure_future(r.square(i)) for i in range(8)]
+                asyncio.get_running_loop().call_soon(time.sleep, 0.1)
+                async with asyncio.timeout(10):
+                    assert await asyncio.gather(*calls) == [i * i for i in range(8)]
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(r.square(i) for i in range(10_000)))
+            assert not any(h.stalled for h in wp.pool._workers.values())
+
+    run(main)
+
+
+def test_given_the_pool_left_while_a_worker_is_forking_then_exit_is_prompt():
+    """Given the block left just as an on-demand worker is being forked, leaving does not
+    wait for the stop timeout."""
+    limits = wool_local.WorkerLimits(idle_ttl=0.2)
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1, limits=limits, monitor_interval=0.05) as wp:
+            await r.square(1)
+            async with asyncio.timeout(10):
+                while wp.pids:
+                    await wp.pool.changed()
+            call = asyncio.ensure_future(r.square(2))
+            await asyncio.sleep(0)
+            assert wp.pool._spawning  # an on-demand fork is under way
+            call.cancel()
+            started = time.monotonic()
+        return time.monotonic() - started
+
+    assert run(main) < 2.0
