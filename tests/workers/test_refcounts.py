@@ -85,9 +85,18 @@ def test_given_gc_disabled_when_many_dispatches_end_then_nothing_accumulates(no_
             assert all(await asyncio.gather(*(cancelled() for _ in range(50))))
             assert [v async for v in r.countdown(3)] == [3, 2, 1]
             # A round trip to every worker: acknowledgements of the cancels come first.
-            leftovers = await asyncio.gather(*(r.finished_tasks_alive() for _ in range(8)))
+            # One call per worker at a time (least-loaded first puts the pair on both
+            # workers), so no call counts a sibling that finished in the same turn.
+            leftovers = []
+            for _ in range(4):
+                leftovers += await asyncio.gather(
+                    r.finished_tasks_alive(), r.finished_tasks_alive()
+                )
             assert max(leftovers) == 0, leftovers
             assert wp.pool._pending == {}
-            assert (_count(Pending), _finished_futures()) == before
+            # Nothing accumulated over 2,000 dispatches (a timer's or an event's own
+            # future may come and go: a couple of either way is not a leak).
+            assert _count(Pending) == before[0] == 0
+            assert _finished_futures() <= before[1] + 2
 
     run(main)

@@ -1,11 +1,13 @@
-"""Admitting calls one per loop iteration, and handing back the ones not started.
+"""A start gate for calls, and handing back the ones a blocked loop never started.
 
-A worker starts a call, then admits the next only after the new task's first
-step has run. If a task then blocks the loop, the calls behind it are still
-in the admission queue (or unread in the ring), and the returner thread,
-woken by the hub, takes them out under the same lock the loop uses and sends
-them back with ``Returned``: each call is either started here or handed back,
-never both. Mixed into :class:`~wool_local.workers.worker.WorkerService`.
+A worker creates a task for each call as it arrives, and records the call as
+unstarted; at its first step the task passes a gate: it runs only if the call
+is still unstarted, and marks it started. If a task blocks the loop (plain
+CPU work), the tasks queued behind it never reach their gate; the returner
+thread, woken by the hub, revokes them and takes the calls still unread in
+the ring, and sends them all back with ``Returned``. Gate and returner work
+under one lock, so each call is either started here or handed back, never
+both. Mixed into :class:`~wool_local.workers.worker.WorkerService`.
 """
 
 from __future__ import annotations
@@ -57,30 +59,22 @@ class LockedLink(Link):
 
 
 class Admission:
-    """The worker service's admission queue and returner (``self`` is the service)."""
+    """The worker service's start gate and returner (``self`` is the service)."""
 
-    def _admit_later(self, call: Call, buffers: list[bytes]) -> None:
-        if not self._admitting:
-            # Nothing is waiting to start: start this one now, and admit whatever
-            # arrives after it only once its first step has run.
-            self._admitting = True
-            self._start(call, buffers)
-            assert self._loop is not None
-            self._loop.call_soon(self._admit)  # after the new task's first step
-        else:
-            self._admission[call.id] = (call, buffers)
-
-    def _admit(self) -> None:
+    def _admit(self, call: Call, buffers: list[bytes]) -> None:
+        """Start ``call``: its task is created now, and runs its body only if it passes
+        the start gate at its first step (the returner may have handed it back first)."""
         with self._lock:
-            self.link.end.status[TICK] += 1
-            if not self._admission:
-                self._admitting = False
-                return
-            rid = next(iter(self._admission))
-            call, buffers = self._admission.pop(rid)
+            self._unstarted.add(call.id)
         self._start(call, buffers)
-        assert self._loop is not None
-        self._loop.call_soon(self._admit)  # after the new task's first step
+
+    def _pass_gate(self, rid: int) -> bool:
+        """At a task's first step: True to run it, False if it was handed back."""
+        with self._lock:
+            if rid in self._unstarted:
+                self._unstarted.discard(rid)
+                return True
+            return False
 
     def _returner(self) -> None:
         """Thread: when the hub asks, hand back every call not started yet."""
@@ -93,8 +87,10 @@ class Admission:
             with self._lock:
                 if self.link.lost is not None:
                     return
-                returned = list(self._admission)
-                self._admission.clear()
+                # Tasks created but not at their first step yet: a task blocking the
+                # loop keeps them from it. Revoke them; their gate turns them away.
+                returned = list(self._unstarted)
+                self._unstarted.clear()
                 # Calls still in the ring are not started either: take them too,
                 # and leave every other message for the loop, in order.
                 try:

@@ -84,10 +84,9 @@ class ContextVar(Generic[T]):
 
     def get(self, default: T = _NO_DEFAULT) -> T:
         """The value in the current context, else ``default``, else the variable's default."""
-        try:
-            return self._inner.get()
-        except LookupError:
-            pass
+        value = self._inner.get(_UNSET)  # a sentinel, not LookupError: this is hot
+        if value is not _UNSET:
+            return value
         unbound = _unbound.get()
         if unbound is not None and self.key in unbound:
             return unbound[self.key]  # type: ignore[no-any-return]
@@ -151,6 +150,27 @@ def _token_used(inner: contextvars.Token[Any]) -> bool:
 # -- moving values across a dispatch -------------------------------------------
 
 Snapshot = dict[str, bytes]
+
+
+def snapshot() -> Snapshot | None:
+    """``encode(capture())`` in one pass: what a dispatch sends (the hot path)."""
+    out: Snapshot | None = None
+    unbound = _unbound.get()
+    if unbound:
+        out = encode(dict(unbound))
+    for key, var in _registry.items():
+        value = var._inner.get(_UNSET)
+        if value is _UNSET:
+            continue
+        last = _last_pickled.get(key)
+        if last is not None and last[0] is value:
+            data = last[1]
+        else:
+            data = encode({key: value})[key]  # type: ignore[index]
+        if out is None:
+            out = {}
+        out[key] = data
+    return out
 
 
 def capture(back: bool = False) -> dict[str, Any]:
@@ -250,7 +270,9 @@ def encode_back(synced: dict[str, Any]) -> tuple[Snapshot | None, dict[str, Any]
     return out, values
 
 
-_last_decoded: dict[str, tuple[bytes, Any]] = {}  # key -> (pickle, value), immutable only
+#: key -> (pickle, value) for immutable builtins, (pickle, (constructor, args)) for
+#: values that declare ``__wool_immutable__`` (proxies: rebuilt from their pool).
+_last_decoded: dict[str, tuple[bytes, Any]] = {}
 
 
 def decode(snapshot: Snapshot | None) -> dict[str, Any]:
@@ -261,12 +283,18 @@ def decode(snapshot: Snapshot | None) -> dict[str, Any]:
     for key, data in snapshot.items():
         last = _last_decoded.get(key)
         if last is not None and last[0] == data:
-            values[key] = last[1]  # the same immutable value as last time (a proxy, say)
+            rebuild = last[1]
+            # The same pickle as last time: an immutable value is reused as is; a
+            # proxy is rebuilt through its reduce constructor (a pool lookup),
+            # without the pickle machinery.
+            values[key] = rebuild[0](*rebuild[1]) if type(rebuild) is tuple else rebuild
             continue
         try:
             value = values[key] = pickle.loads(data)
-            if type(value) in _IMMUTABLE:  # a proxy must come from its pool each time
+            if type(value) in _IMMUTABLE:
                 _last_decoded[key] = (data, value)
+            elif getattr(value, "__wool_immutable__", False):
+                _last_decoded[key] = (data, value.__reduce__())
         except Exception as exc:
             warnings.warn(
                 f"context variable {key!r} could not be rebuilt in this process and is left "

@@ -206,7 +206,7 @@ class Dispatcher:
         """Run ``fn(*args, **kwargs)`` (a coroutine function) remotely and return its result."""
         fid = self.encode_fn(fn)
         data, buffers = payload.dumps_args(args, kwargs, fn)
-        snapshot = context.encode(context.capture())
+        snapshot = context.snapshot()
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         pending = self._pending[rid] = Pending(fut)
@@ -267,7 +267,7 @@ class Dispatcher:
         try:
             while True:
                 fut = loop.create_future()
-                snapshot = context.encode(context.capture())
+                snapshot = context.snapshot()
                 if pending is None:  # the first step starts the remote generator
                     rid = next(self._ids)
                     pending = self._pending[rid] = Pending(fut)

@@ -7,18 +7,17 @@ rings only when we may really be asleep. Outgoing messages are written
 straight into the ring; if it is full they queue in order in a backlog that is
 flushed as the peer frees space (the same doorbell tells us).
 
-After sending, a link may spin for a short window waiting for the peer's
-answer, when its owner says one is due soon (few requests in flight, so the
-loop has nothing better to do): a reply that comes back within ~20 us then
-costs no sleep and no cross-CPU wake-up on either side. After a few misses in
-a row (a slow or idle peer) it spins only on every 8th send, to notice when
-answers get fast again.
+After sending, a link may spin for the peer's answer, when its owner says one
+is due soon (few requests in flight, so the loop has nothing better to do),
+about as long as answers have recently taken and at most ``SPIN_WINDOW``: an
+answer that comes back in time costs no sleep and no cross-CPU wake-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,9 +29,7 @@ from .protocol import Message, ProtocolError
 log = logging.getLogger("wool_local")
 
 #: Longest spin after a send, in seconds.
-SPIN_WINDOW = 20e-6
-#: Misses in a row after which spinning becomes occasional, and how occasional.
-_MAX_MISSES, _PROBE_EVERY = 3, 8
+SPIN_WINDOW = 100e-6
 
 
 class LinkLost(Exception):
@@ -49,7 +46,7 @@ class Link:
         on_lost: Callable[[BaseException], None],
         *,
         watch_peer: bool = False,
-        spin_window: float = SPIN_WINDOW,
+        spin_window: float | None = None,
         expects_answer: Callable[[], bool] = lambda: True,
     ) -> None:
         self.end = end
@@ -60,9 +57,11 @@ class Link:
         self._watch_peer = watch_peer
         self._backlog: deque[Any] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._spin_window = spin_window
+        self._spin_window = SPIN_WINDOW if spin_window is None else spin_window
         self._expects_answer = expects_answer
-        self._misses = 0
+        self._sent_at: float | None = None  # when we last sent and expected an answer
+        self._latency = 10e-6  # moving average of how long answers take
+        self._probe = 0
         self._after_send_scheduled = False
         self.lost: BaseException | None = None
 
@@ -87,7 +86,10 @@ class Link:
         try:
             while self.lost is None:
                 reader.disarm()
-                reader.drain(self._handle)
+                if reader.drain(self._handle) and self._sent_at is not None:
+                    took = time.perf_counter() - self._sent_at
+                    self._sent_at = None
+                    self._latency += (took - self._latency) * 0.25
                 if reader.arm():
                     return
         except (RingClosed, PeerDied, FrameError, ProtocolError, IpcError) as exc:
@@ -172,16 +174,25 @@ class Link:
         self._writer.wake_reader()
         if self._spin_window <= 0 or not self._expects_answer():
             return
-        misses = self._misses
-        if misses >= _MAX_MISSES and misses % _PROBE_EVERY:
-            self._misses += 1
-            return
+        if self._sent_at is None:
+            self._sent_at = time.perf_counter()
+        # Spin about as long as answers have been taking (a moving average, wake-up
+        # included), bounded by the window: a peer that answers in 15 us is caught
+        # without either side sleeping, and a peer that needs waking is waited out
+        # rather than slept on, which would cost a second wake-up. Answers slower
+        # than the window are not spun for, except on every 16th send (to notice
+        # that they got fast again).
+        latency = self._latency
+        if latency > self._spin_window:
+            self._probe += 1
+            if self._probe % 16:
+                return
+            spin = self._spin_window
+        else:
+            spin = min(self._spin_window, 1.5 * latency + 2e-6)
         reader = self._reader
         reader.disarm()  # we are awake: the peer need not ring while we spin
-        if reader.spin(self._spin_window):
-            self._misses = 0
-        else:
-            self._misses += 1
+        reader.spin(spin)
         self.pump()  # handles what arrived and re-arms
 
     @property

@@ -110,6 +110,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         self.broken: BaseException | None = None
         self.crashes = 0
         self._changed: asyncio.Event | None = None
+        self._serving_count: int | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -120,6 +121,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         await self._changed.wait()
 
     def _notify(self) -> None:
+        self._serving_count = None
         event, self._changed = self._changed, None
         if event is not None:
             event.set()
@@ -390,8 +392,13 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
                 self._stop_worker(handle)
 
     def _serving(self) -> int:
-        """Workers that take new calls (not retiring, not stopping)."""
-        return sum(1 for h in self._workers.values() if h.retiring is None and not h.stopping)
+        """Workers that take new calls (not retiring, not stopping); cached until the
+        membership changes, since every queued call asks."""
+        if self._serving_count is None:
+            self._serving_count = sum(
+                1 for h in self._workers.values() if h.retiring is None and not h.stopping
+            )
+        return self._serving_count
 
     # -- limits and recycling ----------------------------------------------
 

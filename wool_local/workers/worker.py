@@ -85,10 +85,10 @@ class WorkerService(Admission):
         self.client = HubClient(self.link)
         self._functions: dict[int, Any] = {}
         self._definitions: dict[int, bytes] = {}  # received, not unpickled yet
+        self._held: dict[bytes, int] = {}  # live proxy bindings here, by proxy id
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._generators: dict[int, AsyncGenerator[Any, Any]] = {}
-        self._admission: dict[int, tuple[Call, list[bytes]]] = {}
-        self._admitting = False
+        self._unstarted: set[int] = set()  # tasks created, not past their start gate
         self._call_leases: dict[int, bytes] = {}  # proxy lease held by a running call
         self._gen_contexts: dict[int, contextvars.Context] = {}  # one per generator session
         self._gen_leases: dict[int, bytes] = {}
@@ -152,7 +152,7 @@ class WorkerService(Admission):
         if type(msg) is Call:
             if msg.fn_def is not None:
                 self._keep_definition(msg)  # even if it is handed back unstarted
-            self._admit_later(msg, buffers)
+            self._admit(msg, buffers)
         elif type(msg) is Reply:
             self.client.on_reply(msg, buffers)
         elif type(msg) is Step:
@@ -161,8 +161,6 @@ class WorkerService(Admission):
             task = self._tasks.get(msg.id)
             if task is not None:
                 task.cancel()
-            elif self._admission.pop(msg.id, None) is not None:
-                self._reply(msg.id, CANCELLED)  # never started
             elif msg.id in self._generators:
                 # An idle generator session (its last step already answered):
                 # close it here, its finally runs, and say so.
@@ -183,6 +181,9 @@ class WorkerService(Admission):
     def _task_done(self, rid: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(rid) is task:  # the next generator step may have replaced it
             del self._tasks[rid]
+        if rid in self._unstarted:
+            with self._lock:
+                self._unstarted.discard(rid)
         self._unmount(rid)  # if it was cancelled before its first step
         if task.cancelled():
             # Cancelled before its first step: the body never ran, so nothing
@@ -246,10 +247,29 @@ class WorkerService(Admission):
         lease = None
         if isinstance(bound, proxy.WorkerProxy) and self._leases is not None:
             lease = bound.id
-            self._leases.acquire(lease)
+            held = self._held.get(lease)
+            if held is None:  # no binding, and the shared lease is not held either
+                self._leases.acquire(lease)
+                held = 0
+            self._held[lease] = held + 1
         return ctx, lease, values
 
     def _release(self, lease: bytes) -> None:
+        # Bindings are counted here; the shared table holds this process's lease
+        # while any is live, so a busy worker pays no cross-process lock per call.
+        held = self._held.get(lease, 0) - 1
+        self._held[lease] = held
+        if held == 0 and self._loop is not None:
+            # The last binding ended: give the shared lease back two loop turns on,
+            # after the answer went out and the link's spin for the next call ended,
+            # unless a new binding took it meanwhile (a caller awaiting calls one
+            # after another then costs no cross-process lock at all).
+            self._loop.call_soon(self._loop.call_soon, self._release_shared, lease)
+
+    def _release_shared(self, lease: bytes) -> None:
+        if self._held.get(lease, 0) > 0:
+            return
+        self._held.pop(lease, None)
         if self._leases is not None:
             try:
                 self._leases.release(lease)
@@ -293,7 +313,7 @@ class WorkerService(Admission):
         self._gen_synced[call.id] = sent
         if lease is not None:
             self._gen_leases[call.id] = lease
-        self._spawn(call.id, self._step(call.id, call.op, call.value, []), ctx)
+        self._spawn(call.id, self._step(call.id, call.op, call.value, [], first=True), ctx)
 
     def _next_step(self, step: Step, buffers: list[bytes]) -> None:
         ctx = self._gen_contexts.get(step.id)
@@ -331,6 +351,9 @@ class WorkerService(Admission):
         kwargs: dict[str, Any],
         sent: dict[str, Any],
     ) -> None:
+        if not self._pass_gate(rid):
+            self._unmount(rid)  # handed back before it started: the hub runs it elsewhere
+            return
         try:
             result = await fn(*args, **kwargs)
         except asyncio.CancelledError:
@@ -349,7 +372,12 @@ class WorkerService(Admission):
             return
         self._reply(rid, RETURNED, data, out, self._back(sent))
 
-    async def _step(self, rid: int, op: int, value: bytes | None, buffers: list[bytes]) -> None:
+    async def _step(
+        self, rid: int, op: int, value: bytes | None, buffers: list[bytes], first: bool = False
+    ) -> None:
+        if first and not self._pass_gate(rid):
+            self._end_session(rid)  # handed back before it started: nothing ran
+            return
         gen = self._generators.get(rid)
         if gen is None:
             self._reply(rid, EXHAUSTED)
