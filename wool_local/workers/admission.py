@@ -27,9 +27,12 @@ TICK = 0
 class LockedLink(Link):
     """A link whose ring access is shared with the returner thread under one lock."""
 
-    def __init__(self, *args: Any, lock: threading.RLock, **kw: Any) -> None:
+    def __init__(
+        self, *args: Any, lock: threading.RLock, on_idle: Any = None, **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
         self.lock = lock
+        self._on_idle = on_idle
         self.deferred: list[tuple[Message, list[bytes]]] = []  # read by the returner
         self.failed: BaseException | None = None  # a bad frame the returner met
 
@@ -44,6 +47,8 @@ class LockedLink(Link):
             for msg, buffers in deferred:
                 self._handle_message(msg, buffers)
             super().pump()
+            if self._on_idle is not None and self.lost is None:
+                self._on_idle()
 
     def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
         with self.lock:
@@ -56,6 +61,8 @@ class LockedLink(Link):
     def _after_send(self) -> None:
         with self.lock:
             super()._after_send()
+            if self._on_idle is not None and self.lost is None:
+                self._on_idle()  # answers went out: leases no binding needs can go
 
 
 class Admission:

@@ -81,6 +81,7 @@ class WorkerService(Admission):
             watch_peer=True,
             expects_answer=lambda: len(self._tasks) <= 1,
             lock=self._lock,
+            on_idle=self.release_idle_leases,
         )
         self.client = HubClient(self.link)
         self._functions: dict[int, Any] = {}
@@ -257,24 +258,26 @@ class WorkerService(Admission):
     def _release(self, lease: bytes) -> None:
         # Bindings are counted here; the shared table holds this process's lease
         # while any is live, so a busy worker pays no cross-process lock per call.
-        held = self._held.get(lease, 0) - 1
-        self._held[lease] = held
-        if held == 0 and self._loop is not None:
-            # The last binding ended: give the shared lease back two loop turns on,
-            # after the answer went out and the link's spin for the next call ended,
-            # unless a new binding took it meanwhile (a caller awaiting calls one
-            # after another then costs no cross-process lock at all).
-            self._loop.call_soon(self._loop.call_soon, self._release_shared, lease)
+        # The last binding ending does not give the shared lease back yet: that
+        # happens when the loop goes idle (release_idle_leases), so a caller
+        # awaiting calls one after another costs no cross-process lock at all.
+        self._held[lease] = self._held.get(lease, 0) - 1
 
-    def _release_shared(self, lease: bytes) -> None:
-        if self._held.get(lease, 0) > 0:
+    def release_idle_leases(self) -> None:
+        """Give back the shared lease of every proxy with no live binding here; the
+        link calls this after reading everything and after sending its answers, so
+        a worker about to sleep holds no lease it does not need."""
+        if not self._held:
             return
-        self._held.pop(lease, None)
-        if self._leases is not None:
-            try:
-                self._leases.release(lease)
-            except Exception:
-                pass  # the table is gone with the pool
+        for lease, held in list(self._held.items()):
+            if held > 0:
+                continue
+            del self._held[lease]
+            if self._leases is not None:
+                try:
+                    self._leases.release(lease)
+                except Exception:
+                    pass  # the table is gone with the pool
 
     def _end_session(self, rid: int) -> AsyncGenerator[Any, Any] | None:
         self._gen_contexts.pop(rid, None)
