@@ -27,9 +27,7 @@ TICK = 0
 class LockedLink(Link):
     """A link whose ring access is shared with the returner thread under one lock."""
 
-    def __init__(
-        self, *args: Any, lock: threading.RLock, on_idle: Any = None, **kw: Any
-    ) -> None:
+    def __init__(self, *args: Any, lock: threading.RLock, on_idle: Any = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.lock = lock
         self._on_idle = on_idle
