@@ -90,19 +90,18 @@ import multiprocessing
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
 import uvloop
+from benchlib import cpu_model, git, version
 
 import wool_local
 
@@ -859,34 +858,6 @@ def _echo_check(ours: Case, group: list[Case]) -> TargetCheck:
 # -- machine details and cleanup ----------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(_WL_ROOT), *args], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def source_digest() -> str:
     """SHA-256 over wool_local's source, to tell apart runs of an edited tree."""
     digest = hashlib.sha256()
@@ -976,8 +947,8 @@ def machine(hub_loop: str) -> dict[str, Any]:
         "python_impl": platform.python_implementation(),
         "hub_loop": hub_loop,
         "wool_local_path": str(_WL_ROOT),
-        "git_head": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--", "wool_local")),
+        "git_head": git("rev-parse", "HEAD", root=_WL_ROOT),
+        "git_dirty": bool(git("status", "--porcelain", "--", "wool_local", root=_WL_ROOT)),
         "wool_local_source_sha256": source_digest(),
         "packages": {
             "wool_local": wool_local.__version__,

@@ -83,14 +83,12 @@ import select
 import signal
 import statistics
 import struct
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
@@ -102,6 +100,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 import uvloop  # noqa: E402
+from benchlib import cpu_model, git, version  # noqa: E402
 
 import wool_local  # noqa: E402
 from wool_local.ipc import Channel, ChannelEnd, RingClosed  # noqa: E402
@@ -1011,34 +1010,6 @@ def print_targets(checks: list[TargetCheck]) -> None:
 # -- machine details and cleanup check -------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(_ROOT), *args], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def _pipe_buffer_size() -> int | None:
     rfd, wfd = os.pipe()
     try:
@@ -1060,9 +1031,9 @@ def _ipc_source_digest() -> str:
 
 def machine_info() -> dict[str, Any]:
     """What the numbers depend on."""
-    status = _git("status", "--porcelain")
+    status = git("status", "--porcelain")
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "nproc": os.cpu_count(),
         "allowed_cpus": sorted(os.sched_getaffinity(0)),
         "kernel": platform.release(),
@@ -1073,12 +1044,12 @@ def machine_info() -> dict[str, Any]:
         "packages": {
             "wool_local": getattr(wool_local, "__version__", None),
             "uvloop": uvloop.__version__,
-            "msgspec": _version("msgspec"),
-            "posix_ipc": _version("posix_ipc"),
-            "psutil": _version("psutil"),
+            "msgspec": version("msgspec"),
+            "posix_ipc": version("posix_ipc"),
+            "psutil": version("psutil"),
         },
         "wool_local_path": str(Path(wool_local.__file__).resolve().parent),
-        "git_head": _git("rev-parse", "HEAD"),
+        "git_head": git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "ipc_source_sha256": _ipc_source_digest(),
         "pipe_buffer_bytes": _pipe_buffer_size(),
