@@ -9,8 +9,14 @@ import sys
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from .context import ambient_dispatch_timeout
+from .context import _dispatch_timeout
 from .workers import __proxy__, get_dispatcher, zygote_main_has
+
+# The stdlib variables under the two wool_local ones every call reads: both are
+# declared in every process (this package is imported there), so their values
+# are never waiting as unbound keys, and reading them directly saves the wrapper.
+_proxy_value = __proxy__._inner.get
+_timeout_value = _dispatch_timeout._inner.get
 
 
 class NoPoolError(RuntimeError):
@@ -47,7 +53,7 @@ class Routine:
         self._body = _Body(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        proxy = __proxy__.get()
+        proxy = _proxy_value(None)
         if proxy is None:
             dispatcher = get_dispatcher()
             if dispatcher is None:
@@ -61,7 +67,7 @@ class Routine:
             if self._streams:
                 return _started_stream(proxy, self, args, kwargs)
             return _started_call(proxy, self, args, kwargs)
-        timeout = self.dispatch_timeout or ambient_dispatch_timeout()
+        timeout = self.dispatch_timeout or _timeout_value(None)
         if self._streams:
             return _timed_stream(dispatcher.stream(self._body, args, kwargs), timeout)
         if timeout is None:

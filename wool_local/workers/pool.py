@@ -350,16 +350,19 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
     # -- scheduling --------------------------------------------------------
 
     def _pick(self) -> WorkerHandle | None:
+        """The least-loaded worker with room for one more call (runs once per call)."""
         best: WorkerHandle | None = None
+        best_load = self.max_inflight
         for handle in self._workers.values():
             if handle.stopping or not handle.alive or handle.link.lost is not None:
                 continue
             if handle.cancelling or handle.stalled or handle.retiring is not None:
                 continue  # its loop is (or may be) blocked, or it is on its way out
-            if handle.effective_load >= self.max_inflight:
-                continue
-            if best is None or handle.effective_load < best.effective_load:
-                best = handle
+            # Inline WorkerHandle.effective_load: calls waiting on nested calls
+            # leave the worker's loop free, so they do not count.
+            load = handle.load - handle.nested
+            if load < best_load:
+                best, best_load = handle, load
         return best
 
     def submit(self, rid: int, pending: Pending, call: Call, buffers: Sequence[Any] = ()) -> None:
