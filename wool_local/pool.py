@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextvars
 import math
 import os
 from typing import Any
 
-from .workers import Pool, PoolStats, WorkerLimits, __proxy__, current_dispatcher
+from .workers import Pool, PoolStats, WorkerLimits, __proxy__
 
 
 def available_cpus() -> int:
@@ -72,7 +71,6 @@ class WorkerPool:
         if not 0 <= min_workers <= self.spawn:
             raise ValueError(f"min_workers must be between 0 and spawn={self.spawn}")
         self._pool: Pool | None = None
-        self._token: contextvars.Token[Any] | None = None
         self._proxy_token: Any = None
 
     async def __aenter__(self) -> WorkerPool:
@@ -81,8 +79,8 @@ class WorkerPool:
         pool = Pool(self.spawn, **self._options)
         await pool.start()
         self._pool = pool
-        self._token = current_dispatcher.set(pool)
-        # Binding the pool's proxy for this block takes a lease on it.
+        # Routines called in this block dispatch through the pool's proxy;
+        # binding the pool's proxy for this block takes a lease on it.
         self._proxy_token = __proxy__.set(pool.proxy)
         assert pool.leases is not None
         pool.leases.acquire(pool.id)
@@ -93,17 +91,11 @@ class WorkerPool:
         if self._proxy_token is not None:
             try:
                 __proxy__.reset(self._proxy_token)
-            except ValueError:  # exited from another context
-                pass
+            except ValueError:  # exited from another context: just unbind
+                __proxy__.set(None)
             self._proxy_token = None
             if pool is not None and pool.leases is not None:
                 pool.leases.release(pool.id)
-        if self._token is not None:
-            try:
-                current_dispatcher.reset(self._token)
-            except ValueError:  # exited from another context: just unset
-                current_dispatcher.set(None)
-            self._token = None
         if pool is not None:
             await pool.close()
 

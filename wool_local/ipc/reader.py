@@ -274,11 +274,6 @@ class RingReader(RingEnd):
         if hdr[H_WRITER_WAITING]:
             self.peer_bell.ring()
 
-    def readable(self) -> bool:
-        """True if a frame (or the writer's close) is waiting."""
-        hdr = self._hdr
-        return self._pos != hdr[H_HEAD] or bool(hdr[H_WRITER_CLOSED])
-
     # -- waiting -----------------------------------------------------------
 
     def spin(self, spin: float) -> bool:

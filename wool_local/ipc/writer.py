@@ -183,10 +183,6 @@ class RingWriter(RingEnd):
         while spills and spills[0][0] <= tail:
             spills.popleft()
 
-    def free(self) -> int:
-        """Bytes currently free in the ring."""
-        return self.capacity - (self._head - self._hdr[H_TAIL])
-
     # -- waiting -----------------------------------------------------------
 
     def arm(self, tail: int) -> bool:

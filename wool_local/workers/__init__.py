@@ -7,7 +7,7 @@ decorator that sits above it.
 from .context import ContextDecodeWarning, ContextVar, Token
 from .dispatch import Dispatcher
 from .errors import PoolClosed, WorkerCrashed
-from .hubclient import current_dispatcher, get_dispatcher
+from .hubclient import get_dispatcher
 from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
 from .payload import RemoteError, RemoteTraceback, UnpicklableError
 from .pool import Pool
@@ -36,7 +36,6 @@ __all__ = [
     "WorkerProxy",
     "__proxy__",
     "__proxy_pool__",
-    "current_dispatcher",
     "evaluate_recycle",
     "get_dispatcher",
     "zygote_main_has",

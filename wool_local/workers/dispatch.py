@@ -30,7 +30,6 @@ from . import context, payload, protocol
 from .protocol import (
     CANCELLED,
     CLOSE,
-    COROUTINE,
     EXHAUSTED,
     GENERATOR,
     NEXT,
@@ -345,4 +344,4 @@ def _outcome(answer: tuple[Reply, list[bytes]], fn: Any) -> Any:
     raise protocol.ProtocolError(f"unexpected reply status {status}")
 
 
-__all__ = ["COROUTINE", "GENERATOR", "Dispatcher", "Pending", "Target"]
+__all__ = ["Dispatcher", "Pending", "Target"]

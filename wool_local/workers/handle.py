@@ -34,9 +34,3 @@ class WorkerHandle(Target):
 
     def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
         self.link.send(message, buffers)
-
-    @property
-    def effective_load(self) -> int:
-        # Tasks that wait on nested calls leave the worker's loop free: without
-        # discounting them, workers all waiting on nested calls would deadlock.
-        return max(0, self.load - self.nested)

@@ -6,7 +6,6 @@ up its link, and the hub schedules them like any other.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,17 +13,15 @@ from .dispatch import Dispatcher, Pending, Target
 from .link import Link
 from .protocol import Call, Message
 
-#: The dispatcher routines use: the pool of the enclosing ``WorkerPool`` block
-#: in the hub. In a worker it is unset and :data:`process_dispatcher` applies.
-current_dispatcher: contextvars.ContextVar[Dispatcher | None] = contextvars.ContextVar(
-    "wool_local.dispatcher", default=None
-)
-process_dispatcher: Dispatcher | None = None  # set by the worker service
+#: A worker's dispatcher, for code that runs there without a ``__proxy__`` bound
+#: (a task it started itself, say); set by the worker service. Routines normally
+#: dispatch through ``__proxy__``, which the hub's ``WorkerPool`` block binds.
+process_dispatcher: Dispatcher | None = None
 
 
 def get_dispatcher() -> Dispatcher | None:
-    """Where a routine called here dispatches to, or None outside any pool."""
-    return current_dispatcher.get() or process_dispatcher
+    """Where a routine dispatches when no ``__proxy__`` is bound, or None."""
+    return process_dispatcher
 
 
 class _HubTarget(Target):

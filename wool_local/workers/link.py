@@ -195,10 +195,6 @@ class Link:
         reader.spin(spin)
         self.pump()  # handles what arrived and re-arms
 
-    @property
-    def backlog(self) -> int:
-        return len(self._backlog)
-
     # -- teardown ----------------------------------------------------------
 
     def _detach(self) -> None:

@@ -358,8 +358,8 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
                 continue
             if handle.cancelling or handle.stalled or handle.retiring is not None:
                 continue  # its loop is (or may be) blocked, or it is on its way out
-            # Inline WorkerHandle.effective_load: calls waiting on nested calls
-            # leave the worker's loop free, so they do not count.
+            # Calls waiting on nested calls leave the worker's loop free, so they
+            # do not count (otherwise workers all waiting on nested calls deadlock).
             load = handle.load - handle.nested
             if load < best_load:
                 best, best_load = handle, load
@@ -467,9 +467,6 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
 
     def queued(self) -> int:
         return sum(1 for rid, p, _, _ in self._queue if self._pending.get(rid) is p)
-
-    def loads(self) -> dict[int, int]:
-        return {h.pid: h.load for h in self._workers.values()}
 
 
 def _ignore_result(fut: asyncio.Future[Any]) -> None:
