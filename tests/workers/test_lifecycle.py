@@ -87,7 +87,7 @@ def test_given_max_tasks_then_workers_are_replaced_and_no_call_is_lost_or_repeat
         async with wool_local.WorkerPool(spawn=2, limits=limits, **FAST) as wp:
             for batch in range(8):
                 await asyncio.gather(*(r.record(log, 50 * batch + i) for i in range(50)))
-                await asyncio.sleep(0.06)  # one monitor round between batches
+                wp.pool.monitor.sample_now()  # a monitor round now: limits are applied
             assert wp.stats().recycles.get("tasks", 0) >= 2
 
     run(main)

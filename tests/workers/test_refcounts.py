@@ -107,8 +107,7 @@ def test_given_gc_disabled_when_many_dispatches_end_then_nothing_accumulates(no_
             # cancels gets no new calls): wait, bounded, for the last answers.
             try:
                 async with asyncio.timeout(5):
-                    while wp.pool._pending:
-                        await asyncio.sleep(0.001)
+                    await wp.pool.drained()
             except TimeoutError:
                 raise AssertionError(f"requests never answered: {state()}") from None
             # Nothing accumulated over 2,000 dispatches (a timer's or an event's own

@@ -63,8 +63,7 @@ def test_given_a_stream_cancelled_as_its_step_was_answered_then_worker_closes_it
             step.cancel()
             assert await done.read() == b"finally"
             async with asyncio.timeout(5):
-                while wp.pool._pending:
-                    await asyncio.sleep(0.01)
+                await wp.pool.drained()  # the worker acknowledged the cancel
             assert wp.pool.crashes == 0 and await r.square(2) == 4
 
     try:

@@ -89,6 +89,7 @@ class Dispatcher:
         self._ids = itertools.count(1)
         self._pending: dict[int, Pending] = {}
         self._cancel_timers: dict[int, asyncio.TimerHandle] = {}  # escalation, by request
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._fn_cache: dict[int, tuple[Any, int]] = {}
         self._main_has = main_has
         #: Pickled callables by id, from this process or relayed from workers.
@@ -170,7 +171,23 @@ class Dispatcher:
             fut.set_result((reply, buffers))
         if final:
             self._finished(target)
+            if self._drain_waiters and not self._pending:
+                self._wake_drained()
         self._answered(target)
+
+    async def drained(self) -> None:
+        """Wait until no request is outstanding: every call answered, every cancel
+        acknowledged by its worker (or failed with it)."""
+        if self._pending:
+            fut = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(fut)
+            await fut
+
+    def _wake_drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     def fail_target(self, target: Target, exc: BaseException) -> None:
         """``target`` is gone: fail every request outstanding on it with ``exc``."""
@@ -185,6 +202,8 @@ class Dispatcher:
         target.load = 0
         target.open = 0
         target.cancelling = 0
+        if not self._pending:
+            self._wake_drained()
 
     def _drop_timer(self, rid: int) -> None:
         timer = self._cancel_timers.pop(rid, None)
@@ -198,6 +217,7 @@ class Dispatcher:
             fut = pending.future
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
+        self._wake_drained()
 
     # -- the caller's API --------------------------------------------------
 

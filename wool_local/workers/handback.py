@@ -87,6 +87,8 @@ class HandBack:
                 continue
             pending.target = None
             back.append((rid, pending, pending.call, pending.buffers))
+        if not self._pending:
+            self._wake_drained()  # the last outstanding requests were cancelled ones
         if back:
             handle.stalled = True
             self._queue.extendleft(reversed(back))
