@@ -38,3 +38,19 @@ class Pipe:
     def close(self) -> None:
         os.close(self.r)
         os.close(self.w)
+
+
+async def cancel_midway(coro: Awaitable[Any]) -> bool:
+    """Start ``coro`` as a task, let it be sent, cancel it; True if it ended cancelled.
+
+    (try/except, not pytest.raises: keeping exception info alive would make cycles
+    through the caller's frames, which tests with the cyclic GC off must avoid.)
+    """
+    task = asyncio.ensure_future(coro)
+    await asyncio.sleep(0)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return True
+    return False

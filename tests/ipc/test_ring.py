@@ -168,17 +168,22 @@ def test_given_producer_killed_mid_stream_when_reading_then_peer_died_after_drai
         end.discard()
 
 
-def test_given_consumer_killed_when_producer_blocks_on_full_ring_then_peer_died():
-    """Given a consumer that dies, a producer waiting for space gets PeerDied, not a hang."""
-    chan = Channel.create(CAP)
-    sync = Rendezvous()
+def parked_peer(chan: Channel, sync: Rendezvous) -> tuple[int, object]:
+    """Fork a peer that takes side 1 of ``chan`` and parks; return its pid and our end."""
 
     def child():
         chan.end(1, peer_pid=os.getppid())
         sync.ready_and_park()
 
     pid = fork(child)
-    end = chan.end(0, peer_pid=pid)
+    return pid, chan.end(0, peer_pid=pid)
+
+
+def test_given_consumer_killed_when_producer_blocks_on_full_ring_then_peer_died():
+    """Given a consumer that dies, a producer waiting for space gets PeerDied, not a hang."""
+    chan = Channel.create(CAP)
+    sync = Rendezvous()
+    pid, end = parked_peer(chan, sync)
     try:
         sync.wait_ready()
         while end.writer.try_write(b"x" * 500):
@@ -195,13 +200,7 @@ def test_given_peer_killed_while_awaiting_when_async_read_then_peer_died():
     """Given a coroutine awaiting a frame on uvloop, the peer's death wakes it with PeerDied."""
     chan = Channel.create(CAP)
     sync = Rendezvous()
-
-    def child():
-        chan.end(1, peer_pid=os.getppid())
-        sync.ready_and_park()
-
-    pid = fork(child)
-    end = chan.end(0, peer_pid=pid)
+    pid, end = parked_peer(chan, sync)
 
     async def main():
         reader = asyncio.ensure_future(end.reader.read())

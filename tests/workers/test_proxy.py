@@ -12,7 +12,7 @@ import pytest
 
 import wool_local
 from tests import routines as r
-from tests.helpers import Pipe, run
+from tests.helpers import Pipe, cancel_midway, run
 from wool_local.workers import protocol
 from wool_local.workers.proxy import PROXY_KEY, WorkerProxy
 
@@ -76,19 +76,10 @@ def test_given_many_dispatches_then_every_lease_is_returned_and_the_table_does_n
                 except ValueError:
                     pass
 
-            async def cancelled():
-                task = asyncio.ensure_future(r.square(1))
-                await asyncio.sleep(0)
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-
             await asyncio.gather(
                 *(r.square(i) for i in range(850)),
                 *(r.nested_sum(2) for _ in range(50)),
-                *(cancelled() for _ in range(50)),
+                *(cancel_midway(r.square(1)) for _ in range(50)),
                 *(r.fail("y") for _ in range(50)),
                 return_exceptions=True,
             )

@@ -10,7 +10,7 @@ import pytest
 
 import wool_local
 from tests import routines as r
-from tests.helpers import run
+from tests.helpers import cancel_midway, run
 from wool_local.workers.dispatch import Pending
 
 
@@ -70,19 +70,9 @@ def test_given_gc_disabled_when_many_dispatches_end_then_nothing_accumulates(no_
                     failures += 1
             assert failures == 100
 
-            async def cancelled():
-                task = asyncio.ensure_future(r.square(1))
-                await asyncio.sleep(0)
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    return True
-                return False
-
             calls = [r.square(i) for i in range(900)] + [r.nested_sum(3) for _ in range(50)]
             await asyncio.gather(*calls)
-            assert all(await asyncio.gather(*(cancelled() for _ in range(50))))
+            assert all(await asyncio.gather(*(cancel_midway(r.square(1)) for _ in range(50))))
             assert [v async for v in r.countdown(3)] == [3, 2, 1]
             # A round trip to every worker: acknowledgements of the cancels come first.
             # One call per worker at a time (least-loaded first puts the pair on both
