@@ -351,3 +351,28 @@ def test_given_a_task_blocking_its_worker_then_fast_tasks_never_wait_for_it(tmp_
     with open(log) as f:
         runs = sorted(int(line) for line in f)
     assert runs == list(range(1000)), "some call ran twice or never"
+
+
+def test_given_stream_with_dispatch_timeout_then_each_step_is_bounded_and_sends_pass():
+    """Given a generator routine with a dispatch timeout, steps that finish in time pass
+    through (asend included), and a step that does not raises TimeoutError; the remote
+    generator's finally runs."""
+    started, done = Pipe(), Pipe()
+    timed = wool_local.routine(r.slow_ticks.__wrapped__, dispatch_timeout=0.5)
+    counting = wool_local.routine(r.countdown.__wrapped__, dispatch_timeout=5)
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1):
+            assert [v async for v in counting(3)] == [3, 2, 1]
+            gen = timed(started.w, done.w)
+            assert await gen.__anext__() == 0
+            assert await gen.asend(None) == 1
+            with pytest.raises(TimeoutError):
+                await gen.__anext__()
+            assert await done.read() == b"finally"
+
+    try:
+        run(main)
+    finally:
+        started.close()
+        done.close()

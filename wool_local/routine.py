@@ -162,24 +162,8 @@ async def _started_call(proxy: Any, routine: Routine, args: Any, kwargs: Any) ->
     return await routine(*args, **kwargs)
 
 
-async def _started_stream(proxy: Any, routine: Routine, args: Any, kwargs: Any) -> AsyncGenerator:
-    await proxy.start()
-    gen = routine(*args, **kwargs)
-    try:
-        item = await gen.__anext__()
-        while True:
-            try:
-                sent = yield item
-            except GeneratorExit:
-                raise
-            except BaseException as exc:
-                item = await gen.athrow(exc)
-            else:
-                item = await gen.asend(sent)
-    except StopAsyncIteration:
-        return
-    finally:
-        await gen.aclose()
+def _started_stream(proxy: Any, routine: Routine, args: Any, kwargs: Any) -> AsyncGenerator:
+    return _relay(lambda: routine(*args, **kwargs), start=proxy.start())
 
 
 async def _timed_call(coro: Any, timeout: float | None) -> Any:
@@ -192,11 +176,15 @@ async def _timed_call(coro: Any, timeout: float | None) -> Any:
 def _timed_stream(gen: AsyncGenerator, timeout: float | None) -> AsyncGenerator:
     if timeout is None:
         return gen
-    return _bounded_steps(gen, timeout)
+    return _relay(lambda: gen, timeout=timeout)
 
 
-async def _bounded_steps(gen: AsyncGenerator, timeout: float) -> AsyncGenerator:
-    """Bound every step of a remote stream by ``timeout`` (asend/athrow pass through)."""
+async def _relay(make: Any, *, start: Any = None, timeout: float | None = None) -> AsyncGenerator:
+    """Forward the stream ``make()`` returns, step by step (asend, athrow and aclose
+    pass through): after awaiting ``start`` if given, each step bounded by ``timeout``."""
+    if start is not None:
+        await start
+    gen = make()
     try:
         async with asyncio.timeout(timeout):
             item = await gen.__anext__()
