@@ -57,9 +57,13 @@ def dumps(obj: Any, what: str) -> Pickled:
     try:
         return pickle.dumps(obj, PROTOCOL), []
     except Exception:
-        pass
+        return _by_value(obj, what), []
+
+
+def _by_value(obj: Any, what: str) -> bytes:
+    """cloudpickle, for what plain pickle cannot do; else a clear error naming ``what``."""
     try:
-        return cloudpickle.dumps(obj, PROTOCOL), []
+        return cloudpickle.dumps(obj, PROTOCOL)
     except Exception as exc:
         raise UnpicklableError(f"cannot send {what} between processes: {exc}") from exc
 
@@ -151,11 +155,7 @@ def _dumps_oob(obj: Any, what: str) -> Pickled:
     try:
         return pickle.dumps(wrapped, PROTOCOL, buffer_callback=out_of_band), buffers
     except Exception:
-        pass
-    try:
-        return cloudpickle.dumps(obj, PROTOCOL), []
-    except Exception as exc:
-        raise UnpicklableError(f"cannot send {what} between processes: {exc}") from exc
+        return _by_value(obj, what), []
 
 
 def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn: Any) -> Pickled:
@@ -226,7 +226,4 @@ def dumps_callable(fn: Any, main_has: Any) -> bytes:
             return pickle.dumps(fn, PROTOCOL)
         except Exception:
             pass
-    try:
-        return cloudpickle.dumps(fn, PROTOCOL)
-    except Exception as exc:
-        raise UnpicklableError(f"cannot send callable {fn!r} to a worker: {exc}") from exc
+    return _by_value(fn, f"callable {fn!r}")
