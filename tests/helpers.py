@@ -54,3 +54,22 @@ async def cancel_midway(coro: Awaitable[Any]) -> bool:
     except asyncio.CancelledError:
         return True
     return False
+
+
+def watch_messages(monkeypatch: Any, see: Callable[[Any], None]) -> None:
+    """Call ``see(message)`` on every message this process sends, before it is
+    encoded (``see`` may change it, to make a frame as another writer would)."""
+    from wool_local.workers import protocol
+
+    encode, encode_body = protocol.encode, protocol.encode_body
+
+    def spy_encode(message: Any, buffers: Any = ()) -> Any:
+        see(message)
+        return encode(message, buffers)
+
+    def spy_body(message: Any) -> bytes:
+        see(message)
+        return encode_body(message)
+
+    monkeypatch.setattr(protocol, "encode", spy_encode)
+    monkeypatch.setattr(protocol, "encode_body", spy_body)

@@ -12,7 +12,7 @@ import pytest
 
 import wool_local
 from tests import routines as r
-from tests.helpers import run
+from tests.helpers import run, watch_messages
 from wool_local.workers import protocol
 
 # -- the stdlib surface ---------------------------------------------------------------
@@ -67,14 +67,12 @@ def test_given_duplicate_key_then_clear_error():
 def test_given_caller_set_value_then_worker_sees_it_and_defaults_stay_home(monkeypatch):
     """Given a value set by the caller, the routine sees it; an unset var sends nothing."""
     sent = []
-    original = protocol.encode
 
-    def spy(message, buffers=()):
+    def spy(message):
         if isinstance(message, protocol.Call):
             sent.append(dict(message.context or {}))
-        return original(message, buffers)
 
-    monkeypatch.setattr(protocol, "encode", spy)
+    watch_messages(monkeypatch, spy)
 
     async def main():
         async with wool_local.WorkerPool(spawn=1):

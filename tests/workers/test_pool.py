@@ -13,7 +13,7 @@ import pytest
 
 import wool_local
 from tests import routines as r
-from tests.helpers import run
+from tests.helpers import run, watch_messages
 from wool_local.workers import protocol
 
 
@@ -62,14 +62,12 @@ def test_given_workers_killed_at_random_points_under_load_then_every_call_ends_i
 def test_given_many_calls_then_each_callable_is_sent_once_per_worker(monkeypatch):
     """Given 200 calls of one routine on 2 workers, its pickled form travels at most twice."""
     sent_defs = []
-    original = protocol.encode
 
-    def spy(message, buffers=()):
+    def spy(message):
         if isinstance(message, protocol.Call) and message.fn_def is not None:
             sent_defs.append(message.fn)
-        return original(message, buffers)
 
-    monkeypatch.setattr(protocol, "encode", spy)
+    watch_messages(monkeypatch, spy)
 
     async def main():
         async with wool_local.WorkerPool(spawn=2):

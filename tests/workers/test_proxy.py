@@ -12,7 +12,7 @@ import pytest
 
 import wool_local
 from tests import routines as r
-from tests.helpers import Pipe, cancel_midway, run
+from tests.helpers import Pipe, cancel_midway, run, watch_messages
 from wool_local.workers import protocol
 from wool_local.workers.proxy import PROXY_KEY, WorkerProxy
 
@@ -124,9 +124,8 @@ def test_given_old_and_new_frame_layouts_then_same_behaviour_and_one_acquisition
 ):
     """Given Call frames carrying the proxy in the context chain, in the deprecated fields,
     or in both, the worker gets the same proxy, materialised exactly once per dispatch."""
-    original = protocol.encode
 
-    def rewrite(message, buffers=()):
+    def rewrite(message):
         if isinstance(message, protocol.Call) and message.context:
             proxy_bytes = message.context.get(PROXY_KEY)
             if frame in ("fields", "both") and proxy_bytes is not None:
@@ -136,9 +135,8 @@ def test_given_old_and_new_frame_layouts_then_same_behaviour_and_one_acquisition
                 message.proxy_id = pickle.loads(proxy_bytes).id
             if frame == "fields":
                 message.context = {k: v for k, v in message.context.items() if k != PROXY_KEY}
-        return original(message, buffers)
 
-    monkeypatch.setattr(protocol, "encode", rewrite)
+    watch_messages(monkeypatch, rewrite)
 
     async def main():
         async with wool_local.WorkerPool(spawn=1):

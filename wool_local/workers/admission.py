@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .link import Link
-from .protocol import Call, Message, Returned
+from .protocol import Batch, Call, Message, Returned, decode
 
 #: The status word the worker bumps whenever its loop runs.
 TICK = 0
@@ -31,7 +31,7 @@ class LockedLink(Link):
         super().__init__(*args, **kw)
         self.lock = lock
         self._on_idle = on_idle
-        self.deferred: list[tuple[Message, list[bytes]]] = []  # read by the returner
+        self.deferred: list[tuple[Message, Sequence[bytes]]] = []  # read by the returner
         self.failed: BaseException | None = None  # a bad frame the returner met
 
     def pump(self) -> None:
@@ -66,7 +66,7 @@ class LockedLink(Link):
 class Admission:
     """The worker service's start gate and returner (``self`` is the service)."""
 
-    def _admit(self, call: Call, buffers: list[bytes]) -> None:
+    def _admit(self, call: Call, buffers: Sequence[bytes]) -> None:
         """Start ``call``: its task is created now, and runs its body only if it passes
         the start gate at its first step (the returner may have handed it back first)."""
         with self._lock:
@@ -106,14 +106,19 @@ class Admission:
                     self.link.send_now(Returned(returned))
 
     def _sort_unread(self, returned: list[int]) -> Any:
-        from .protocol import decode
-
-        def handle(view: memoryview) -> None:
-            msg, buffers = decode(view)
+        def sort(msg: Message, buffers: Sequence[bytes]) -> None:
             if type(msg) is Call:
                 self._keep_definition(msg)  # the hub now counts on us having it
                 returned.append(msg.id)
             else:
                 self.link.deferred.append((msg, buffers))
+
+        def handle(view: memoryview) -> None:
+            msg, buffers = decode(view)
+            if type(msg) is Batch:
+                for one in msg.messages:
+                    sort(one, [])
+            else:
+                sort(msg, buffers)
 
         return handle

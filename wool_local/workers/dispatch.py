@@ -68,15 +68,18 @@ class Pending:
     request whose Cancel was sent and whose final answer is still due.
     """
 
-    __slots__ = ("__weakref__", "buffers", "call", "cancelled", "future", "target")
+    __slots__ = ("__weakref__", "buffers", "call", "cancelled", "future", "id", "target")
 
-    def __init__(self, future: Any, target: Target | None = None) -> None:
+    def __init__(
+        self, rid: int, future: Any, call: Call | None = None, buffers: Sequence[Any] = ()
+    ) -> None:
+        self.id = rid
         self.future = future
-        self.target = target
+        self.target: Target | None = None
         self.cancelled = False
-        # The call as sent, kept until answered: a worker may hand it back unstarted.
-        self.call: Call | None = None
-        self.buffers: Sequence[Any] = ()
+        # The call, kept until answered: a worker may hand it back unstarted.
+        self.call = call
+        self.buffers = buffers
 
 
 class Dispatcher:
@@ -97,8 +100,9 @@ class Dispatcher:
 
     # -- hooks -------------------------------------------------------------
 
-    def submit(self, rid: int, pending: Pending, call: Call, buffers: Sequence[Any] = ()) -> None:
-        """Send ``call`` now or queue it until a target has room (subclasses schedule)."""
+    def submit(self, pending: Pending) -> None:
+        """Send ``pending.call`` now or queue it until a target has room (subclasses
+        schedule)."""
         raise NotImplementedError
 
     def _answered(self, target: Target) -> None:
@@ -126,22 +130,21 @@ class Dispatcher:
         self._fn_cache[id(fn)] = (fn, fid)
         return fid
 
-    def send_call(
-        self, target: Target, pending: Pending, call: Call, buffers: Sequence[Any] = ()
-    ) -> None:
-        """Send ``call``, attaching the callable's definition the first time ``target`` sees it.
+    def send_call(self, target: Target, pending: Pending) -> None:
+        """Send ``pending.call``, attaching the callable's definition the first time
+        ``target`` sees it.
 
         The bookkeeping follows the send: a send that fails (no room for a spill
         segment, a lost link) leaves no count or "already has it" behind.
         """
+        call = pending.call
+        assert call is not None
         fid = call.fn
         known = target.known_fns
         call.fn_def = None if fid in known else self.fn_defs[fid]
-        target.send(call, buffers)
+        target.send(call, pending.buffers)
         known.add(fid)
         pending.target = target
-        pending.call = call
-        pending.buffers = buffers
         target.open += 1
         target.load += 1
 
@@ -151,7 +154,7 @@ class Dispatcher:
 
     # -- receiving ---------------------------------------------------------
 
-    def on_reply(self, reply: Reply, buffers: list[bytes]) -> None:
+    def on_reply(self, reply: Reply, buffers: Sequence[bytes]) -> None:
         pending = self._pending.get(reply.id)
         if pending is None:
             return  # late answer to something already failed
@@ -159,6 +162,7 @@ class Dispatcher:
         assert target is not None
         target.load -= 1
         pending.call = None  # answered: it started, it can no longer be handed back
+        pending.buffers = ()
         final = reply.status != YIELDED
         if final:
             del self._pending[reply.id]
@@ -223,35 +227,48 @@ class Dispatcher:
 
     async def call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``fn(*args, **kwargs)`` (a coroutine function) remotely and return its result."""
+        # This is the hot path of every dispatch: one coroutine, one future, one
+        # Pending, nothing kept that the answer does not need (each object alive
+        # per call in flight is work for the cyclic GC when thousands are).
         fid = self.encode_fn(fn)
         data, buffers = payload.dumps_args(args, kwargs, fn)
-        snapshot = context.snapshot()
+        args = kwargs = None  # type: ignore[assignment]  # sent as a pickle: let go
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
-        pending = self._pending[rid] = Pending(fut)
+        call = Call(rid, fid, None, data, context=context.snapshot())
+        pending = self._pending[rid] = Pending(rid, fut, call, buffers)
         try:
-            self.submit(rid, pending, Call(rid, fid, None, data, context=snapshot), buffers)
+            self.submit(pending)
         except BaseException:
             self._pending.pop(rid, None)
             raise
-        answer = await self._answer(rid, pending)
+        try:
+            answer = await fut
+        except asyncio.CancelledError:
+            self._gave_up(pending)
+            raise
         if answer[0].context:  # what the routine set comes back, as in one process
             context.apply(context.decode(answer[0].context), back=True)
         return _outcome(answer, fn)
 
-    async def _answer(self, rid: int, pending: Pending) -> tuple[Reply, list[bytes]]:
-        """Await the answer to ``rid``; on cancellation, cancel the remote side too."""
+    async def _answer(self, pending: Pending) -> tuple[Reply, Sequence[bytes]]:
+        """Await the answer to ``pending``; on cancellation, cancel the remote side too."""
         try:
             return await pending.future
         except asyncio.CancelledError:
-            if self._pending.get(rid) is pending:
-                pending.future = None
-                if pending.target is None:  # still queued: it never left this process
-                    del self._pending[rid]
-                    self._unqueue(rid)
-                else:
-                    self.cancel_remote(pending, rid)
+            self._gave_up(pending)
             raise
+
+    def _gave_up(self, pending: Pending) -> None:
+        """The caller stopped waiting for ``pending``: unqueue it, or cancel it remotely."""
+        rid = pending.id
+        if self._pending.get(rid) is pending:
+            pending.future = None
+            if pending.target is None:  # still queued: it never left this process
+                del self._pending[rid]
+                self._unqueue(rid)
+            else:
+                self.cancel_remote(pending, rid)
 
     def cancel_remote(self, pending: Pending, rid: int) -> None:
         """Send Cancel for ``rid``; escalate if no final answer comes within the grace."""
@@ -289,16 +306,16 @@ class Dispatcher:
                 snapshot = context.snapshot()
                 if pending is None:  # the first step starts the remote generator
                     rid = next(self._ids)
-                    pending = self._pending[rid] = Pending(fut)
                     call = Call(rid, fid, None, args[0], GENERATOR, op, value, snapshot)
-                    self.submit(rid, pending, call, buffers)
+                    pending = self._pending[rid] = Pending(rid, fut, call, buffers)
+                    self.submit(pending)
                 else:
                     target = pending.target
                     if target is None or not target.alive or self._pending.get(rid) is not pending:
                         raise protocol.ProtocolError("the remote generator session is gone")
                     pending.future = fut
                     self.send_step(target, Step(rid, op, value, snapshot), buffers)
-                answer = await self._answer(rid, pending)
+                answer = await self._answer(pending)
                 reply = answer[0]
                 if reply.context:
                     context.apply(context.decode(reply.context), back=True)
@@ -320,7 +337,7 @@ class Dispatcher:
                     value, buffers = payload.dumps(exc, f"the exception thrown into {_name(fn)}")
                 else:
                     if sent is None:
-                        op, value, buffers = NEXT, None, []
+                        op, value, buffers = NEXT, None, ()
                     else:
                         op = SEND
                         value, buffers = payload.dumps(sent, f"the value sent to {_name(fn)}")
@@ -343,7 +360,7 @@ class Dispatcher:
         try:
             self.send_step(target, Step(rid, CLOSE))
             async with asyncio.timeout(self.cancel_grace):
-                await self._answer(rid, pending)
+                await self._answer(pending)
         except Exception:
             pass
 
@@ -352,7 +369,7 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
-def _outcome(answer: tuple[Reply, list[bytes]], fn: Any) -> Any:
+def _outcome(answer: tuple[Reply, Sequence[bytes]], fn: Any) -> Any:
     reply, buffers = answer
     status = reply.status
     if status == RETURNED:

@@ -86,7 +86,7 @@ class HandBack:
                     pending.future.set_result((Reply(rid, CANCELLED), []))
                 continue
             pending.target = None
-            back.append((rid, pending, pending.call, pending.buffers))
+            back.append(pending)
         if not self._pending:
             self._wake_drained()  # the last outstanding requests were cancelled ones
         if back:

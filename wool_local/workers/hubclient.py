@@ -11,7 +11,7 @@ from typing import Any
 
 from .dispatch import Dispatcher, Pending, Target
 from .link import Link
-from .protocol import Call, Message
+from .protocol import Message
 
 #: A worker's dispatcher, for code that runs there without a ``__proxy__`` bound
 #: (a task it started itself, say); set by the worker service. Routines normally
@@ -40,5 +40,5 @@ class HubClient(Dispatcher):
         super().__init__(main_has=lambda fn: False)
         self.target = _HubTarget(link)
 
-    def submit(self, rid: int, pending: Pending, call: Call, buffers: Sequence[Any] = ()) -> None:
-        self.send_call(self.target, pending, call, buffers)  # the hub does the scheduling
+    def submit(self, pending: Pending) -> None:
+        self.send_call(self.target, pending)  # the hub does the scheduling

@@ -24,7 +24,7 @@ PROTOCOL = 5
 OOB_MIN = 64 << 10
 
 #: A pickled payload: the pickle stream and its out-of-band buffers.
-Pickled = tuple[bytes, list[Any]]
+Pickled = tuple[bytes, Sequence[Any]]
 
 
 class UnpicklableError(TypeError):
@@ -55,9 +55,9 @@ def dumps(obj: Any, what: str) -> Pickled:
     if _has_big(obj, 2):
         return _dumps_oob(obj, what)
     try:
-        return pickle.dumps(obj, PROTOCOL), []
+        return pickle.dumps(obj, PROTOCOL), ()
     except Exception:
-        return _by_value(obj, what), []
+        return _by_value(obj, what), ()
 
 
 def _by_value(obj: Any, what: str) -> bytes:
@@ -155,7 +155,7 @@ def _dumps_oob(obj: Any, what: str) -> Pickled:
     try:
         return pickle.dumps(wrapped, PROTOCOL, buffer_callback=out_of_band), buffers
     except Exception:
-        return _by_value(obj, what), []
+        return _by_value(obj, what), ()
 
 
 def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn: Any) -> Pickled:
@@ -169,7 +169,7 @@ def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn: Any) -> Pickle
         big = _has_big(kwargs, 2)
     if not big:
         try:
-            return pickle.dumps((args, kwargs), PROTOCOL), []
+            return pickle.dumps((args, kwargs), PROTOCOL), ()
         except Exception:
             pass
     try:

@@ -103,7 +103,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         self._spawning: dict[int, tuple[Channel, int, asyncio.Future[WorkerHandle]]] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._seq = itertools.count(1)
-        self._queue: deque[tuple[int, Pending, Call, Sequence[Any]]] = deque()
+        self._queue: deque[Pending] = deque()  # calls waiting for a worker with room
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exits: dict[int, asyncio.Future[None]] = {}
         self.closed = False
@@ -200,7 +200,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         chan.segment.unlink()  # both sides have it mapped now
         handle: WorkerHandle | None = None
 
-        def on_message(msg: Message, buffers: list[bytes]) -> None:
+        def on_message(msg: Message, buffers: Sequence[bytes]) -> None:
             assert handle is not None
             self._on_worker_message(handle, msg, buffers)
 
@@ -365,24 +365,22 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
                 best, best_load = handle, load
         return best
 
-    def submit(self, rid: int, pending: Pending, call: Call, buffers: Sequence[Any] = ()) -> None:
+    def submit(self, pending: Pending) -> None:
         if self.closed or self.broken is not None:
             raise self.broken or PoolClosed("the pool is closed")
         handle = self._pick() if not self._queue else None
         if handle is None:
-            self._queue.append((rid, pending, call, buffers))
+            self._queue.append(pending)
             if self._serving() + len(self._spawning) < self.size:
                 self._spawn_worker()  # grow back on demand
         else:
-            self.send_call(handle, pending, call, buffers)
+            self.send_call(handle, pending)
         if self._watchdog is None:
             assert self._loop is not None
             self._watchdog = self._loop.call_later(self.stall_after, self._watch)
 
-    def send_call(
-        self, target: Target, pending: Pending, call: Call, buffers: Sequence[Any] = ()
-    ) -> None:
-        super().send_call(target, pending, call, buffers)
+    def send_call(self, target: Target, pending: Pending) -> None:
+        super().send_call(target, pending)
         target.idle_since = None  # type: ignore[attr-defined]
 
     def _finished(self, target: Target) -> None:
@@ -409,7 +407,8 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         """Capacity freed up (or a worker joined): send queued calls, oldest first."""
         queue = self._queue
         while queue:
-            rid, pending, call, buffers = queue[0]
+            pending = queue[0]
+            rid = pending.id
             if self._pending.get(rid) is not pending:
                 queue.popleft()  # its caller gave up while it waited
                 continue
@@ -418,7 +417,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
                 return
             queue.popleft()
             try:
-                self.send_call(handle, pending, call, buffers)
+                self.send_call(handle, pending)
             except Exception as exc:
                 del self._pending[rid]
                 if pending.future is not None and not pending.future.done():
@@ -427,15 +426,17 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
     def _wake_all(self, exc: BaseException) -> None:
         """Fail every queued call with ``exc``."""
         while self._queue:
-            rid, pending, _, _ = self._queue.popleft()
-            if self._pending.get(rid) is pending:
-                del self._pending[rid]
+            pending = self._queue.popleft()
+            if self._pending.get(pending.id) is pending:
+                del self._pending[pending.id]
                 if pending.future is not None and not pending.future.done():
                     pending.future.set_exception(exc)
 
     # -- messages from workers ---------------------------------------------
 
-    def _on_worker_message(self, handle: WorkerHandle, msg: Message, buffers: list[bytes]) -> None:
+    def _on_worker_message(
+        self, handle: WorkerHandle, msg: Message, buffers: Sequence[bytes]
+    ) -> None:
         kind = type(msg)
         if kind is Returned:
             self._on_returned(handle, msg.ids)  # type: ignore[union-attr]
@@ -466,7 +467,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         return self._workers.get(pid)
 
     def queued(self) -> int:
-        return sum(1 for rid, p, _, _ in self._queue if self._pending.get(rid) is p)
+        return sum(1 for p in self._queue if self._pending.get(p.id) is p)
 
 
 def _ignore_result(fut: asyncio.Future[Any]) -> None:

@@ -80,7 +80,13 @@ class Ping(msgspec.Struct, array_like=True, tag=7, gc=False):
     """Hub to worker: handling it shows the worker's loop runs (see ``Pool._watch``)."""
 
 
-Message = Call | Step | Cancel | Reply | Stop | Returned | Ping
+class Batch(msgspec.Struct, array_like=True, tag=8, gc=False):
+    """Several messages in one frame, handled in order (see :func:`batch_frame`)."""
+
+    messages: list[Call | Step | Cancel | Reply | Stop | Returned | Ping]
+
+
+Message = Call | Step | Cancel | Reply | Stop | Returned | Ping | Batch
 
 
 class Envelope(msgspec.Struct, array_like=True, gc=False):
@@ -110,16 +116,43 @@ def encode(message: Message, buffers: Sequence[Any] = ()) -> bytes | list[Any]:
     return [bytes((_OOB_MARK,)) + len(env).to_bytes(4, "little") + env, *buffers]
 
 
+def encode_body(message: Message) -> bytes:
+    """``message`` alone, to go into a frame with :func:`batch_frame`."""
+    return _encoder.encode(message)
+
+
+# ``[PROTOCOL_VERSION, message]``: an envelope with no out-of-band sizes.
+_ENVELOPE_HEAD = b"\x92" + _encoder.encode(PROTOCOL_VERSION)
+# ``[PROTOCOL_VERSION, [8, [...]]]``: a Batch envelope up to its array's length.
+_BATCH_HEAD = _ENVELOPE_HEAD + b"\x92" + _encoder.encode(8)
+
+
+def batch_frame(bodies: list[bytes]) -> bytes:
+    """One frame holding the messages ``bodies`` (from :func:`encode_body`), in order.
+
+    Assembled by hand from bodies encoded one by one, so a sender knows the
+    size of what it has queued; a msgpack array is its length followed by its
+    elements, so this decodes as an envelope holding one ``Batch``.
+    """
+    n = len(bodies)
+    if n == 1:
+        return _ENVELOPE_HEAD + bodies[0]
+    head = bytes((0x90 | n,)) if n < 16 else b"\xdd" + n.to_bytes(4, "big")
+    return b"".join((_BATCH_HEAD, head, *bodies))
+
+
 def _nbytes(buffer: Any) -> int:
     return memoryview(buffer).nbytes
 
 
-def decode(data: memoryview | bytes) -> tuple[Message, list[bytes]]:
+def decode(data: memoryview | bytes) -> tuple[Message, Sequence[bytes]]:
     """The message in a frame and its out-of-band buffers (copied out of the frame)."""
     buffers: list[bytes] = []
     try:
         if data[0] != _OOB_MARK:
             env = _decoder.decode(data)
+            if env.version == PROTOCOL_VERSION:
+                return env.message, ()
         else:
             end = 5 + int.from_bytes(data[1:5], "little")
             env = _decoder.decode(data[5:end])

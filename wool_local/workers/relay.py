@@ -11,15 +11,14 @@ Mixed into :class:`~wool_local.workers.pool.Pool`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import msgspec
 
 from . import payload
 from .dispatch import Pending
 from .handle import WorkerHandle
 from .protocol import CANCELLED, RAISED, YIELDED, Call, Reply, Step
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Forward:
@@ -34,7 +33,7 @@ class _Forward:
     def done(self) -> bool:
         return False
 
-    def set_result(self, answer: tuple[Reply, list[bytes]]) -> None:
+    def set_result(self, answer: tuple[Reply, Sequence[bytes]]) -> None:
         reply, buffers = answer
         if reply.status != YIELDED:
             self.pool._relay_finished(self.asker, self.call_id)
@@ -52,7 +51,7 @@ class _Forward:
 class Relaying:
     """The pool's side of nested calls (``self`` is the :class:`Pool`)."""
 
-    def _relay_call(self, asker: WorkerHandle, call: Call, buffers: list[bytes]) -> None:
+    def _relay_call(self, asker: WorkerHandle, call: Call, buffers: Sequence[bytes]) -> None:
         """A worker dispatches onward: schedule its call like any other."""
         if call.fn_def is not None:
             self.fn_defs[call.fn] = call.fn_def
@@ -63,27 +62,17 @@ class Relaying:
         asker.nested += 1
         self._answered(asker)  # its waiting task frees a slot for queued calls
         hid = next(self._ids)
-        pending = self._pending[hid] = Pending(_Forward(self, asker, call.id))
+        relayed = msgspec.structs.replace(call, id=hid, fn_def=None)
+        forward = _Forward(self, asker, call.id)
+        pending = self._pending[hid] = Pending(hid, forward, relayed, buffers)
         asker.relays[call.id] = hid
         try:
-            relayed = Call(
-                hid,
-                call.fn,
-                None,
-                call.args,
-                call.kind,
-                call.op,
-                call.value,
-                call.context,
-                call.proxy,
-                call.proxy_id,
-            )
-            self.submit(hid, pending, relayed, buffers)
+            self.submit(pending)
         except Exception as exc:
             del self._pending[hid]
             pending.future.set_exception(exc)
 
-    def _relay_step(self, asker: WorkerHandle, step: Step, buffers: list[bytes]) -> None:
+    def _relay_step(self, asker: WorkerHandle, step: Step, buffers: Sequence[bytes]) -> None:
         hid = asker.relays.get(step.id)
         pending = self._pending.get(hid) if hid is not None else None
         if pending is None or pending.target is None or hid is None:

@@ -149,7 +149,7 @@ class WorkerService(Admission):
 
     # -- messages ----------------------------------------------------------
 
-    def _on_message(self, msg: Message, buffers: list[bytes]) -> None:
+    def _on_message(self, msg: Message, buffers: Sequence[bytes]) -> None:
         if type(msg) is Call:
             if msg.fn_def is not None:
                 self._keep_definition(msg)  # even if it is handed back unstarted
@@ -289,7 +289,7 @@ class WorkerService(Admission):
 
     # -- running -------------------------------------------------------------
 
-    def _start(self, call: Call, buffers: list[bytes]) -> None:
+    def _start(self, call: Call, buffers: Sequence[bytes]) -> None:
         try:
             fn = self._resolve(call)
             args, kwargs = payload.loads(call.args, "the arguments", buffers)
@@ -318,7 +318,7 @@ class WorkerService(Admission):
             self._gen_leases[call.id] = lease
         self._spawn(call.id, self._step(call.id, call.op, call.value, [], first=True), ctx)
 
-    def _next_step(self, step: Step, buffers: list[bytes]) -> None:
+    def _next_step(self, step: Step, buffers: Sequence[bytes]) -> None:
         ctx = self._gen_contexts.get(step.id)
         if ctx is not None and step.context:
             try:
@@ -376,7 +376,7 @@ class WorkerService(Admission):
         self._reply(rid, RETURNED, data, out, self._back(sent))
 
     async def _step(
-        self, rid: int, op: int, value: bytes | None, buffers: list[bytes], first: bool = False
+        self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes], first: bool = False
     ) -> None:
         if first and not self._pass_gate(rid):
             self._end_session(rid)  # handed back before it started: nothing ran
