@@ -38,6 +38,8 @@ _UNSET: Any = object()
 #: Every declared variable of this process, by key. Variables are meant to be
 #: declared once, at module level, like stdlib ones; they are never dropped.
 _registry: dict[str, ContextVar[Any]] = {}
+#: ``(key, stdlib getter)`` of each, for the loop every dispatch runs.
+_getters: list[tuple[str, Any]] = []
 
 #: Values received for keys no variable of this process has declared (yet).
 _unbound: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -81,6 +83,7 @@ class ContextVar(Generic[T]):
         self._default = default
         self._inner: contextvars.ContextVar[T] = contextvars.ContextVar(name)
         _registry[key] = self
+        _getters.append((key, self._inner.get))
 
     def get(self, default: T = _NO_DEFAULT) -> T:
         """The value in the current context, else ``default``, else the variable's default."""
@@ -158,8 +161,8 @@ def snapshot() -> Snapshot | None:
     unbound = _unbound.get()
     if unbound:
         out = encode(dict(unbound))
-    for key, var in _registry.items():
-        value = var._inner.get(_UNSET)
+    for key, get in _getters:
+        value = get(_UNSET)
         if value is _UNSET:
             continue
         last = _last_pickled.get(key)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from .admission import TICK
 from .handle import WorkerHandle
@@ -87,6 +88,8 @@ class HandBack:
                 continue
             pending.target = None
             back.append(pending)
+        if handle.open == 0:
+            handle.idle_since = time.monotonic()
         if not self._pending:
             self._wake_drained()  # the last outstanding requests were cancelled ones
         if back:

@@ -34,8 +34,17 @@ log = logging.getLogger("wool_local")
 #: Longest spin after a send, in seconds.
 SPIN_WINDOW = 100e-6
 
-#: Queued messages are written as one frame once they reach this many bytes.
+#: Queued messages go out as one frame (and the peer is rung) once there are this
+#: many, or this many bytes, without waiting for the end of the loop iteration:
+#: the peer starts on the first part of a burst while we produce the rest.
+BATCH_COUNT = 16
 BATCH_BYTES = 32 << 10
+
+
+def _report(msg: Message) -> None:
+    # One message's handler failing must not stop the pump (the ring would stay
+    # disarmed and later frames unread): report it and go on.
+    log.exception("wool_local: handling %s failed", type(msg).__name__)
 
 
 class LinkLost(Exception):
@@ -58,12 +67,13 @@ class Link:
         self.end = end
         self._reader = end.reader
         self._writer = end.writer
-        self._on_message = on_message
+        self.on_message = on_message
         self._on_lost = on_lost
         self._watch_peer = watch_peer
         self._backlog: deque[Any] = deque()
         self._outbox: list[bytes] = []  # message bodies for the next frame
         self._outbox_bytes = 0
+        self._unrung = False  # a frame went out that the peer was not rung for
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spin_window = SPIN_WINDOW if spin_window is None else spin_window
         self._expects_answer = expects_answer
@@ -99,25 +109,33 @@ class Link:
                     self._sent_at = None
                     self._latency += (took - self._latency) * 0.25
                 if reader.arm():
-                    return
+                    break
         except (RingClosed, PeerDied, FrameError, ProtocolError, IpcError) as exc:
             self._lose(exc)
+            return
+        if self._outbox and self.lost is None:
+            # What handling these messages sent (the next queued calls, for
+            # answers that freed room) goes now, not after the callbacks they
+            # scheduled: the peer may be idle until it gets them.
+            self._push()
 
     def _handle(self, view: memoryview) -> None:
         msg, buffers = protocol.decode(view)
-        if type(msg) is Batch:
-            for one in msg.messages:
-                self._handle_message(one, ())
-        else:
+        if type(msg) is not Batch:
             self._handle_message(msg, buffers)
+            return
+        on_message = self.on_message
+        for one in msg.messages:
+            try:
+                on_message(one, ())
+            except Exception:
+                _report(one)
 
     def _handle_message(self, msg: Message, buffers: Sequence[bytes]) -> None:
         try:
-            self._on_message(msg, buffers)
+            self.on_message(msg, buffers)
         except Exception:
-            # One message's handler failing must not stop the pump (the ring would
-            # stay disarmed and later frames unread): report it and go on.
-            log.exception("wool_local: handling %s failed", type(msg).__name__)
+            _report(msg)
 
     def _on_peer_exit(self) -> None:
         assert self._loop is not None
@@ -138,8 +156,8 @@ class Link:
     def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
         """Queue ``message`` for the peer; never blocks (a full ring backs up here).
 
-        The frame is visible to a spinning peer at once; a sleeping peer is
-        rung once per loop iteration, however many messages went out in it.
+        Messages sent in one loop iteration go out together at its end, or
+        every ``BATCH_COUNT``; a sleeping peer is rung once per frame at most.
         """
         if self.lost is not None:
             raise LinkLost(f"cannot send: {self.lost}")
@@ -150,7 +168,9 @@ class Link:
             body = protocol.encode_body(message)
             self._outbox.append(body)
             self._outbox_bytes += len(body)
-            if self._outbox_bytes >= BATCH_BYTES or self._loop is None:
+            if len(self._outbox) >= BATCH_COUNT or self._outbox_bytes >= BATCH_BYTES:
+                self._push()  # a long burst: let the peer start on this part
+            elif self._loop is None:
                 self._seal()
         if not self._after_send_scheduled and self._loop is not None:
             self._after_send_scheduled = True
@@ -164,10 +184,19 @@ class Link:
             self._outbox_bytes = 0
             self._write(frame)
 
+    def _push(self) -> None:
+        """Write the queued messages and ring the peer if it sleeps."""
+        self._seal()
+        if self._unrung and self.lost is None:
+            self._unrung = False
+            self._writer.wake_reader()
+
     def _write(self, data: Any) -> None:
         if self._backlog or not self._writer.try_write(data, wake=False):
             self._backlog.append(data)
             self._flush()
+        else:
+            self._unrung = True
 
     def send_now(self, message: Message) -> None:
         """Write ``message`` and wake the peer, from any thread (the caller holds
@@ -178,8 +207,6 @@ class Link:
         data = protocol.encode(message)
         if self._backlog or not self._writer.try_write(data):
             self._backlog.append(data)  # keep order; the loop flushes it
-            return
-        self._writer.wake_reader()
 
     @property
     def reader(self) -> Any:
@@ -204,10 +231,9 @@ class Link:
         self._after_send_scheduled = False
         if self.lost is not None:
             return
-        self._seal()
+        self._push()
         if self.lost is not None:
             return
-        self._writer.wake_reader()
         if self._spin_window <= 0 or not self._expects_answer():
             return
         if self._sent_at is None:

@@ -82,7 +82,7 @@ class Monitor:
         health = WorkerHealth(
             pid=handle.pid,
             age=now - handle.started_at,
-            idle=0.0 if handle.idle_since is None else now - handle.idle_since,
+            idle=handle.idle_for(now),
             tasks_completed=handle.completed,
             inflight=handle.load,
         )

@@ -200,10 +200,6 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         chan.segment.unlink()  # both sides have it mapped now
         handle: WorkerHandle | None = None
 
-        def on_message(msg: Message, buffers: Sequence[bytes]) -> None:
-            assert handle is not None
-            self._on_worker_message(handle, msg, buffers)
-
         def on_lost(exc: BaseException) -> None:
             # The zygote's exit report does the bookkeeping; a corrupt channel
             # means the worker cannot be trusted, so make sure it does exit.
@@ -215,8 +211,9 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             # stream in anyway and the loop has queued work to do meanwhile.
             return handle is not None and handle.load <= 2
 
-        link = Link(chan.end(0, peer_pid=pid), on_message, on_lost, expects_answer=expects_answer)
+        link = Link(chan.end(0, peer_pid=pid), _unbound, on_lost, expects_answer=expects_answer)
         handle = WorkerHandle(pid, link, return_fd)
+        link.on_message = functools.partial(self._on_worker_message, handle)
         self._workers[pid] = handle
         link.start()
         if self.closed:
@@ -379,10 +376,6 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             assert self._loop is not None
             self._watchdog = self._loop.call_later(self.stall_after, self._watch)
 
-    def send_call(self, target: Target, pending: Pending) -> None:
-        super().send_call(target, pending)
-        target.idle_since = None  # type: ignore[attr-defined]
-
     def _finished(self, target: Target) -> None:
         handle: WorkerHandle = target  # type: ignore[assignment]
         handle.completed += 1
@@ -468,6 +461,10 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
 
     def queued(self) -> int:
         return sum(1 for p in self._queue if self._pending.get(p.id) is p)
+
+
+def _unbound(msg: Message, buffers: Sequence[bytes]) -> None:
+    raise AssertionError("a link delivered a message before its handle was bound")
 
 
 def _ignore_result(fut: asyncio.Future[Any]) -> None:

@@ -116,9 +116,8 @@ def encode(message: Message, buffers: Sequence[Any] = ()) -> bytes | list[Any]:
     return [bytes((_OOB_MARK,)) + len(env).to_bytes(4, "little") + env, *buffers]
 
 
-def encode_body(message: Message) -> bytes:
-    """``message`` alone, to go into a frame with :func:`batch_frame`."""
-    return _encoder.encode(message)
+#: ``encode_body(message)``: the message alone, to go into a frame with :func:`batch_frame`.
+encode_body = _encoder.encode
 
 
 # ``[PROTOCOL_VERSION, message]``: an envelope with no out-of-band sizes.

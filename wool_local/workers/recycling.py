@@ -105,7 +105,7 @@ class Recycling:
                     uss=seen.uss if seen else None,
                     fds=seen.fds if seen else None,
                     age=now - h.started_at,
-                    idle=0.0 if h.idle_since is None else now - h.idle_since,
+                    idle=h.idle_for(now),
                     tasks_completed=h.completed,
                     inflight=h.load,
                 )
