@@ -23,6 +23,8 @@ from .protocol import Batch, Call, Message, Returned, decode
 #: The status word the worker bumps whenever its loop runs.
 TICK = 0
 
+_GONE = object()
+
 
 class LockedLink(Link):
     """A link whose ring access is shared with the returner thread under one lock."""
@@ -68,18 +70,18 @@ class Admission:
 
     def _admit(self, call: Call, buffers: Sequence[bytes]) -> None:
         """Start ``call``: its task is created now, and runs its body only if it passes
-        the start gate at its first step (the returner may have handed it back first)."""
-        with self._lock:
-            self._unstarted.add(call.id)
+        the start gate at its first step (the returner may have handed it back first).
+        Called from the pump, which holds the lock the returner takes."""
+        self._unstarted[call.id] = None
         self._start(call, buffers)
 
     def _pass_gate(self, rid: int) -> bool:
-        """At a task's first step: True to run it, False if it was handed back."""
-        with self._lock:
-            if rid in self._unstarted:
-                self._unstarted.discard(rid)
-                return True
-            return False
+        """At a task's first step: True to run it, False if it was handed back.
+
+        No lock: ``dict.pop`` is one atomic step under the GIL, and the returner
+        revokes with ``pop`` too, so exactly one of them gets each call.
+        """
+        return self._unstarted.pop(rid, _GONE) is not _GONE
 
     def _returner(self) -> None:
         """Thread: when the hub asks, hand back every call not started yet."""
@@ -94,8 +96,8 @@ class Admission:
                     return
                 # Tasks created but not at their first step yet: a task blocking the
                 # loop keeps them from it. Revoke them; their gate turns them away.
-                returned = list(self._unstarted)
-                self._unstarted.clear()
+                unstarted = self._unstarted
+                returned = [r for r in list(unstarted) if unstarted.pop(r, _GONE) is not _GONE]
                 # Calls still in the ring are not started either: take them too,
                 # and leave every other message for the loop, in order.
                 try:

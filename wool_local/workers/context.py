@@ -38,8 +38,10 @@ _UNSET: Any = object()
 #: Every declared variable of this process, by key. Variables are meant to be
 #: declared once, at module level, like stdlib ones; they are never dropped.
 _registry: dict[str, ContextVar[Any]] = {}
-#: ``(key, stdlib getter)`` of each, for the loop every dispatch runs.
+#: ``(key, stdlib getter)`` of each, for the loops every dispatch runs; and of
+#: those whose values may travel back (not forward-only).
 _getters: list[tuple[str, Any]] = []
+_back_getters: list[tuple[str, Any]] = []
 
 #: Values received for keys no variable of this process has declared (yet).
 _unbound: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -84,6 +86,8 @@ class ContextVar(Generic[T]):
         self._inner: contextvars.ContextVar[T] = contextvars.ContextVar(name)
         _registry[key] = self
         _getters.append((key, self._inner.get))
+        if not forward_only:
+            _back_getters.append((key, self._inner.get))
 
     def get(self, default: T = _NO_DEFAULT) -> T:
         """The value in the current context, else ``default``, else the variable's default."""
@@ -252,11 +256,16 @@ def encode_back(synced: dict[str, Any]) -> tuple[Snapshot | None, dict[str, Any]
     already has), pickled for the trip back, and those values. Unchanged ones stay
     home, so the caller keeps its own objects. Never raises: an unpicklable value
     becomes a ContextDecodeWarning on the other side, and the result still goes."""
-    values = {
-        key: value
-        for key, value in capture(back=True).items()
-        if synced.get(key, _UNSET) is not value
-    }
+    values = {}
+    unbound = _unbound.get()
+    if unbound:
+        for key, value in unbound.items():
+            if synced.get(key, _UNSET) is not value:
+                values[key] = value
+    for key, get in _back_getters:  # capture(back=True), inline: this runs per answer
+        value = get(_UNSET)
+        if value is not _UNSET and synced.get(key, _UNSET) is not value:
+            values[key] = value
     if not values:
         return None, values
     try:

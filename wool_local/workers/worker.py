@@ -89,8 +89,7 @@ class WorkerService(Admission):
         self._held: dict[bytes, int] = {}  # live proxy bindings here, by proxy id
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._generators: dict[int, AsyncGenerator[Any, Any]] = {}
-        self._unstarted: set[int] = set()  # tasks created, not past their start gate
-        self._call_leases: dict[int, bytes] = {}  # proxy lease held by a running call
+        self._unstarted: dict[int, None] = {}  # tasks created, not past their start gate
         self._gen_contexts: dict[int, contextvars.Context] = {}  # one per generator session
         self._gen_leases: dict[int, bytes] = {}
         self._gen_synced: dict[int, dict[str, Any]] = {}  # values both sides agree on
@@ -159,10 +158,16 @@ class WorkerService(Admission):
         elif type(msg) is Step:
             self._next_step(msg, buffers)
         elif type(msg) is Cancel:
-            task = self._tasks.get(msg.id)
+            rid = msg.id
+            task = self._tasks.get(rid)
             if task is not None:
                 task.cancel()
-            elif msg.id in self._generators:
+                if rid not in self._generators and self._pass_gate(rid):
+                    # A call cancelled before it started: its body never runs (the
+                    # task's first step raises at once), so it is over: answer here.
+                    del self._tasks[rid]
+                    self._reply(rid, CANCELLED)
+            elif rid in self._generators:
                 # An idle generator session (its last step already answered):
                 # close it here, its finally runs, and say so.
                 gen = self._end_session(msg.id)
@@ -174,18 +179,16 @@ class WorkerService(Admission):
         # Ping: handling it (the pump's tick) is the whole point
 
     def _spawn(self, rid: int, coro: Any, ctx: contextvars.Context | None = None) -> None:
+        """Run a generator step (or close) as a task; a call's task is made in _start."""
         assert self._loop is not None
         task = self._loop.create_task(coro, context=ctx)
         self._tasks[rid] = task
-        task.add_done_callback(functools.partial(self._task_done, rid))
+        task.add_done_callback(functools.partial(self._step_done, rid))
 
-    def _task_done(self, rid: int, task: asyncio.Task[None]) -> None:
+    def _step_done(self, rid: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(rid) is task:  # the next generator step may have replaced it
             del self._tasks[rid]
-        if rid in self._unstarted:
-            with self._lock:
-                self._unstarted.discard(rid)
-        self._unmount(rid)  # if it was cancelled before its first step
+        self._unstarted.pop(rid, None)
         if task.cancelled():
             # Cancelled before its first step: the body never ran, so nothing
             # answered for it yet. The hub waits for an answer to every request.
@@ -234,16 +237,16 @@ class WorkerService(Admission):
 
     # -- context and leases --------------------------------------------------
 
-    def _mount(self, call: Call) -> tuple[contextvars.Context, bytes | None, dict[str, Any]]:
-        """The context a call runs in (the caller's variables set), its proxy lease, and
-        the values set (so only what the routine changes travels back)."""
+    def _bind(self, call: Call) -> tuple[dict[str, Any], bytes | None]:
+        """Set the caller's variables in the current context and take the proxy's
+        lease: the values set (so only what the routine changes travels back), and
+        the lease to give back when the routine is done."""
         values = context.decode(call.context)
         if proxy.PROXY_KEY not in values and call.proxy_id is not None:
             # An older caller: the proxy came in the deprecated dedicated fields.
             values[proxy.PROXY_KEY] = proxy._restore_proxy(call.proxy_id)
-        ctx = self._base_context.copy()
         if values:
-            ctx.run(context.apply, values)
+            context.apply(values)
         bound = values.get(proxy.PROXY_KEY)
         lease = None
         if isinstance(bound, proxy.WorkerProxy) and self._leases is not None:
@@ -253,15 +256,16 @@ class WorkerService(Admission):
                 self._leases.acquire(lease)
                 held = 0
             self._held[lease] = held + 1
-        return ctx, lease, values
+        return values, lease
 
-    def _release(self, lease: bytes) -> None:
+    def _release(self, lease: bytes | None) -> None:
         # Bindings are counted here; the shared table holds this process's lease
         # while any is live, so a busy worker pays no cross-process lock per call.
         # The last binding ending does not give the shared lease back yet: that
         # happens when the loop goes idle (release_idle_leases), so a caller
         # awaiting calls one after another costs no cross-process lock at all.
-        self._held[lease] = self._held.get(lease, 0) - 1
+        if lease is not None:
+            self._held[lease] = self._held.get(lease, 0) - 1
 
     def release_idle_leases(self) -> None:
         """Give back the shared lease of every proxy with no live binding here; the
@@ -290,17 +294,19 @@ class WorkerService(Admission):
     # -- running -------------------------------------------------------------
 
     def _start(self, call: Call, buffers: Sequence[bytes]) -> None:
+        if call.kind == COROUTINE:
+            # Everything else happens in the task, once it passed the start gate.
+            assert self._loop is not None
+            ctx = self._base_context.copy()
+            self._tasks[call.id] = self._loop.create_task(self._run(call, buffers), context=ctx)
+            return
         try:
             fn = self._resolve(call)
             args, kwargs = payload.loads(call.args, "the arguments", buffers)
-            ctx, lease, sent = self._mount(call)
+            ctx = self._base_context.copy()
+            sent, lease = ctx.run(self._bind, call)
         except BaseException as exc:
             self._reply(call.id, RAISED, payload.dumps_exception(exc))
-            return
-        if call.kind == COROUTINE:
-            if lease is not None:
-                self._call_leases[call.id] = lease
-            self._spawn(call.id, self._run(call.id, fn, args, kwargs, sent), ctx)
             return
         try:
             gen = ctx.run(fn, *args, **kwargs)
@@ -339,41 +345,39 @@ class WorkerService(Admission):
         synced.update(changed)
         return snapshot
 
-    def _unmount(self, rid: int) -> None:
-        """The routine's frame is gone: give its proxy lease back (before answering, so a
-        caller that has the answer never sees the lease still held)."""
-        lease = self._call_leases.pop(rid, None)
-        if lease is not None:
+    async def _run(self, call: Call, buffers: Sequence[bytes]) -> None:
+        """A call's task. Its proxy lease is given back before it answers, so a caller
+        that has the answer never sees the lease still held."""
+        rid = call.id
+        try:
+            if not self._pass_gate(rid):
+                return  # handed back before it started: the hub runs it elsewhere
+            try:
+                fn = self._resolve(call)
+                args, kwargs = payload.loads(call.args, "the arguments", buffers)
+                sent, lease = self._bind(call)
+            except BaseException as exc:
+                self._reply(rid, RAISED, payload.dumps_exception(exc))
+                return
+            try:
+                result = await fn(*args, **kwargs)
+            except asyncio.CancelledError:
+                self._release(lease)
+                self._reply(rid, CANCELLED)
+                return
+            except BaseException as exc:
+                self._release(lease)
+                self._reply(rid, RAISED, payload.dumps_exception(exc), (), self._back(sent))
+                return
             self._release(lease)
-
-    async def _run(
-        self,
-        rid: int,
-        fn: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        sent: dict[str, Any],
-    ) -> None:
-        if not self._pass_gate(rid):
-            self._unmount(rid)  # handed back before it started: the hub runs it elsewhere
-            return
-        try:
-            result = await fn(*args, **kwargs)
-        except asyncio.CancelledError:
-            self._unmount(rid)
-            self._reply(rid, CANCELLED)
-            return
-        except BaseException as exc:
-            self._unmount(rid)
-            self._reply(rid, RAISED, payload.dumps_exception(exc), (), self._back(sent))
-            return
-        self._unmount(rid)
-        try:
-            data, out = payload.dumps(result, _Label("the result of", fn, result))
-        except payload.UnpicklableError as exc:
-            self._reply(rid, RAISED, payload.dumps_exception(exc))
-            return
-        self._reply(rid, RETURNED, data, out, self._back(sent))
+            try:
+                data, out = payload.dumps(result, _Label("the result of", fn, result))
+            except payload.UnpicklableError as exc:
+                self._reply(rid, RAISED, payload.dumps_exception(exc))
+                return
+            self._reply(rid, RETURNED, data, out, self._back(sent))
+        finally:
+            self._tasks.pop(rid, None)
 
     async def _step(
         self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes], first: bool = False
