@@ -46,7 +46,7 @@ class WorkerPool:
         *,
         limits: WorkerLimits | None = None,
         min_workers: int = 0,
-        max_inflight: int = 32,
+        max_inflight: int = 256,
         cancel_grace: float = 5.0,
         recycle_grace: float = 30.0,
         monitor_interval: float = 0.5,

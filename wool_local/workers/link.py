@@ -37,7 +37,7 @@ SPIN_WINDOW = 100e-6
 #: Queued messages go out as one frame (and the peer is rung) once there are this
 #: many, or this many bytes, without waiting for the end of the loop iteration:
 #: the peer starts on the first part of a burst while we produce the rest.
-BATCH_COUNT = 16
+BATCH_COUNT = 32
 BATCH_BYTES = 32 << 10
 
 

@@ -58,7 +58,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         self,
         size: int,
         *,
-        max_inflight: int = 32,
+        max_inflight: int = 256,
         ring_capacity: int = DEFAULT_CAPACITY,
         cancel_grace: float = 5.0,
         stop_timeout: float = 5.0,
