@@ -399,10 +399,12 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
     def _answered(self, target: Target) -> None:
         """Capacity freed up (or a worker joined): send queued calls, oldest first."""
         queue = self._queue
+        outstanding = self._pending
+        full = self.max_inflight
         while queue:
             pending = queue[0]
             rid = pending.id
-            if self._pending.get(rid) is not pending:
+            if outstanding.get(rid) is not pending:
                 queue.popleft()  # its caller gave up while it waited
                 continue
             handle = self._pick()
@@ -412,9 +414,14 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             try:
                 self.send_call(handle, pending)
             except Exception as exc:
-                del self._pending[rid]
+                del outstanding[rid]
                 if pending.future is not None and not pending.future.done():
                     pending.future.set_exception(exc)
+            if full > 1 and handle.load - handle.nested >= full:
+                # The least-loaded worker is full now: every other one has at least
+                # full - 1 requests out, so none is idle, and its next answer calls
+                # this again. (Saves a scan of every worker per answer.)
+                return
 
     def _wake_all(self, exc: BaseException) -> None:
         """Fail every queued call with ``exc``."""
