@@ -156,12 +156,15 @@ class Link:
     def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
         """Queue ``message`` for the peer; never blocks (a full ring backs up here).
 
-        Messages sent in one loop iteration go out together at its end, or
-        every ``BATCH_COUNT``; a sleeping peer is rung once per frame at most.
+        The first message of a loop iteration is written at once; the ones
+        after it go out together at its end, or every ``BATCH_COUNT``. A
+        sleeping peer is rung once per frame at most.
         """
         if self.lost is not None:
             raise LinkLost(f"cannot send: {self.lost}")
-        if buffers:
+        if buffers or not (self._after_send_scheduled or self._loop is None):
+            # With buffers, or the first message of this iteration: write it now (a
+            # peer spinning for an answer has it at once; a burst batches the rest).
             self._seal()  # keep the order
             self._write(protocol.encode(message, buffers))
         else:

@@ -270,8 +270,10 @@ class WorkerService(Admission):
     def release_idle_leases(self) -> None:
         """Give back the shared lease of every proxy with no live binding here; the
         link calls this after reading everything and after sending its answers, so
-        a worker about to sleep holds no lease it does not need."""
-        if not self._held:
+        a worker about to sleep holds no lease it does not need. Not while calls wait
+        to start: they bind their proxy in a moment (a caller awaiting calls one
+        after another keeps the lease, and pays no cross-process lock)."""
+        if not self._held or self._unstarted:
             return
         for lease, held in list(self._held.items()):
             if held > 0:
