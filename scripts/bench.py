@@ -11,7 +11,8 @@ What is measured (one run, one machine, every implementation side by side)
        ``submit(fn).result()``; wool: ``await routine()``.
 
     2. Throughput. N no-op calls, each dispatched on its own (no batching by the caller),
-       2 workers, timed from the first dispatch to the last result; tasks/s = N / time.
+       2 workers, timed from the first dispatch to the last result; tasks/s = N / time of
+       the median of several rounds in one pool (the table shows the rounds' range too).
        wool_local and wool: ``asyncio.gather`` over windows of 10,000 calls (each window is
        gathered before the next one starts, so at most 10,000 calls are in flight); wool_local
        runs a second time with windows of 1,000, to show how its throughput depends on the
@@ -90,6 +91,7 @@ import multiprocessing
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 import traceback
@@ -172,6 +174,7 @@ class Settings:
     thr_peer_calls: int  # ProcessPoolExecutor, multiprocessing.Pool, loky
     thr_wool_calls: int  # wool (gRPC per call: about 1,000 calls/s)
     thr_warmup: int
+    thr_rounds: int  # timed rounds of N calls in one pool; the median round is reported
     windows: tuple[int, ...]  # wool_local runs once per window; wool uses the first
     echo: tuple[EchoSpec, ...]
     call_timeout: float  # one synchronous call or wait
@@ -186,6 +189,7 @@ FULL = Settings(
     thr_peer_calls=20_000,
     thr_wool_calls=1_000,
     thr_warmup=1_000,
+    thr_rounds=5,
     windows=(10_000, 1_000),
     echo=(EchoSpec(1 * MiB, 5, 30), EchoSpec(64 * MiB, 1, 5)),
     call_timeout=40.0,
@@ -200,6 +204,7 @@ QUICK = Settings(
     thr_peer_calls=4_000,
     thr_wool_calls=200,
     thr_warmup=200,
+    thr_rounds=2,
     windows=(10_000, 1_000),
     echo=(EchoSpec(1 * MiB, 2, 10), EchoSpec(64 * MiB, 1, 2)),
     call_timeout=15.0,
@@ -229,8 +234,9 @@ class Impl(abc.ABC):
         """Nanoseconds of each timed sequential no-op call."""
 
     @abc.abstractmethod
-    def throughput(self, workers: int, n: int, s: Settings, window: int) -> float:
-        """Seconds to run ``n`` individually dispatched no-op calls (``window``: async only)."""
+    def throughput(self, workers: int, n: int, s: Settings, window: int) -> list[float]:
+        """Seconds to run ``n`` individually dispatched no-op calls, for each of
+        ``s.thr_rounds`` rounds in one pool (``window``: async only)."""
 
     @abc.abstractmethod
     def echo(
@@ -291,16 +297,18 @@ class SyncPeer(Impl):
                     raise CaseTimeout(f"round trips ran over {s.case_timeout:g} s")
         return samples
 
-    def throughput(self, workers: int, n: int, s: Settings, window: int) -> float:
+    def throughput(self, workers: int, n: int, s: Settings, window: int) -> list[float]:
+        rounds = []
         with self._pool(workers) as pool:
             _check_sum(sum(self._many(pool, s.thr_warmup, s.case_timeout)), s.thr_warmup)
-            t0 = time.perf_counter()
-            total = 0
-            for result in self._many(pool, n, s.case_timeout):
-                total += result
-            elapsed = time.perf_counter() - t0
-        _check_sum(total, n)
-        return elapsed
+            for _ in range(s.thr_rounds):
+                t0 = time.perf_counter()
+                total = 0
+                for result in self._many(pool, n, s.case_timeout):
+                    total += result
+                rounds.append(time.perf_counter() - t0)
+                _check_sum(total, n)
+        return rounds
 
     def echo(
         self, specs: Iterable[EchoSpec], payloads: dict[int, bytes], s: Settings
@@ -460,22 +468,24 @@ class AsyncImpl(Impl):
                 samples.append(clock() - t0)
         return samples
 
-    def throughput(self, workers: int, n: int, s: Settings, window: int) -> float:
+    def throughput(self, workers: int, n: int, s: Settings, window: int) -> list[float]:
         return self._run(self._throughput(workers, n, s, window), s)
 
-    async def _throughput(self, workers: int, n: int, s: Settings, window: int) -> float:
+    async def _throughput(self, workers: int, n: int, s: Settings, window: int) -> list[float]:
         noop = self._noop()
+        rounds = []
         async with self._bounded_pool(workers, s):
             warm = await asyncio.gather(*(noop(i) for i in range(s.thr_warmup)))
             _check_sum(sum(warm), s.thr_warmup)
-            t0 = time.perf_counter()
-            total = 0
-            for start in range(0, n, window):
-                stop = min(n, start + window)
-                total += sum(await asyncio.gather(*(noop(i) for i in range(start, stop))))
-            elapsed = time.perf_counter() - t0
-        _check_sum(total, n)
-        return elapsed
+            for _ in range(s.thr_rounds):
+                t0 = time.perf_counter()
+                total = 0
+                for start in range(0, n, window):
+                    stop = min(n, start + window)
+                    total += sum(await asyncio.gather(*(noop(i) for i in range(start, stop))))
+                rounds.append(time.perf_counter() - t0)
+                _check_sum(total, n)
+        return rounds
 
     def echo(
         self, specs: Iterable[EchoSpec], payloads: dict[int, bytes], s: Settings
@@ -640,13 +650,20 @@ class Bench:
         n = {"wool_local": s.thr_calls, "wool": s.thr_wool_calls}.get(impl.name, s.thr_peer_calls)
         method = impl.thr_method.format(window=window)
         case = Case(2, impl.name, method, workers, impl.is_peer, calls=n)
-        elapsed = self._attempt(
+        rounds = self._attempt(
             case,
-            f"throughput: {impl.name}, {n:,} calls, {method}",
+            f"throughput: {impl.name}, {s.thr_rounds} x {n:,} calls, {method}",
             lambda: impl.throughput(workers, n, s, window),
         )
-        if elapsed:
-            case.stats = {"seconds": elapsed, "tasks_per_s": n / elapsed}
+        if rounds:
+            seconds = statistics.median(rounds)
+            case.stats = {
+                "seconds": seconds,
+                "tasks_per_s": n / seconds,
+                "slowest_per_s": n / max(rounds),
+                "fastest_per_s": n / min(rounds),
+                "rounds": rounds,
+            }
 
     def echo(self, impl: Impl, payloads: dict[int, bytes]) -> None:
         specs = self.s.echo
@@ -787,16 +804,25 @@ def _rt_check(ours: Case, best: Case | None, workers: int) -> TargetCheck:
 
 def report_throughput(cases: list[Case], s: Settings) -> list[TargetCheck]:
     print(
-        "\n2. Throughput of individually dispatched no-op calls (2 workers; the peers run "
-        "a smaller N, see 'calls')"
+        f"\n2. Throughput of individually dispatched no-op calls (2 workers; median of "
+        f"{s.thr_rounds} rounds; the peers run a smaller N, see 'calls')"
     )
     print_table(
-        ["implementation", "dispatch", "calls", "seconds", "tasks/s", "x vs best peer"],
+        [
+            "implementation",
+            "dispatch",
+            "calls",
+            "seconds",
+            "tasks/s",
+            "rounds' range",
+            "x vs best peer",
+        ],
         cases,
         lambda c: [
             f"{c.calls:,}",
             f"{c.stats['seconds']:.2f}",
             f"{c.stats['tasks_per_s']:,.0f}",
+            f"{c.stats['slowest_per_s'] / 1e3:,.1f}k-{c.stats['fastest_per_s'] / 1e3:,.1f}k",
             _ratio(speedup(c, cases, "tasks_per_s", higher_is_better=True)),
         ],
     )
