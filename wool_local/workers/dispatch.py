@@ -326,22 +326,22 @@ class Dispatcher:
                         return
                     _outcome(answer, fn)
                     return
-                item = payload.loads(
-                    reply.value or b"", f"a value yielded by {_name(fn)}", answer[1]
-                )
+                item = payload.loads(reply.value or b"", "a value yielded by", answer[1], of=fn)
                 try:
                     sent = yield item
                 except GeneratorExit:
                     raise
                 except BaseException as exc:  # athrow(): deliver it to the remote generator
                     op = THROW
-                    value, buffers = payload.dumps(exc, f"the exception thrown into {_name(fn)}")
+                    what = f"the exception thrown into {payload.name_of(fn)}"
+                    value, buffers = payload.dumps(exc, what)
                 else:
                     if sent is None:
                         op, value, buffers = NEXT, None, ()
                     else:
                         op = SEND
-                        value, buffers = payload.dumps(sent, f"the value sent to {_name(fn)}")
+                        what = f"the value sent to {payload.name_of(fn)}"
+                        value, buffers = payload.dumps(sent, what)
         finally:
             if pending is not None and not finished and self._pending.get(rid) is pending:
                 await self._close_remote(rid, pending)
@@ -366,19 +366,15 @@ class Dispatcher:
             pass
 
 
-def _name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
-
-
 def _outcome(answer: tuple[Reply, Sequence[bytes]], fn: Any) -> Any:
     reply, buffers = answer
     status = reply.status
     if status == RETURNED:
-        return payload.loads(reply.value or b"", f"the result of {_name(fn)}", buffers)
+        return payload.loads(reply.value or b"", "the result of", buffers, of=fn)
     if status == RAISED:
         raise payload.loads_exception(reply.value or b"")
     if status == CANCELLED:
-        raise asyncio.CancelledError(f"{_name(fn)} was cancelled in its worker")
+        raise asyncio.CancelledError(f"{payload.name_of(fn)} was cancelled in its worker")
     raise protocol.ProtocolError(f"unexpected reply status {status}")
 
 

@@ -46,18 +46,23 @@ class RemoteError(Exception):
     """Stands in for a worker exception that could not be pickled."""
 
 
-def dumps(obj: Any, what: str) -> Pickled:
-    """Pickle ``obj``; ``what`` names it in the error ("argument 'x' of f", ...).
+def dumps(obj: Any, what: str, of: Any = None) -> Pickled:
+    """Pickle ``obj``; ``what`` names it in the error ("argument 'x' of f", or
+    "the result of" with ``of`` the routine: its name is looked up only if needed).
 
     Large ``bytes``/``bytearray`` at the top of ``obj`` or one container level
     down go out of band; deeper ones stay in the stream (still correct).
     """
     if _has_big(obj, 2):
-        return _dumps_oob(obj, what)
+        return _dumps_oob(obj, _named(what, of, obj))
     try:
         return pickle.dumps(obj, PROTOCOL), ()
     except Exception:
-        return _by_value(obj, what), ()
+        return _by_value(obj, _named(what, of, obj)), ()
+
+
+def _named(what: str, of: Any, obj: Any) -> str:
+    return what if of is None else f"{what} {name_of(of)} ({type(obj).__name__})"
 
 
 def _by_value(obj: Any, what: str) -> bytes:
@@ -68,11 +73,19 @@ def _by_value(obj: Any, what: str) -> bytes:
         raise UnpicklableError(f"cannot send {what} between processes: {exc}") from exc
 
 
-def loads(data: bytes | memoryview, what: str, buffers: Sequence[Any] = ()) -> Any:
+def loads(data: bytes | memoryview, what: str, buffers: Sequence[Any] = (), of: Any = None) -> Any:
+    """Unpickle ``what`` (``of`` a routine, if given: named only if this fails)."""
     try:
         return pickle.loads(data, buffers=buffers)
     except Exception as exc:
+        if of is not None:
+            what = f"{what} {name_of(of)}"
         raise UnpicklableError(f"cannot rebuild {what} in this process: {exc!r}") from exc
+
+
+def name_of(fn: Any) -> str:
+    """A callable's name for messages."""
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
 def _is_big(obj: Any) -> bool:

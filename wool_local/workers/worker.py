@@ -373,7 +373,7 @@ class WorkerService(Admission):
                 return
             self._release(lease)
             try:
-                data, out = payload.dumps(result, _Label("the result of", fn, result))
+                data, out = payload.dumps(result, "the result of", of=fn)
             except payload.UnpicklableError as exc:
                 self._reply(rid, RAISED, payload.dumps_exception(exc))
                 return
@@ -424,29 +424,13 @@ class WorkerService(Admission):
             self._reply(rid, RAISED, payload.dumps_exception(exc), (), self._back(synced))
             return
         try:
-            data, out = payload.dumps(item, _Label("a value yielded by", gen, item))
+            data, out = payload.dumps(item, "a value yielded by", of=gen)
         except payload.UnpicklableError as exc:
             self._end_session(rid)
             await gen.aclose()
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
         self._reply(rid, YIELDED, data, out, self._back(self._gen_synced.setdefault(rid, {})))
-
-
-def _name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
-
-
-class _Label:
-    """Names a value in an error message, built only if the message is needed."""
-
-    __slots__ = ("fn", "prefix", "value")
-
-    def __init__(self, prefix: str, fn: Any, value: Any) -> None:
-        self.prefix, self.fn, self.value = prefix, fn, value
-
-    def __str__(self) -> str:
-        return f"{self.prefix} {_name(self.fn)} ({type(self.value).__name__})"
 
 
 def worker_main(
