@@ -155,9 +155,16 @@ class Dispatcher:
     # -- receiving ---------------------------------------------------------
 
     def on_reply(self, reply: Reply, buffers: Sequence[bytes]) -> None:
+        target = self._settle(reply, buffers)
+        if target is not None:
+            self._answered(target)
+
+    def _settle(self, reply: Reply, buffers: Sequence[bytes]) -> Target | None:
+        """Deliver ``reply`` to its caller and account for it; the target it came from
+        (None for a late answer to something already failed)."""
         pending = self._pending.get(reply.id)
         if pending is None:
-            return  # late answer to something already failed
+            return None
         target = pending.target
         assert target is not None
         target.load -= 1
@@ -177,7 +184,7 @@ class Dispatcher:
             self._finished(target)
             if self._drain_waiters and not self._pending:
                 self._wake_drained()
-        self._answered(target)
+        return target
 
     async def drained(self) -> None:
         """Wait until no request is outstanding: every call answered, every cancel

@@ -41,7 +41,7 @@ BATCH_COUNT = 32
 BATCH_BYTES = 32 << 10
 
 
-def _report(msg: Message) -> None:
+def report(msg: Message) -> None:
     # One message's handler failing must not stop the pump (the ring would stay
     # disarmed and later frames unread): report it and go on.
     log.exception("wool_local: handling %s failed", type(msg).__name__)
@@ -68,6 +68,9 @@ class Link:
         self._reader = end.reader
         self._writer = end.writer
         self.on_message = on_message
+        #: If set, takes the messages of a whole Batch frame instead (and must
+        #: report a failing message itself, like ``_handle`` does).
+        self.on_batch: Callable[[list[Message]], None] | None = None
         self._on_lost = on_lost
         self._watch_peer = watch_peer
         self._backlog: deque[Any] = deque()
@@ -124,18 +127,21 @@ class Link:
         if type(msg) is not Batch:
             self._handle_message(msg, buffers)
             return
+        if self.on_batch is not None:
+            self.on_batch(msg.messages)
+            return
         on_message = self.on_message
         for one in msg.messages:
             try:
                 on_message(one, ())
             except Exception:
-                _report(one)
+                report(one)
 
     def _handle_message(self, msg: Message, buffers: Sequence[bytes]) -> None:
         try:
             self.on_message(msg, buffers)
         except Exception:
-            _report(msg)
+            report(msg)
 
     def _on_peer_exit(self) -> None:
         assert self._loop is not None

@@ -32,7 +32,7 @@ from .errors import PoolClosed, SpawnFailed, WorkerCrashed
 from .handback import HandBack
 from .handle import WorkerHandle
 from .limits import RecycleReason, WorkerLimits
-from .link import Link
+from .link import Link, report
 from .monitor import Monitor
 from .protocol import (
     Call,
@@ -214,6 +214,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         link = Link(chan.end(0, peer_pid=pid), _unbound, on_lost, expects_answer=expects_answer)
         handle = WorkerHandle(pid, link, return_fd)
         link.on_message = functools.partial(self._on_worker_message, handle)
+        link.on_batch = functools.partial(self._on_worker_batch, handle)
         self._workers[pid] = handle
         link.start()
         if self.closed:
@@ -433,6 +434,20 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
                     pending.future.set_exception(exc)
 
     # -- messages from workers ---------------------------------------------
+
+    def _on_worker_batch(self, handle: WorkerHandle, messages: list[Message]) -> None:
+        """A frame of messages: answers are settled one by one, and the queued calls
+        the room they freed go out once, after them."""
+        settle = self._settle
+        for msg in messages:
+            try:
+                if type(msg) is Reply and not handle.stalled:
+                    settle(msg, ())
+                else:
+                    self._on_worker_message(handle, msg, ())
+            except Exception:
+                report(msg)
+        self._answered(handle)
 
     def _on_worker_message(
         self, handle: WorkerHandle, msg: Message, buffers: Sequence[bytes]
