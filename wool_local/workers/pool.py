@@ -110,7 +110,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         self.broken: BaseException | None = None
         self.crashes = 0
         self._changed: asyncio.Event | None = None
-        self._serving_count: int | None = None
+        self._serving_cache: list[WorkerHandle] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -121,7 +121,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         await self._changed.wait()
 
     def _notify(self) -> None:
-        self._serving_count = None
+        self._serving_cache = None
         event, self._changed = self._changed, None
         if event is not None:
             event.set()
@@ -317,6 +317,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         """Synchronous last resort: kill whatever is left, reap the zygote, free everything."""
         self.closed = True
         self.monitor.stop()
+        self._serving_cache = None
         for handle in list(self._workers.values()):
             handle.stopping = True
             try:
@@ -351,11 +352,11 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         """The least-loaded worker with room for one more call (runs once per call)."""
         best: WorkerHandle | None = None
         best_load = self.max_inflight
-        for handle in self._workers.values():
-            if handle.stopping or not handle.alive or handle.link.lost is not None:
-                continue
-            if handle.cancelling or handle.stalled or handle.retiring is not None:
-                continue  # its loop is (or may be) blocked, or it is on its way out
+        for handle in self._serving_list():
+            if handle.cancelling or handle.stalled:
+                continue  # its loop is (or may be) blocked
+            if not handle.alive or handle.link.lost is not None:
+                continue  # dead: its exit report is on its way
             # Calls waiting on nested calls leave the worker's loop free, so they
             # do not count (otherwise workers all waiting on nested calls deadlock).
             load = handle.load - handle.nested
@@ -386,14 +387,17 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             if handle.retiring is not None and not handle.stopping:
                 self._stop_worker(handle)
 
-    def _serving(self) -> int:
+    def _serving_list(self) -> list[WorkerHandle]:
         """Workers that take new calls (not retiring, not stopping); cached until the
-        membership changes, since every queued call asks."""
-        if self._serving_count is None:
-            self._serving_count = sum(
-                1 for h in self._workers.values() if h.retiring is None and not h.stopping
-            )
-        return self._serving_count
+        membership changes, since every call asks."""
+        if self._serving_cache is None:
+            self._serving_cache = [
+                h for h in self._workers.values() if h.retiring is None and not h.stopping
+            ]
+        return self._serving_cache
+
+    def _serving(self) -> int:
+        return len(self._serving_list())
 
     # -- limits and recycling ----------------------------------------------
 

@@ -85,7 +85,7 @@ class Recycling:
 
     def _stop_worker(self, handle: WorkerHandle) -> None:
         handle.stopping = True
-        self._serving_count = None
+        self._serving_cache = None
         try:
             handle.send(Stop())
         except Exception:
