@@ -216,6 +216,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         link.on_message = functools.partial(self._on_worker_message, handle)
         link.on_batch = functools.partial(self._on_worker_batch, handle)
         self._workers[pid] = handle
+        self._serving_cache = None  # it serves from now on (the queue may go to it below)
         link.start()
         if self.closed:
             handle.stopping = True
