@@ -9,9 +9,19 @@ from typing import Any
 
 import uvloop
 
+#: How long a test's event loop may run: a hung test fails with TimeoutError
+#: before pytest-timeout's backstop (60 s) ends the whole run.
+RUN_TIMEOUT = 45.0
 
-def run(main: Callable[[], Awaitable[Any]]) -> Any:
-    return uvloop.run(main())
+
+def run(main: Callable[[], Awaitable[Any]], timeout: float = RUN_TIMEOUT) -> Any:
+    """Run ``main()`` on uvloop, bounded by ``timeout`` seconds."""
+
+    async def bounded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await main()
+
+    return uvloop.run(bounded())
 
 
 async def read_pipe(fd: int, timeout: float = 10.0) -> bytes:

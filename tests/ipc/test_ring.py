@@ -9,11 +9,11 @@ import signal
 
 import msgspec
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.forking import Rendezvous, fork, join, kill
+from tests.helpers import run
 from wool_local.ipc import (
     Channel,
     FrameError,
@@ -211,7 +211,7 @@ def test_given_peer_killed_while_awaiting_when_async_read_then_peer_died():
             await asyncio.wait_for(reader, 5)
 
     try:
-        uvloop.run(main())
+        run(main)
     finally:
         join(pid)
         sync.close()
@@ -245,7 +245,7 @@ def test_given_two_coroutines_when_ping_pong_over_async_rings_then_every_reply_m
         await asyncio.wait_for(task, 5)
 
     try:
-        uvloop.run(main())
+        run(main)
     finally:
         a.discard()
         _drop_views(b)
