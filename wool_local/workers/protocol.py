@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Batch
 
 # Call kinds
 COROUTINE, GENERATOR = 0, 1
