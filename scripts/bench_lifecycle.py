@@ -17,13 +17,14 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import sys
 import time
 
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchlib import machine
 
 import wool_local
 from wool_local.workers.dispatch import Pending
@@ -92,21 +93,6 @@ async def soak(total: int, window: int) -> list[dict[str, float]]:
                 }
             )
     return rows
-
-
-def machine() -> dict[str, str]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if "model name" in ln), "")
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cpus": str(os.cpu_count()),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -38,3 +39,14 @@ def git(*args: str, root: Path = ROOT) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def machine() -> dict[str, str]:
+    """Where a result was measured: CPU, kernel, Python, the commit."""
+    return {
+        "cpu": cpu_model(),
+        "cpus": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+    }
