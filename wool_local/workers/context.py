@@ -25,7 +25,7 @@ import sys
 import warnings
 from typing import Any, Generic, TypeVar
 
-import cloudpickle
+from . import payload
 
 T = TypeVar("T")
 
@@ -225,7 +225,7 @@ def encode(values: dict[str, Any]) -> Snapshot | None:
             data = pickle.dumps(value, 5)
         except Exception:
             try:
-                data = cloudpickle.dumps(value, 5)
+                data = payload.by_value_dumps(value)
             except Exception as exc:
                 raise TypeError(
                     f"cannot send context variable {key!r} (a {type(value).__name__}) to "

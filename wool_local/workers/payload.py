@@ -14,8 +14,6 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-import cloudpickle
-
 PROTOCOL = 5
 
 #: ``bytes``/``bytearray`` at least this large travel out of band: the frame
@@ -68,9 +66,18 @@ def _named(what: str, of: Any, obj: Any) -> str:
 def _by_value(obj: Any, what: str) -> bytes:
     """cloudpickle, for what plain pickle cannot do; else a clear error naming ``what``."""
     try:
-        return cloudpickle.dumps(obj, PROTOCOL)
+        return by_value_dumps(obj)
     except Exception as exc:
         raise UnpicklableError(f"cannot send {what} between processes: {exc}") from exc
+
+
+def by_value_dumps(obj: Any) -> bytes:
+    """cloudpickle's pickle of ``obj``: functions and classes by value. Imported on
+    first use: most programs never need it, and its few thousand objects would
+    otherwise sit in every hub's heap for the cyclic GC to walk."""
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
 
 
 def loads(data: bytes | memoryview, what: str, buffers: Sequence[Any] = (), of: Any = None) -> Any:
@@ -209,7 +216,7 @@ def dumps_exception(exc: BaseException) -> bytes:
     except Exception:
         pass
     try:
-        return cloudpickle.dumps((exc, text), PROTOCOL)
+        return by_value_dumps((exc, text))
     except Exception as why:
         stand_in = RemoteError(
             f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
