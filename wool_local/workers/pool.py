@@ -371,7 +371,10 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         handle = self._pick() if not self._queue else None
         if handle is None:
             self._queue.append(pending)
-            if self._serving() + len(self._spawning) < self.size:
+            serving = self._serving_cache  # (inline: every queued call asks)
+            if serving is None:
+                serving = self._serving_list()
+            if len(serving) + len(self._spawning) < self.size:
                 self._spawn_worker()  # grow back on demand
         else:
             self.send_call(handle, pending)
