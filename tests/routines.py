@@ -383,3 +383,35 @@ async def who_holds_finished_tasks() -> list:
         if isinstance(o, asyncio.Task) and o.done() and o is not me:
             out.append([type(r).__name__ + ":" + repr(r)[:120] for r in gc.get_referrers(o)][:4])
     return out
+
+
+class RefusesWorkers:
+    """Pickles in the hub, cannot be rebuilt in a worker."""
+
+    def __reduce__(self):
+        return (_refuse_outside, (os.getpid(),))
+
+
+def _refuse_outside(hub_pid: int) -> RefusesWorkers:
+    if os.getpid() != hub_pid:
+        raise ValueError("cannot be rebuilt in a worker")
+    return RefusesWorkers()
+
+
+@wool_local.routine
+async def one_item(x):
+    yield x
+
+
+@wool_local.routine
+async def answer_then_exit(delay: float) -> str:
+    """Answer, then end the worker process right after the answer went out."""
+    await asyncio.sleep(delay)
+    asyncio.get_running_loop().call_soon(os._exit, 1)
+    return "answered"
+
+
+@wool_local.routine
+async def nap(seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return os.getpid()

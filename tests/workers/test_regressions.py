@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+
+import pytest
 
 import wool_local
 from tests import routines as r
 from tests.helpers import Pipe, run
+from wool_local.ipc import Channel
+from wool_local.workers import payload
+from wool_local.workers.protocol import CANCELLED, Call, Cancel
+from wool_local.workers.worker import WorkerService
 
 
 def test_given_first_calls_of_a_routine_handed_back_then_later_calls_still_resolve_it():
@@ -111,3 +118,77 @@ def test_given_the_pool_left_while_a_worker_is_forking_then_exit_is_prompt():
         return time.monotonic() - started
 
     assert run(main) < 2.0
+
+
+def test_given_a_worker_answers_then_exits_then_the_call_its_answer_made_room_for_runs_elsewhere():
+    """Given a worker that answers and exits while a call waits in the hub's queue (both
+    workers full), the hub learns of the exit before reading the answer: the queued call
+    goes to the surviving worker and succeeds; only nothing runs on the dead one."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2, max_inflight=1):
+            await asyncio.gather(r.square(1), r.square(2))
+            dying = asyncio.ensure_future(r.answer_then_exit(0.05))
+            other = asyncio.ensure_future(r.nap(1.0))
+            await asyncio.sleep(0.01)  # both dispatched: each worker is full
+            queued = asyncio.ensure_future(r.square(7))
+            await asyncio.sleep(0)
+            # Keep the hub's loop busy while the worker answers and exits, so the
+            # answer is still unread when the exit report is handled.
+            time.sleep(0.3)
+            assert await queued == 49
+            assert await dying == "answered"
+            assert isinstance(await other, int)
+
+    run(main)
+
+
+def test_given_a_stream_that_cannot_start_then_the_worker_still_gives_its_lease_back():
+    """Given a stream whose argument cannot be rebuilt in the worker, the caller gets the
+    error, and once the worker is idle the lease table holds only the pool's own lease."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1) as wp:
+            pool = wp.pool
+            baseline = {pool.id: {os.getpid(): 1}}
+            with pytest.raises(wool_local.UnpicklableError, match="cannot be rebuilt"):
+                async for _ in r.one_item(r.RefusesWorkers()):
+                    pass
+            assert await r.square(3) == 9
+            # The lease goes back in the worker once it is idle, visible only in the
+            # shared table: poll it, bounded.
+            async with asyncio.timeout(5):
+                while pool.leases.snapshot() != baseline:
+                    await asyncio.sleep(0.001)
+
+    run(main)
+
+
+def test_given_calls_cancelled_before_their_first_step_then_they_leave_no_task():
+    """Given two calls whose tasks have not reached their first step when their Cancel is
+    handled, one of them already handed back by the returner (its loop was blocked):
+    both leave the worker's task table; the one still the worker's is answered
+    CANCELLED, the handed-back one is not answered (the hub finishes it itself)."""
+    service = WorkerService(Channel.create(1 << 16).end(1))
+    replies = []
+    service._reply = lambda rid, status, *rest: replies.append((rid, status))
+
+    async def main():
+        service._loop = asyncio.get_running_loop()
+        fid = payload.callable_id(payload.dumps_callable(r.square, lambda fn: True))
+        service._functions[fid] = r.square
+        data, _ = payload.dumps_args((3,), {}, r.square)
+        service._on_message(Call(7, fid, None, data), ())
+        service._on_message(Call(8, fid, None, data), ())
+        assert service._pass_gate(7)  # what the returner does under a blocked loop
+        service._on_message(Cancel(7), ())
+        service._on_message(Cancel(8), ())
+        await asyncio.sleep(0)
+        assert service._tasks == {}
+        assert service._unstarted == {}
+
+    try:
+        run(main)
+    finally:
+        service.link.end.discard()
+    assert replies == [(8, CANCELLED)]

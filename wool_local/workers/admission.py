@@ -5,9 +5,11 @@ unstarted; at its first step the task passes a gate: it runs only if the call
 is still unstarted, and marks it started. If a task blocks the loop (plain
 CPU work), the tasks queued behind it never reach their gate; the returner
 thread, woken by the hub, revokes them and takes the calls still unread in
-the ring, and sends them all back with ``Returned``. Gate and returner work
-under one lock, so each call is either started here or handed back, never
-both. Mixed into :class:`~wool_local.workers.worker.WorkerService`.
+the ring, and sends them all back with ``Returned``. Gate and returner each
+claim a call with one ``dict.pop`` (atomic under the GIL), so each call is
+either started here or handed back, never both; the returner reads the ring
+under the lock the loop's pump holds. Mixed into
+:class:`~wool_local.workers.worker.WorkerService`.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class Admission:
                 except Exception as exc:
                     self.link.failed = exc  # the loop ends the link at its next pump
                 if returned:
+                    # Answers the blocking task's loop iteration queued go first:
+                    # their callers need not wait for that task to end.
+                    self.link.push()
                     self.link.send_now(Returned(returned))
 
     def _sort_unread(self, returned: list[int]) -> Any:

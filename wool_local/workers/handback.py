@@ -54,6 +54,10 @@ class HandBack:
                 h.asked = True
                 busy = True
                 try:
+                    h.link.push()  # calls still queued here must be in its ring
+                except Exception:
+                    pass  # its link is gone: the exit report follows
+                try:
                     os.eventfd_write(h.return_fd, 1)
                 except OSError:
                     pass

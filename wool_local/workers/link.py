@@ -120,7 +120,7 @@ class Link:
             # What handling these messages sent (the next queued calls, for
             # answers that freed room) goes now, not after the callbacks they
             # scheduled: the peer may be idle until it gets them.
-            self._push()
+            self.push()
 
     def _handle(self, view: memoryview) -> None:
         msg, buffers = protocol.decode(view)
@@ -178,7 +178,7 @@ class Link:
             self._outbox.append(body)
             self._outbox_bytes += len(body)
             if len(self._outbox) >= BATCH_COUNT or self._outbox_bytes >= BATCH_BYTES:
-                self._push()  # a long burst: let the peer start on this part
+                self.push()  # a long burst: let the peer start on this part
             elif self._loop is None:
                 self._seal()
         if not self._after_send_scheduled and self._loop is not None:
@@ -193,8 +193,9 @@ class Link:
             self._outbox_bytes = 0
             self._write(frame)
 
-    def _push(self) -> None:
-        """Write the queued messages and ring the peer if it sleeps."""
+    def push(self) -> None:
+        """Write the queued messages now and ring the peer if it sleeps (from another
+        thread: under the lock that guards this link)."""
         self._seal()
         if self._unrung and self.lost is None:
             self._unrung = False
@@ -240,7 +241,7 @@ class Link:
         self._after_send_scheduled = False
         if self.lost is not None:
             return
-        self._push()
+        self.push()
         if self.lost is not None:
             return
         if self._spin_window <= 0 or not self._expects_answer():

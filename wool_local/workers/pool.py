@@ -233,6 +233,9 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             waiter.set_result(None)
         if handle is None:
             return
+        # Out of the serving list first: the answers delivered next make room,
+        # and the queued calls they let go must not go to this worker.
+        self._serving_cache = None
         handle.link.pump()  # deliver answers it wrote before exiting
         if handle.stopping and not handle.kill_reason:
             exc: BaseException = PoolClosed("the worker stopped before this dispatch finished")
@@ -455,7 +458,10 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
                     self._on_worker_message(handle, msg, ())
             except Exception:
                 report(msg)
-        self._answered(handle)
+        try:
+            self._answered(handle)
+        except Exception:
+            log.exception("wool_local: sending queued calls failed")
 
     def _on_worker_message(
         self, handle: WorkerHandle, msg: Message, buffers: Sequence[bytes]

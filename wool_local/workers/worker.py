@@ -162,11 +162,13 @@ class WorkerService(Admission):
             task = self._tasks.get(rid)
             if task is not None:
                 task.cancel()
-                if rid not in self._generators and self._pass_gate(rid):
-                    # A call cancelled before it started: its body never runs (the
-                    # task's first step raises at once), so it is over: answer here.
+                if rid not in self._generators and _not_started(task):
+                    # Its body never runs now (a task cancelled before its first step
+                    # ends at once, skipping even its finally): it leaves the table
+                    # here, and is answered here unless the returner handed it back.
                     del self._tasks[rid]
-                    self._reply(rid, CANCELLED)
+                    if self._pass_gate(rid):
+                        self._reply(rid, CANCELLED)
             elif rid in self._generators:
                 # An idle generator session (its last step already answered):
                 # close it here, its finally runs, and say so.
@@ -308,16 +310,15 @@ class WorkerService(Admission):
             ctx = self._base_context.copy()
             sent, lease = ctx.run(self._bind, call)
         except BaseException as exc:
-            self._reply(call.id, RAISED, payload.dumps_exception(exc))
+            self._refuse(call, exc)
             return
         try:
             gen = ctx.run(fn, *args, **kwargs)
             if not inspect.isasyncgen(gen):
                 raise TypeError(f"{fn!r} did not return an async generator")
         except BaseException as exc:
-            if lease is not None:
-                self._release(lease)
-            self._reply(call.id, RAISED, payload.dumps_exception(exc))
+            self._release(lease)
+            self._refuse(call, exc)
             return
         self._generators[call.id] = gen
         self._gen_contexts[call.id] = ctx
@@ -325,6 +326,11 @@ class WorkerService(Admission):
         if lease is not None:
             self._gen_leases[call.id] = lease
         self._spawn(call.id, self._step(call.id, call.op, call.value, [], first=True), ctx)
+
+    def _refuse(self, call: Call, exc: BaseException) -> None:
+        """A generator call that cannot start: it is over (no first step will claim it)."""
+        self._unstarted.pop(call.id, None)
+        self._reply(call.id, RAISED, payload.dumps_exception(exc))
 
     def _next_step(self, step: Step, buffers: Sequence[bytes]) -> None:
         ctx = self._gen_contexts.get(step.id)
@@ -431,6 +437,10 @@ class WorkerService(Admission):
             self._reply(rid, RAISED, payload.dumps_exception(exc))
             return
         self._reply(rid, YIELDED, data, out, self._back(self._gen_synced.setdefault(rid, {})))
+
+
+def _not_started(task: asyncio.Task[Any]) -> bool:
+    return inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED  # type: ignore[arg-type]
 
 
 def worker_main(
