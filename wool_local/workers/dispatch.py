@@ -94,6 +94,10 @@ class Dispatcher:
         self._cancel_timers: dict[int, asyncio.TimerHandle] = {}  # escalation, by request
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._fn_cache: dict[int, tuple[Any, int]] = {}
+        # The loop's create_future, looked up once: a dispatcher serves one loop (its
+        # futures could not be awaited from another), and the lookup costs as much
+        # as the future.
+        self._new_future: Callable[[], asyncio.Future[Any]] | None = None
         self._main_has = main_has
         #: Pickled callables by id, from this process or relayed from workers.
         self.fn_defs: dict[int, bytes] = {}
@@ -242,7 +246,10 @@ class Dispatcher:
         data, buffers = payload.dumps_args(args, kwargs, fn)
         args = kwargs = None  # type: ignore[assignment]  # sent as a pickle: let go
         rid = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
+        new_future = self._new_future
+        if new_future is None:
+            new_future = self._new_future = asyncio.get_running_loop().create_future
+        fut = new_future()
         call = Call(rid, fid, None, data, context=context.snapshot())
         pending = self._pending[rid] = Pending(rid, fut, call, buffers)
         try:
