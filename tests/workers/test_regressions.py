@@ -192,3 +192,18 @@ def test_given_calls_cancelled_before_their_first_step_then_they_leave_no_task()
     finally:
         service.link.end.discard()
     assert replies == [(8, CANCELLED)]
+
+
+def test_given_a_run_of_short_cpu_bound_calls_sent_at_once_then_none_is_handed_back():
+    """Given 2 workers and 40 calls of 20 ms of plain CPU work each, all in flight at once
+    (max_inflight is larger), no worker is taken for blocked: each call starts well
+    within the watchdog period of the one before, so none is handed back, and both
+    workers take part."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2) as wp:
+            pids = await asyncio.gather(*(r.hog_cpu(0.02) for _ in range(40)))
+            assert len(set(pids)) == 2
+            assert wp.stats().handed_back == 0
+
+    run(main)

@@ -38,9 +38,13 @@ class LockedLink(Link):
         self.deferred: list[tuple[Message, Sequence[bytes]]] = []  # read by the returner
         self.failed: BaseException | None = None  # a bad frame the returner met
 
+    def tick(self) -> None:
+        """The loop runs: bump the word the hub's stall watchdog reads."""
+        self.end.status[TICK] += 1
+
     def pump(self) -> None:
         with self.lock:
-            self.end.status[TICK] += 1  # the loop runs: the hub's watchdog reads this
+            self.tick()
             if self.failed is not None:
                 exc, self.failed = self.failed, None
                 self._lose(exc)
@@ -83,7 +87,13 @@ class Admission:
         No lock: ``dict.pop`` is one atomic step under the GIL, and the returner
         revokes with ``pop`` too, so exactly one of them gets each call.
         """
-        return self._unstarted.pop(rid, _GONE) is not _GONE
+        if self._unstarted.pop(rid, _GONE) is _GONE:
+            return False
+        # A task starting is the loop making progress, even when it reads nothing
+        # for a while (a run of CPU-bound calls, all sent at once): without this
+        # tick the hub would take it for blocked and move its calls back and forth.
+        self.link.tick()
+        return True
 
     def _returner(self) -> None:
         """Thread: when the hub asks, hand back every call not started yet."""

@@ -97,6 +97,7 @@ class HandBack:
         if not self._pending:
             self._wake_drained()  # the last outstanding requests were cancelled ones
         if back:
+            self.handed_back += len(back)
             handle.stalled = True
             self._queue.extendleft(reversed(back))
             log.info("wool_local: worker %d is blocked; %d calls moved", handle.pid, len(back))

@@ -109,6 +109,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         self.closed = False
         self.broken: BaseException | None = None
         self.crashes = 0
+        self.handed_back = 0
         self._changed: asyncio.Event | None = None
         self._serving_cache: list[WorkerHandle] | None = None
 

@@ -27,6 +27,7 @@ class PoolStats:
     completed: int = 0
     crashes: int = 0
     queued: int = 0
+    handed_back: int = 0  # calls a blocked worker never started, moved elsewhere
     monitor_cpu: float = 0.0  # seconds the monitor has spent sampling
     monitor_rounds: int = 0
 
@@ -117,6 +118,7 @@ class Recycling:
             completed=self.completed_total,
             crashes=self.crashes,
             queued=self.queued(),
+            handed_back=self.handed_back,
             monitor_cpu=self.monitor.cpu_seconds,
             monitor_rounds=self.monitor.rounds,
         )
