@@ -207,3 +207,29 @@ def test_given_a_run_of_short_cpu_bound_calls_sent_at_once_then_none_is_handed_b
             assert wp.stats().handed_back == 0
 
     run(main)
+
+
+def test_given_a_worker_that_handed_calls_back_then_it_gets_one_call_at_a_time_until_it_keeps_up():
+    """Given a worker whose loop a call blocks while three more wait behind it, the three
+    are handed back and the worker is then sent one call at a time (so long calls stop
+    being moved back and forth between workers); once it answers steadily again, it
+    may have max_inflight calls in flight again."""
+    started = Pipe()
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1) as wp:
+            (handle,) = wp.pool._workers.values()
+            blocker = asyncio.ensure_future(r.block_cpu(started.w, 0.4))
+            await started.read()  # the worker's loop is blocked from here on
+            queued = [asyncio.ensure_future(r.square(i)) for i in range(3)]
+            assert await asyncio.gather(*queued) == [0, 1, 4]
+            await blocker
+            assert wp.stats().handed_back == 3
+            assert handle.limit < wp.pool.max_inflight  # cut, not yet grown back
+            await asyncio.gather(*(r.square(i) for i in range(2 * wp.pool.max_inflight)))
+            assert handle.limit == wp.pool.max_inflight
+
+    try:
+        run(main)
+    finally:
+        started.close()

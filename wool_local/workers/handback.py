@@ -98,6 +98,10 @@ class HandBack:
             self._wake_drained()  # the last outstanding requests were cancelled ones
         if back:
             self.handed_back += len(back)
+            # Its calls block its loop: from now on it gets one at a time (the rest
+            # wait here, for whichever worker is free first), until it shows again
+            # that it can take more.
+            self._set_limit(handle, 1)
             handle.stalled = True
             self._queue.extendleft(reversed(back))
             log.info("wool_local: worker %d is blocked; %d calls moved", handle.pid, len(back))

@@ -12,7 +12,7 @@ from .link import Link
 class WorkerHandle(Target):
     """The hub's view of one worker process."""
 
-    def __init__(self, pid: int, link: Link, return_fd: int) -> None:
+    def __init__(self, pid: int, link: Link, return_fd: int, limit: int) -> None:
         super().__init__(f"worker {pid}")
         self.pid = pid
         self.link = link
@@ -28,6 +28,11 @@ class WorkerHandle(Target):
         self.relays: dict[int, int] = {}  # its call id -> the hub's request id
         self.stopping = False
         self.kill_reason = ""
+        # Requests it may have in flight: the pool's max_inflight, cut to 1 when it
+        # turns out to run calls that block its loop (it handed calls back), and
+        # doubled again after as many answers as the limit, without another cut.
+        self.limit = limit
+        self.answered_since_cut = 0
         self.send = link.send  # type: ignore[method-assign]  # the hot path: no extra frame
 
     def idle_for(self, now: float) -> float:

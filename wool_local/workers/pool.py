@@ -110,6 +110,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         self.broken: BaseException | None = None
         self.crashes = 0
         self.handed_back = 0
+        self._limits_cut = 0  # workers whose limit is below max_inflight
         self._changed: asyncio.Event | None = None
         self._serving_cache: list[WorkerHandle] | None = None
 
@@ -213,7 +214,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             return handle is not None and handle.load <= 2
 
         link = Link(chan.end(0, peer_pid=pid), _unbound, on_lost, expects_answer=expects_answer)
-        handle = WorkerHandle(pid, link, return_fd)
+        handle = WorkerHandle(pid, link, return_fd, self.max_inflight)
         link.on_message = functools.partial(self._on_worker_message, handle)
         link.on_batch = functools.partial(self._on_worker_batch, handle)
         self._workers[pid] = handle
@@ -237,6 +238,8 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         # Out of the serving list first: the answers delivered next make room,
         # and the queued calls they let go must not go to this worker.
         self._serving_cache = None
+        if handle.limit < self.max_inflight:
+            self._limits_cut -= 1
         handle.link.pump()  # deliver answers it wrote before exiting
         if handle.stopping and not handle.kill_reason:
             exc: BaseException = PoolClosed("the worker stopped before this dispatch finished")
@@ -365,7 +368,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             # Calls waiting on nested calls leave the worker's loop free, so they
             # do not count (otherwise workers all waiting on nested calls deadlock).
             load = handle.load - handle.nested
-            if load < best_load:
+            if load < best_load and load < handle.limit:
                 best, best_load = handle, load
         return best
 
@@ -390,10 +393,21 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         handle: WorkerHandle = target  # type: ignore[assignment]
         handle.completed += 1
         self.completed_total += 1
+        if handle.limit < self.max_inflight:
+            handle.answered_since_cut += 1
+            if handle.answered_since_cut >= handle.limit:
+                self._set_limit(handle, min(self.max_inflight, 2 * handle.limit))
         if handle.open == 0:
             handle.idle_since = time.monotonic()
             if handle.retiring is not None and not handle.stopping:
                 self._stop_worker(handle)
+
+    def _set_limit(self, handle: WorkerHandle, limit: int) -> None:
+        """Change how many requests ``handle`` may have in flight (see its ``limit``)."""
+        was_cut = handle.limit < self.max_inflight
+        handle.limit = limit
+        handle.answered_since_cut = 0
+        self._limits_cut += (limit < self.max_inflight) - was_cut
 
     def _serving_list(self) -> list[WorkerHandle]:
         """Workers that take new calls (not retiring, not stopping); cached until the
@@ -430,10 +444,11 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
                 del outstanding[rid]
                 if pending.future is not None and not pending.future.done():
                     pending.future.set_exception(exc)
-            if full > 1 and handle.load - handle.nested >= full:
+            if full > 1 and self._limits_cut == 0 and handle.load - handle.nested >= full:
                 # The least-loaded worker is full now: every other one has at least
                 # full - 1 requests out, so none is idle, and its next answer calls
-                # this again. (Saves a scan of every worker per answer.)
+                # this again. (Saves a scan of every worker per answer; only while
+                # every worker may have max_inflight, see WorkerHandle.limit.)
                 return
 
     def _wake_all(self, exc: BaseException) -> None:
