@@ -126,11 +126,12 @@ def test_given_a_worker_answers_then_exits_then_the_call_its_answer_made_room_fo
     goes to the surviving worker and succeeds; only nothing runs on the dead one."""
 
     async def main():
-        async with wool_local.WorkerPool(spawn=2, max_inflight=1):
+        async with wool_local.WorkerPool(spawn=2, max_inflight=1) as wp:
             await asyncio.gather(r.square(1), r.square(2))
             dying = asyncio.ensure_future(r.answer_then_exit(0.05))
             other = asyncio.ensure_future(r.nap(1.0))
-            await asyncio.sleep(0.01)  # both dispatched: each worker is full
+            await asyncio.sleep(0)  # their first steps dispatch them
+            assert sorted(h.load for h in wp.pool._workers.values()) == [1, 1]
             queued = asyncio.ensure_future(r.square(7))
             await asyncio.sleep(0)
             # Keep the hub's loop busy while the worker answers and exits, so the
