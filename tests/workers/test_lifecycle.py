@@ -62,7 +62,7 @@ def test_given_short_max_age_under_load_then_staggered_recycles_lose_and_repeat_
             low_water = []
 
             async def one(i):
-                low_water.append(pool._serving() + len(pool._spawning))
+                low_water.append(len(pool._serving_list()) + len(pool._spawning))
                 return await r.record(log, i)
 
             results = []

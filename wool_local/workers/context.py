@@ -160,7 +160,8 @@ Snapshot = dict[str, bytes]
 
 
 def snapshot() -> Snapshot | None:
-    """``encode(capture())`` in one pass: what a dispatch sends (the hot path)."""
+    """Every value set in the current context (unbound keys too), each pickled on its
+    own: what a dispatch sends (the hot path)."""
     out: Snapshot | None = None
     unbound = _unbound.get()
     if unbound:
@@ -178,21 +179,6 @@ def snapshot() -> Snapshot | None:
             out = {}
         out[key] = data
     return out
-
-
-def capture(back: bool = False) -> dict[str, Any]:
-    """The values set in the current context, by key (``back``: skip forward-only ones)."""
-    values: dict[str, Any] = {}
-    unbound = _unbound.get()
-    if unbound:
-        values.update(unbound)
-    for key, var in _registry.items():
-        if back and var.forward_only:
-            continue
-        value = var._inner.get(_UNSET)  # no LookupError: raising costs a microsecond
-        if value is not _UNSET:
-            values[key] = value
-    return values
 
 
 _last_pickled: dict[str, tuple[Any, bytes]] = {}  # key -> (value, its pickle), one per key
@@ -262,7 +248,7 @@ def encode_back(synced: dict[str, Any]) -> tuple[Snapshot | None, dict[str, Any]
         for key, value in unbound.items():
             if synced.get(key, _UNSET) is not value:
                 values[key] = value
-    for key, get in _back_getters:  # capture(back=True), inline: this runs per answer
+    for key, get in _back_getters:
         value = get(_UNSET)
         if value is not _UNSET and synced.get(key, _UNSET) is not value:
             values[key] = value

@@ -112,9 +112,6 @@ class Dispatcher:
     def _answered(self, target: Target) -> None:
         """A request to ``target`` was answered: it has room again."""
 
-    def _unqueue(self, rid: int) -> None:
-        """Forget a queued request whose caller gave up."""
-
     def _escalate(self, target: Target, request_id: int) -> None:
         """A cancelled request was not acknowledged within :attr:`cancel_grace`."""
 
@@ -280,8 +277,7 @@ class Dispatcher:
         if self._pending.get(rid) is pending:
             pending.future = None
             if pending.target is None:  # still queued: it never left this process
-                del self._pending[rid]
-                self._unqueue(rid)
+                del self._pending[rid]  # (its queue entry is skipped when reached)
             else:
                 self.cancel_remote(pending, rid)
 

@@ -110,7 +110,6 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         self.broken: BaseException | None = None
         self.crashes = 0
         self.handed_back = 0
-        self._limits_cut = 0  # workers whose limit is below max_inflight
         self._changed: asyncio.Event | None = None
         self._serving_cache: list[WorkerHandle] | None = None
 
@@ -194,7 +193,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         log.error("wool_local: %s", exc)
         if not fut.done():
             fut.set_exception(exc)
-        if not self._spawning and self._serving() == 0:
+        if not self._spawning and not self._serving_list():
             self._wake_all(exc)  # nothing left to run the queued calls
 
     def _on_spawned(self, seq: int, pid: int) -> None:
@@ -238,8 +237,6 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         # Out of the serving list first: the answers delivered next make room,
         # and the queued calls they let go must not go to this worker.
         self._serving_cache = None
-        if handle.limit < self.max_inflight:
-            self._limits_cut -= 1
         handle.link.pump()  # deliver answers it wrote before exiting
         if handle.stopping and not handle.kill_reason:
             exc: BaseException = PoolClosed("the worker stopped before this dispatch finished")
@@ -378,10 +375,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         handle = self._pick() if not self._queue else None
         if handle is None:
             self._queue.append(pending)
-            serving = self._serving_cache  # (inline: every queued call asks)
-            if serving is None:
-                serving = self._serving_list()
-            if len(serving) + len(self._spawning) < self.size:
+            if len(self._serving_list()) + len(self._spawning) < self.size:
                 self._spawn_worker()  # grow back on demand
         else:
             self.send_call(handle, pending)
@@ -404,10 +398,8 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
 
     def _set_limit(self, handle: WorkerHandle, limit: int) -> None:
         """Change how many requests ``handle`` may have in flight (see its ``limit``)."""
-        was_cut = handle.limit < self.max_inflight
         handle.limit = limit
         handle.answered_since_cut = 0
-        self._limits_cut += (limit < self.max_inflight) - was_cut
 
     def _serving_list(self) -> list[WorkerHandle]:
         """Workers that take new calls (not retiring, not stopping); cached until the
@@ -418,16 +410,12 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             ]
         return self._serving_cache
 
-    def _serving(self) -> int:
-        return len(self._serving_list())
-
     # -- limits and recycling ----------------------------------------------
 
     def _answered(self, target: Target) -> None:
         """Capacity freed up (or a worker joined): send queued calls, oldest first."""
         queue = self._queue
         outstanding = self._pending
-        full = self.max_inflight
         while queue:
             pending = queue[0]
             rid = pending.id
@@ -444,12 +432,6 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
                 del outstanding[rid]
                 if pending.future is not None and not pending.future.done():
                     pending.future.set_exception(exc)
-            if full > 1 and self._limits_cut == 0 and handle.load - handle.nested >= full:
-                # The least-loaded worker is full now: every other one has at least
-                # full - 1 requests out, so none is idle, and its next answer calls
-                # this again. (Saves a scan of every worker per answer; only while
-                # every worker may have max_inflight, see WorkerHandle.limit.)
-                return
 
     def _wake_all(self, exc: BaseException) -> None:
         """Fail every queued call with ``exc``."""

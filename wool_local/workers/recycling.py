@@ -52,7 +52,7 @@ class Recycling:
                 continue
             if reason is RecycleReason.IDLE:
                 # Keep min_workers warm; retire one idle worker per round.
-                if not retired_idle and self._serving() > self.min_workers:
+                if not retired_idle and len(self._serving_list()) > self.min_workers:
                     retired_idle = True
                     self.retire(handle, reason, health)
             elif not recycling:
