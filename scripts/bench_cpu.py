@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import random
 import statistics
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import uvloop
-from benchlib import machine
+from benchlib import machine_line, write_json
 
 import wool_local
 
@@ -111,7 +110,7 @@ def main() -> int:
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     print(f"CPU-bound batches, {WORKERS} workers, median of {args.rounds} rounds")
-    print("  " + ", ".join(f"{k} {v}" for k, v in machine().items()))
+    print(f"  {machine_line()}")
     rows = []
     for name, batch in batches().items():
         ideal = sum(batch) / 1000 / WORKERS
@@ -125,9 +124,7 @@ def main() -> int:
                 f"{best_peer / seconds:5.2f}x vs best peer"
             )
             rows.append({"batch": name, "impl": impl, "seconds": seconds, "ideal": ideal})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "rows": rows}, f, indent=2)
+    write_json(args.json, rows)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import psutil
 import uvloop
-from benchlib import machine
+from benchlib import machine_line, write_json
 
 import wool_local
 
@@ -114,12 +113,10 @@ def main() -> int:
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     print(f"hub cost per call, {args.rounds} rounds of {args.calls:,} calls, 2 workers")
-    print("  " + ", ".join(f"{k} {v}" for k, v in machine().items()))
+    print(f"  {machine_line()}")
     rows = uvloop.run(measure(args.calls, args.rounds))
     print("\n".join(_line(r) for r in rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "rows": rows}, f, indent=2)
+    write_json(args.json, rows)
     return 0
 
 

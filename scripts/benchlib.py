@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -50,3 +51,15 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "commit": git("rev-parse", "--short", "HEAD") or "unknown",
     }
+
+
+def machine_line() -> str:
+    """:func:`machine` on one line, for the head of a report."""
+    return ", ".join(f"{k} {v}" for k, v in machine().items())
+
+
+def write_json(path: str | None, rows: list[dict[str, object]]) -> None:
+    """Write ``rows`` with the machine details to ``path`` (nothing if it is None)."""
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"machine": machine(), "rows": rows}, f, indent=2)
