@@ -122,6 +122,9 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         await self._changed.wait()
 
     def _notify(self) -> None:
+        """The serving workers changed (one joined, retired, stopped or died): drop the
+        cached list, and wake whoever waits in :meth:`changed`. Call it before queued
+        calls are handed out again."""
         self._serving_cache = None
         event, self._changed = self._changed, None
         if event is not None:
@@ -217,15 +220,14 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         link.on_message = functools.partial(self._on_worker_message, handle)
         link.on_batch = functools.partial(self._on_worker_batch, handle)
         self._workers[pid] = handle
-        self._serving_cache = None  # it serves from now on (the queue may go to it below)
         link.start()
         if self.closed:
             handle.stopping = True
             link.send(Stop())
+        self._notify()
         self._answered(handle)
         if not fut.done():
             fut.set_result(handle)
-        self._notify()
 
     def _on_exited(self, pid: int, status: int) -> None:
         handle = self._workers.pop(pid, None)
@@ -236,7 +238,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             return
         # Out of the serving list first: the answers delivered next make room,
         # and the queued calls they let go must not go to this worker.
-        self._serving_cache = None
+        self._notify()
         handle.link.pump()  # deliver answers it wrote before exiting
         if handle.stopping and not handle.kill_reason:
             exc: BaseException = PoolClosed("the worker stopped before this dispatch finished")
@@ -254,7 +256,6 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             self._spawn_worker()  # replace a crashed worker
         else:
             self._answered(handle)
-        self._notify()
 
     def _on_zygote_lost(self) -> None:
         if self.closed:
@@ -322,7 +323,6 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
         """Synchronous last resort: kill whatever is left, reap the zygote, free everything."""
         self.closed = True
         self.monitor.stop()
-        self._serving_cache = None
         for handle in list(self._workers.values()):
             handle.stopping = True
             try:
@@ -333,6 +333,7 @@ class Pool(Relaying, Recycling, HandBack, Dispatcher):
             handle.link.close()
             os.close(handle.return_fd)
         self._workers.clear()
+        self._notify()
         for chan, return_fd, fut in self._spawning.values():
             chan.close()
             os.close(return_fd)

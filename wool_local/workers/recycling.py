@@ -86,7 +86,7 @@ class Recycling:
 
     def _stop_worker(self, handle: WorkerHandle) -> None:
         handle.stopping = True
-        self._serving_cache = None
+        self._notify()
         try:
             handle.send(Stop())
         except Exception:
