@@ -238,8 +238,7 @@ class Dispatcher:
         # This is the hot path of every dispatch: one coroutine, one future, one
         # Pending, nothing kept that the answer does not need (each object alive
         # per call in flight is work for the cyclic GC when thousands are).
-        entry = self._fn_cache.get(id(fn))
-        fid = entry[1] if entry is not None and entry[0] is fn else self.encode_fn(fn)
+        fid = self.encode_fn(fn)
         data, buffers = payload.dumps_args(args, kwargs, fn)
         args = kwargs = None  # type: ignore[assignment]  # sent as a pickle: let go
         rid = next(self._ids)
