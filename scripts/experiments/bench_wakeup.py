@@ -42,7 +42,8 @@ Why
     short spin before sleeping is worth its CPU cost.
 
 Usage
-    python scripts/bench_wakeup.py [--rounds 3000] [--warmup 300] [--gap-us 0] [--json PATH]
+    python scripts/experiments/bench_wakeup.py [--rounds 3000] [--warmup 300] [--gap-us 0]
+                                               [--json PATH]
 
 The script does not import wool_local. Every child is reaped (SIGKILL after a grace period),
 every descriptor is closed, and every wait is bounded by a timeout.
