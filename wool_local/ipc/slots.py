@@ -15,6 +15,23 @@ recovery re-checks the (owner, epoch) pair it saw, so a dead owner is
 recovered exactly once. A holder that dies between taking the semaphore and
 recording its pid leaves owner 0: that is recovered only after the same
 (0, epoch) has been seen for ``stale_after`` seconds.
+
+Layout (header fields little-endian u64, slot fields little-endian u32)::
+
+    +0    magic ("SLOTW1")   +8  slots   +16 holders_per_slot
+    +24   owner  (pid that holds the lock; 0 when free or not yet recorded)
+    +32   epoch  (bumped on every take and every recovery of the lock)
+    +64   semaphore name, NUL-padded to 64 bytes
+    +128  slot[slots], each 6 + 2 * holders_per_slot u32 words:
+
+          word 0-3    key (16 bytes)
+          word 4      state: 0 empty, 1 used, 2 tombstone (freed; probing goes on past it)
+          word 5      unused (keeps every slot and holder entry 8-byte aligned)
+          word 6+2h   pid of holder h (0: entry free)
+          word 7+2h   count of holder h
+
+A key's slot is found by linear probing from its first 8 bytes modulo
+``slots``; a process's entry in a slot is the one with its pid.
 """
 
 from __future__ import annotations
@@ -24,6 +41,8 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import posix_ipc
 
@@ -32,12 +51,40 @@ from .segment import Segment, make_name
 
 _MAGIC = 0x534C_4F54_5731  # "SLOTW1"
 KEY_SIZE = 16
-_EMPTY, _USED, _TOMB = 0, 1, 2
-# u64 header words
+
+# u64 word indexes into the header, and its size in bytes.
 _H_MAGIC, _H_SLOTS, _H_HOLDERS, _H_OWNER, _H_EPOCH = 0, 1, 2, 3, 4
-_HEADER = 64
-_NAME_OFF = 64  # semaphore name, NUL-padded, 64 bytes
+_HEADER_SIZE = 64
+# Byte offsets: the semaphore's name (NUL-padded), then the slots.
+_NAME_OFF, _NAME_SIZE = 64, 64
 _TABLE_OFF = 128
+
+# u32 word indexes into a slot, and the bytes of one word.
+_WORD_BYTES = 4
+_S_KEY = 0  # KEY_SIZE bytes
+_S_STATE = 4
+_S_ENTRIES = 6  # the first holder entry
+# Slot states.
+_EMPTY, _USED, _TOMB = 0, 1, 2
+# u32 word indexes into a holder entry, and its size in words.
+_E_PID, _E_COUNT = 0, 1
+_ENTRY_WORDS = 2
+
+
+def _slot_words(holders_per_slot: int) -> int:
+    """u32 words one slot takes."""
+    return _S_ENTRIES + _ENTRY_WORDS * holders_per_slot
+
+
+class LockState(NamedTuple):
+    """What :meth:`SlotTable.lock_state` reads."""
+
+    #: Pid recorded as holding the lock; 0 when it is free (or not recorded yet).
+    owner: int
+    #: Bumped on every take and every recovery of the lock.
+    epoch: int
+    #: The semaphore's value: 1 when the lock is free, 0 while it is held.
+    value: int
 
 
 def _pid_alive(pid: int) -> bool:
@@ -68,14 +115,14 @@ class SlotTable:
     ) -> None:
         self.segment = segment
         self._sem = sem
-        hdr = segment.buf[:_HEADER].cast("Q")
+        hdr = segment.buf[:_HEADER_SIZE].cast("Q")
         if hdr[_H_MAGIC] != _MAGIC:
             hdr.release()
             raise SlotTableError(f"{segment.name} is not a slot table")
         self._hdr = hdr
         self.slots: int = hdr[_H_SLOTS]
         self.holders_per_slot: int = hdr[_H_HOLDERS]
-        self._stride = 6 + 2 * self.holders_per_slot  # u32 words per slot
+        self._stride = _slot_words(self.holders_per_slot)
         self._words = segment.buf[_TABLE_OFF:].cast("I")
         self._bytes = segment.buf[_TABLE_OFF:]
         self._fd = os.open(f"/dev/shm{segment.name}", os.O_RDWR) if not segment.unlinked else -1
@@ -89,7 +136,8 @@ class SlotTable:
 
     @staticmethod
     def size_for(slots: int, holders_per_slot: int) -> int:
-        return _TABLE_OFF + slots * (6 + 2 * holders_per_slot) * 4
+        """Bytes a table of ``slots`` slots of ``holders_per_slot`` holders occupies."""
+        return _TABLE_OFF + slots * _slot_words(holders_per_slot) * _WORD_BYTES
 
     @classmethod
     def create(cls, slots: int = 1024, holders_per_slot: int = 16, **kw: float) -> SlotTable:
@@ -103,7 +151,7 @@ class SlotTable:
             seg.unlink()
             seg.close()
             raise
-        hdr = seg.buf[:_HEADER].cast("Q")
+        hdr = seg.buf[:_HEADER_SIZE].cast("Q")
         hdr[_H_SLOTS] = slots
         hdr[_H_HOLDERS] = holders_per_slot
         seg.buf[_NAME_OFF : _NAME_OFF + len(sem_name)] = sem_name.encode()
@@ -114,7 +162,7 @@ class SlotTable:
     @classmethod
     def attach(cls, name: str, **kw: float) -> SlotTable:
         seg = Segment.attach(name)
-        raw = bytes(seg.buf[_NAME_OFF : _NAME_OFF + 64]).rstrip(b"\0").decode()
+        raw = bytes(seg.buf[_NAME_OFF : _NAME_OFF + _NAME_SIZE]).rstrip(b"\0").decode()
         try:
             sem = posix_ipc.Semaphore(raw)
         except posix_ipc.ExistentialError as exc:
@@ -205,6 +253,28 @@ class SlotTable:
         self._sem.release()
         self._thread_lock.release()
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the table's lock for the block, as every acquire and release does.
+
+        Nothing changes the table meanwhile, in any process. For debugging and
+        tests; the lock is not re-entrant, so call no other method of the table
+        inside, and keep the block short: every other user of the table waits
+        (and one that waits past ``lock_timeout`` raises LockTimeout).
+        """
+        self._lock()
+        try:
+            yield
+        finally:
+            self._unlock()
+
+    def lock_state(self) -> LockState:
+        """The lock's recorded owner, epoch and semaphore value, read without taking it.
+
+        For debugging and tests: the three reads are not one snapshot.
+        """
+        return LockState(self._hdr[_H_OWNER], self._hdr[_H_EPOCH], self._sem.value)
+
     # -- slots -------------------------------------------------------------
 
     def _check_key(self, key: bytes) -> None:
@@ -222,7 +292,7 @@ class SlotTable:
         free = -1
         for idx in self._probe(key):
             base = idx * stride
-            state = words[base + 4]
+            state = words[base + _S_STATE]
             if state == _EMPTY:
                 if free < 0:
                     free = idx
@@ -231,28 +301,31 @@ class SlotTable:
                 if free < 0:
                     free = idx
                 continue
-            if raw[base * 4 : base * 4 + KEY_SIZE] == key:
+            k = (base + _S_KEY) * _WORD_BYTES
+            if raw[k : k + KEY_SIZE] == key:
                 return idx
         if not insert:
             return -1
         if free < 0:
             raise SlotTableError(f"slot table {self.name} is full ({self.slots} slots)")
         base = free * stride
-        raw[base * 4 : base * 4 + KEY_SIZE] = key
-        for i in range(6, stride):
+        k = (base + _S_KEY) * _WORD_BYTES
+        raw[k : k + KEY_SIZE] = key
+        for i in range(_S_ENTRIES, stride):
             words[base + i] = 0
-        words[base + 4] = _USED
+        words[base + _S_STATE] = _USED
         return free
 
     def _holder(self, idx: int, pid: int, insert: bool) -> int:
+        """Word index of ``pid``'s entry in slot ``idx``; with ``insert`` claim a free one."""
         words = self._words
-        base = idx * self._stride + 6
+        base = idx * self._stride + _S_ENTRIES
         free = -1
         for h in range(self.holders_per_slot):
-            at = base + 2 * h
-            if words[at] == pid:
+            at = base + _ENTRY_WORDS * h
+            if words[at + _E_PID] == pid:
                 return at
-            if free < 0 and words[at] == 0:
+            if free < 0 and words[at + _E_PID] == 0:
                 free = at
         if not insert:
             return -1
@@ -260,14 +333,16 @@ class SlotTable:
             raise SlotTableError(
                 f"slot has {self.holders_per_slot} holding processes already (table {self.name})"
             )
-        words[free + 1] = 0
-        words[free] = pid
+        words[free + _E_COUNT] = 0
+        words[free + _E_PID] = pid
         return free
 
     def _total(self, idx: int) -> int:
         words = self._words
-        base = idx * self._stride + 6
-        return sum(words[base + 1 : base + 2 * self.holders_per_slot : 2])
+        base = idx * self._stride + _S_ENTRIES
+        return sum(
+            words[base + _E_COUNT : base + _ENTRY_WORDS * self.holders_per_slot : _ENTRY_WORDS]
+        )
 
     def _locate(self, key: bytes, insert: bool) -> int:
         """Word index of this process's (pid, count) entry for ``key``; -1 if absent.
@@ -279,10 +354,11 @@ class SlotTable:
         if at >= 0:
             words = self._words
             base = (at // self._stride) * self._stride
+            k = (base + _S_KEY) * _WORD_BYTES
             if (
-                words[at] == self._pid
-                and words[base + 4] == _USED
-                and self._bytes[base * 4 : base * 4 + KEY_SIZE] == key
+                words[at + _E_PID] == self._pid
+                and words[base + _S_STATE] == _USED
+                and self._bytes[k : k + KEY_SIZE] == key
             ):
                 return at
         idx = self._find(key, insert)
@@ -300,7 +376,7 @@ class SlotTable:
         self._lock()
         try:
             at = self._locate(key, insert=True)
-            self._words[at + 1] += 1
+            self._words[at + _E_COUNT] += 1
             return self._total(at // self._stride)
         finally:
             self._unlock()
@@ -313,15 +389,15 @@ class SlotTable:
         try:
             at = self._locate(key, insert=False)
             words = self._words
-            if at < 0 or words[at + 1] == 0:
+            if at < 0 or words[at + _E_COUNT] == 0:
                 raise SlotTableError(f"process {self._pid} holds no count on key {key.hex()}")
-            words[at + 1] -= 1
-            if words[at + 1] == 0:
-                words[at] = 0
+            words[at + _E_COUNT] -= 1
+            if words[at + _E_COUNT] == 0:
+                words[at + _E_PID] = 0
             idx = at // self._stride
             total = self._total(idx)
             if total == 0:
-                words[idx * self._stride + 4] = _TOMB
+                words[idx * self._stride + _S_STATE] = _TOMB
             return total
         finally:
             self._unlock()
@@ -342,10 +418,11 @@ class SlotTable:
 
     def _holders_of(self, idx: int) -> dict[int, int]:
         words = self._words
-        base = idx * self._stride + 6
+        base = idx * self._stride + _S_ENTRIES
         out = {}
         for h in range(self.holders_per_slot):
-            pid, n = words[base + 2 * h], words[base + 2 * h + 1]
+            at = base + _ENTRY_WORDS * h
+            pid, n = words[at + _E_PID], words[at + _E_COUNT]
             if pid and n:
                 out[pid] = n
         return out
@@ -358,16 +435,16 @@ class SlotTable:
             words, stride = self._words, self._stride
             for idx in range(self.slots):
                 base = idx * stride
-                if words[base + 4] != _USED:
+                if words[base + _S_STATE] != _USED:
                     continue
                 for h in range(self.holders_per_slot):
-                    at = base + 6 + 2 * h
-                    if words[at] == pid:
-                        dropped += words[at + 1]
-                        words[at + 1] = 0
-                        words[at] = 0
+                    at = base + _S_ENTRIES + _ENTRY_WORDS * h
+                    if words[at + _E_PID] == pid:
+                        dropped += words[at + _E_COUNT]
+                        words[at + _E_COUNT] = 0
+                        words[at + _E_PID] = 0
                 if self._total(idx) == 0:
-                    words[base + 4] = _TOMB
+                    words[base + _S_STATE] = _TOMB
             return dropped
         finally:
             self._unlock()
@@ -379,10 +456,11 @@ class SlotTable:
             out = {}
             for idx in range(self.slots):
                 base = idx * self._stride
-                if self._words[base + 4] == _USED:
+                if self._words[base + _S_STATE] == _USED:
                     holders = self._holders_of(idx)
                     if holders:
-                        key = bytes(self._bytes[base * 4 : base * 4 + KEY_SIZE])
+                        k = (base + _S_KEY) * _WORD_BYTES
+                        key = bytes(self._bytes[k : k + KEY_SIZE])
                         out[key] = holders
             return out
         finally:
