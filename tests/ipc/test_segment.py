@@ -18,7 +18,8 @@ def _path(name: str) -> str:
 
 
 def test_given_new_segment_then_name_carries_uid_pid_and_random_part_and_mode_is_0600():
-    """Given a created segment, its name is prefixed by uid and pid and it is private."""
+    """Given a new segment, when looking at its name and file, then the name carries uid,
+    pid and a random part, the mode is 0600, and no two names repeat."""
     with Segment.create(4096) as seg:
         assert re.fullmatch(rf"/wl-{os.getuid()}-{os.getpid()}-[0-9a-f]{{16}}", seg.name)
         assert stat.S_IMODE(os.stat(_path(seg.name)).st_mode) == 0o600
@@ -26,13 +27,14 @@ def test_given_new_segment_then_name_carries_uid_pid_and_random_part_and_mode_is
 
 
 def test_given_existing_name_when_creating_again_then_segment_error():
-    """Given a name in use, exclusive creation refuses to reuse it."""
+    """Given a name in use, when creating a segment with it again, then SegmentError."""
     with Segment.create(64) as seg, pytest.raises(SegmentError):
         Segment.create(64, name=seg.name)
 
 
 def test_given_attached_with_unlink_then_name_is_gone_and_both_mappings_share_bytes():
-    """Given a second mapping that unlinks on attach, /dev/shm is empty but memory is shared."""
+    """Given a second mapping that unlinks on attach, when writing through the first, then
+    the second sees the bytes although the name is gone from /dev/shm."""
     seg = Segment.create(4096)
     other = Segment.attach(seg.name, unlink=True)
     try:
@@ -48,7 +50,8 @@ def test_given_attached_with_unlink_then_name_is_gone_and_both_mappings_share_by
 
 
 def test_given_every_party_mapped_when_creator_is_sigkilled_then_nothing_stays_in_dev_shm():
-    """Given a segment its creator and the parent both mapped, killing the creator leaks nothing."""
+    """Given a segment its creator and the parent both mapped (and unlinked), when the
+    creator is SIGKILLed, then nothing of it stays in /dev/shm."""
     sync = Rendezvous()
     r, w = os.pipe()
 
@@ -74,7 +77,8 @@ def test_given_every_party_mapped_when_creator_is_sigkilled_then_nothing_stays_i
 
 
 def test_given_segment_of_dead_creator_when_sweeping_then_it_is_removed_and_live_ones_kept():
-    """Given a leftover from a dead process and a live one, sweep removes only the dead one."""
+    """Given a leftover of a dead creator and a live segment, when sweeping, then only the
+    leftover is removed."""
     r, w = os.pipe()
 
     def child():
@@ -100,6 +104,6 @@ def test_given_segment_of_dead_creator_when_sweeping_then_it_is_removed_and_live
 
 
 def test_given_bad_size_when_creating_then_value_error():
-    """Given a non-positive size, creation refuses it clearly."""
+    """Given a non-positive size, when creating a segment, then ValueError."""
     with pytest.raises(ValueError, match="positive"):
         Segment.create(0)

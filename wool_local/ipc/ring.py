@@ -18,9 +18,11 @@ Every frame starts on an 8-byte boundary with one header word
 contiguous in memory: when a frame would cross the end of the data area the
 producer writes a PAD frame to the end and starts again at offset 0, so a
 reader can always decode straight from ring memory. A frame whose payload
-exceeds ``inline_max`` travels outside the ring, in the ring's reusable bulk
-segment or a one-off one, whose name is sent through the ring; size is then
-bounded only by memory.
+exceeds ``inline_max`` travels outside the ring, and the name of the segment
+holding it is sent through the ring: the writer reuses one bulk segment per
+ring (grown when a frame does not fit it) and makes a one-off segment only when
+the bulk one is still in use or the frame exceeds :data:`BULK_MAX`. Size is
+then bounded only by memory.
 
 Wake-up handshake (see ``docs/architecture.md``): the consumer sets
 ``reader_waiting``, runs a full fence, re-reads ``head`` and only then
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from .doorbell import Doorbell, PeerWatch
 from .errors import FrameError, PeerDied, ProtocolVersionError
@@ -62,7 +65,10 @@ LEN_MASK = 0xFFFF_FFFF
 BULK_MAX = 256 << 20
 SPILL_BULK = 1
 
-#: Default bounded spin before sleeping, in seconds.
+#: How long :meth:`~wool_local.ipc.reader.RingReader.read_blocking` polls by default
+#: before sleeping, in seconds. The async ``read`` spins only when asked; the
+#: worker layer's links spin adaptively, up to ``SPIN_WINDOW`` (100 us) in
+#: ``workers/link.py``.
 DEFAULT_SPIN = 20e-6
 
 Buffer = bytes | bytearray | memoryview
@@ -123,6 +129,17 @@ def as_parts(parts: Parts) -> Sequence[Buffer]:
     return views
 
 
+class RingState(NamedTuple):
+    """The header words of a ring, as :meth:`RingEnd.state` reads them."""
+
+    head: int  # bytes ever written
+    tail: int  # bytes ever released
+    writer_waiting: bool  # the writer sleeps (or is about to) until space is freed
+    writer_closed: bool
+    reader_waiting: bool  # the reader sleeps (or is about to) until a frame arrives
+    reader_closed: bool
+
+
 class RingEnd:
     """What both ends share: header views, doorbells, peer watch, fences."""
 
@@ -152,6 +169,22 @@ class RingEnd:
         self.peer_bell = peer_bell
         self.peer = peer
         self._fence = Fence()
+
+    def state(self) -> RingState:
+        """The ring's header words now, for debugging and tests.
+
+        Each word is read on its own while the other end may be moving: the
+        result is not one consistent snapshot.
+        """
+        hdr = self._hdr
+        return RingState(
+            head=hdr[H_HEAD],
+            tail=hdr[H_TAIL],
+            writer_waiting=bool(hdr[H_WRITER_WAITING]),
+            writer_closed=bool(hdr[H_WRITER_CLOSED]),
+            reader_waiting=bool(hdr[H_READER_WAITING]),
+            reader_closed=bool(hdr[H_READER_CLOSED]),
+        )
 
     def _check_peer(self) -> None:
         if self.peer is not None and not self.peer.alive():

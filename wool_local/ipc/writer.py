@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from .doorbell import Doorbell, PeerWatch
 from .errors import RingClosed
@@ -29,6 +30,13 @@ from .ring import (
     round_mib,
 )
 from .segment import Segment, make_name, unlink_name
+
+
+class SpillSegment(NamedTuple):
+    """A segment that carries frames too large for the ring: its name and size in bytes."""
+
+    name: str
+    size: int
 
 
 class RingWriter(RingEnd):
@@ -135,19 +143,18 @@ class RingWriter(RingEnd):
         """
         bulk = self._bulk
         reusable = total <= BULK_MAX and self._hdr[H_TAIL] >= self._bulk_free_at
-        fresh = False
-        if reusable and bulk is not None and bulk.size >= total:
-            name = bulk.name
-        else:
-            name = make_name()
-            fresh = True
+        # The segment this frame goes to if it exists already: the bulk one, when
+        # it is free and large enough; otherwise a fresh one is made below.
+        seg = bulk if reusable and bulk is not None and bulk.size >= total else None
+        fresh = seg is None
+        name = make_name() if seg is None else seg.name
         flags = SPILL_BULK if reusable else 0
         record = total.to_bytes(8, "little") + bytes((flags,)) + name.encode()
         # Check ring room first, so a full ring never strands a segment; room only
         # grows while we hold the producer role.
         if not self._fits(len(record)):
             return False
-        if fresh:
+        if seg is None:
             size = max(total, 1)
             if reusable:
                 old = bulk.size if bulk is not None else 0
@@ -156,18 +163,16 @@ class RingWriter(RingEnd):
             if reusable:
                 if bulk is not None:
                     bulk.close()  # the reader took it: it released the frame that used it
-                self._bulk = bulk = seg
-        else:
-            seg = bulk  # type: ignore[assignment]
+                self._bulk = seg
         try:
-            copy_into(seg.buf, 0, views)  # type: ignore[union-attr]
+            copy_into(seg.buf, 0, views)
         except BaseException:
             if fresh:
-                seg.unlink()  # type: ignore[union-attr]
+                seg.unlink()
             raise
         finally:
             if not reusable:
-                seg.close()  # type: ignore[union-attr]
+                seg.close()
         written = self._write_inline((record,), len(record), SPILL_WORD)
         assert written, "ring room shrank under the only producer"
         if fresh:
@@ -175,6 +180,22 @@ class RingWriter(RingEnd):
         if reusable:
             self._bulk_free_at = self._head
         return True
+
+    @property
+    def bulk(self) -> SpillSegment | None:
+        """The ring's reusable bulk segment; None until a frame needed one.
+
+        For debugging and tests; the segment stays owned by this end.
+        """
+        bulk = self._bulk
+        return None if bulk is None else SpillSegment(bulk.name, bulk.size)
+
+    @property
+    def pending_spills(self) -> tuple[str, ...]:
+        """Names of the spill segments this end created for frames the reader has not
+        released yet (the reader unlinks each when it maps it). For debugging and tests."""
+        tail = self._hdr[H_TAIL]
+        return tuple(name for end, name in self._spills if end > tail)
 
     def _forget_spills(self) -> None:
         # The reader unlinks a spill segment before releasing its frame.
