@@ -24,7 +24,11 @@ COROUTINE, GENERATOR = 0, 1
 NEXT, SEND, THROW, CLOSE = 0, 1, 2, 3
 
 # Reply statuses
-RETURNED, RAISED, YIELDED, EXHAUSTED, CANCELLED, REJECTED = 0, 1, 2, 3, 4, 5
+RETURNED, RAISED, YIELDED, EXHAUSTED, CANCELLED = 0, 1, 2, 3, 4
+
+#: The status word (index in the channel end's status words) the worker bumps
+#: whenever its loop runs; the hub's stall watchdog reads it.
+TICK = 0
 
 
 class Call(msgspec.Struct, array_like=True, tag=1, gc=False):
@@ -77,7 +81,8 @@ class Returned(msgspec.Struct, array_like=True, tag=6, gc=False):
 
 
 class Ping(msgspec.Struct, array_like=True, tag=7, gc=False):
-    """Hub to worker: handling it shows the worker's loop runs (see ``Pool._watch``)."""
+    """Hub to worker: wakes a worker's loop, whose run bumps :data:`TICK` for the hub's
+    stall watchdog to see."""
 
 
 class Batch(msgspec.Struct, array_like=True, tag=8, gc=False):
