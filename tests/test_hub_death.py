@@ -26,7 +26,7 @@ HUB = textwrap.dedent(
         async with wool_local.WorkerPool(spawn=2) as wp:
             calls = [asyncio.ensure_future(hang()) for _ in range(4)]
             await asyncio.sleep(0.1)
-            print(json.dumps({"zygote": wp.pool.zygote_pid, "workers": wp.pids}), flush=True)
+            print(json.dumps({"zygote": wp.hub.zygote_pid, "workers": wp.pids}), flush=True)
             sys.stdin.readline()  # parks until killed
 
     asyncio.run(main())

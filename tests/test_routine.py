@@ -179,7 +179,7 @@ def test_given_blocking_task_that_ignores_cancel_when_timed_out_then_worker_is_r
             await started.read()
             new = await r.whoami()  # queued until the replacement is up
             assert new != old
-            assert pool.pool.crashes == 1
+            assert pool.hub.crashes == 1
 
     try:
         run(main)

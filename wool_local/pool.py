@@ -6,7 +6,7 @@ import math
 import os
 from typing import Any
 
-from .workers import Pool, PoolStats, WorkerLimits, __proxy__
+from .workers import Hub, PoolOptions, PoolStats, WorkerLimits, __proxy__
 
 
 def available_cpus() -> int:
@@ -38,6 +38,7 @@ class WorkerPool:
     worker is killed; ``recycle_grace`` how long a recycled worker may take to
     finish its calls. ``proxy_retry_after`` is how long a worker remembers that
     starting a ``__proxy__`` failed before the next dispatch through it retries.
+    Defaults and checks: :class:`~wool_local.workers.PoolOptions`.
     """
 
     def __init__(
@@ -45,71 +46,71 @@ class WorkerPool:
         spawn: int | None = None,
         *,
         limits: WorkerLimits | None = None,
-        min_workers: int = 0,
-        max_inflight: int = 256,
-        cancel_grace: float = 5.0,
-        recycle_grace: float = 30.0,
-        monitor_interval: float = 0.5,
-        ring_capacity: int = 1 << 20,
-        proxy_retry_after: float = 1.0,
+        min_workers: int = PoolOptions.min_workers,
+        max_inflight: int = PoolOptions.max_inflight,
+        cancel_grace: float = PoolOptions.cancel_grace,
+        recycle_grace: float = PoolOptions.recycle_grace,
+        monitor_interval: float = PoolOptions.monitor_interval,
+        ring_capacity: int = PoolOptions.ring_capacity,
+        proxy_retry_after: float = PoolOptions.proxy_retry_after,
     ) -> None:
-        self.spawn = available_cpus() if spawn is None else spawn
-        if self.spawn < 1:
-            raise ValueError(f"spawn must be at least 1, got {spawn}")
-        if limits is not None and not isinstance(limits, WorkerLimits):
-            raise TypeError(f"limits must be a WorkerLimits, got {limits!r}")
-        self._options: dict[str, Any] = {
-            "limits": limits,
-            "min_workers": min_workers,
-            "max_inflight": max_inflight,
-            "cancel_grace": cancel_grace,
-            "recycle_grace": recycle_grace,
-            "monitor_interval": monitor_interval,
-            "ring_capacity": ring_capacity,
-            "proxy_retry_after": proxy_retry_after,
-        }
-        if not 0 <= min_workers <= self.spawn:
-            raise ValueError(f"min_workers must be between 0 and spawn={self.spawn}")
-        self._pool: Pool | None = None
+        self.options = PoolOptions(
+            size=available_cpus() if spawn is None else spawn,
+            limits=WorkerLimits() if limits is None else limits,
+            min_workers=min_workers,
+            max_inflight=max_inflight,
+            cancel_grace=cancel_grace,
+            recycle_grace=recycle_grace,
+            monitor_interval=monitor_interval,
+            ring_capacity=ring_capacity,
+            proxy_retry_after=proxy_retry_after,
+        )
+        self._hub: Hub | None = None
         self._proxy_token: Any = None
 
+    @property
+    def spawn(self) -> int:
+        """The most workers this pool runs."""
+        return self.options.size
+
     async def __aenter__(self) -> WorkerPool:
-        if self._pool is not None:
+        if self._hub is not None:
             raise RuntimeError("this WorkerPool is already running")
-        pool = Pool(self.spawn, **self._options)
-        await pool.start()
-        self._pool = pool
-        # Routines called in this block dispatch through the pool's proxy;
-        # binding the pool's proxy for this block takes a lease on it.
-        self._proxy_token = __proxy__.set(pool.proxy)
-        assert pool.leases is not None
-        pool.leases.acquire(pool.id)
+        hub = Hub(self.options)
+        await hub.start()
+        self._hub = hub
+        # Routines called in this block dispatch through the hub's proxy;
+        # binding it for this block takes a lease on it.
+        self._proxy_token = __proxy__.set(hub.proxy)
+        assert hub.leases is not None
+        hub.leases.acquire(hub.id)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        pool, self._pool = self._pool, None
+        hub, self._hub = self._hub, None
         if self._proxy_token is not None:
             try:
                 __proxy__.reset(self._proxy_token)
             except ValueError:  # exited from another context: just unbind
                 __proxy__.set(None)
             self._proxy_token = None
-            if pool is not None and pool.leases is not None:
-                pool.leases.release(pool.id)
-        if pool is not None:
-            await pool.close()
+            if hub is not None and hub.leases is not None:
+                hub.leases.release(hub.id)
+        if hub is not None:
+            await hub.close()
 
     @property
     def pids(self) -> list[int]:
         """Pids of the running workers."""
-        return self._pool.pids if self._pool is not None else []
+        return self._hub.pids if self._hub is not None else []
 
     def stats(self) -> PoolStats:
         """Per-worker health, recycle counts by reason, and totals."""
-        return self.pool.stats()
+        return self.hub.stats()
 
     @property
-    def pool(self) -> Pool:
-        if self._pool is None:
+    def hub(self) -> Hub:
+        """The running hub (scheduling, workers, counters); RuntimeError outside the block."""
+        if self._hub is None:
             raise RuntimeError("the WorkerPool is not running")
-        return self._pool
+        return self._hub

@@ -28,7 +28,7 @@ def test_given_a_routine_leaking_memory_then_its_worker_is_recycled(caplog):
     async def main():
         async with wool_local.WorkerPool(spawn=1, limits=limits, **FAST) as wp:
             leaker = await r.hoard(128)
-            await until(wp.pool, lambda: leaker not in wp.pids and wp.pids)
+            await until(wp.hub, lambda: leaker not in wp.pids and wp.pids)
             assert wp.stats().recycles == {"memory": 1}
             assert await r.whoami() != leaker
 
@@ -44,7 +44,7 @@ def test_given_a_routine_leaking_fds_then_its_worker_is_recycled():
     async def main():
         async with wool_local.WorkerPool(spawn=1, limits=limits, **FAST) as wp:
             leaker = await r.leak_fds(80)
-            await until(wp.pool, lambda: leaker not in wp.pids and wp.pids)
+            await until(wp.hub, lambda: leaker not in wp.pids and wp.pids)
             assert wp.stats().recycles == {"fds": 1}
 
     run(main)
@@ -58,11 +58,11 @@ def test_given_short_max_age_under_load_then_staggered_recycles_lose_and_repeat_
 
     async def main():
         async with wool_local.WorkerPool(spawn=2, limits=limits, **FAST) as wp:
-            pool = wp.pool
+            pool = wp.hub
             low_water = []
 
             async def one(i):
-                low_water.append(len(pool._serving_list()) + len(pool._spawning))
+                low_water.append(pool.serving_count() + pool.spawning)
                 return await r.record(log, i)
 
             results = []
@@ -85,13 +85,13 @@ def test_given_max_tasks_then_workers_are_replaced_and_no_call_is_lost_or_repeat
 
     async def main():
         async with wool_local.WorkerPool(spawn=2, limits=limits, **FAST) as wp:
-            pool = wp.pool
+            pool = wp.hub
             for batch in range(8):
                 await asyncio.gather(*(r.record(log, 50 * batch + i) for i in range(50)))
                 pool.monitor.sample_now()  # a monitor round now: limits are applied
                 # Recycles are staggered: let this one finish (its worker exit) before
                 # the next round, or that round may not retire anything.
-                while any(h.retiring for h in pool._workers.values()):
+                while any(h.retiring for h in pool.workers()):
                     await pool.changed()
             assert wp.stats().recycles.get("tasks", 0) >= 2
 
@@ -120,7 +120,7 @@ def test_given_idle_ttl_then_idle_workers_retire_to_min_and_come_back_on_demand(
             spawn=2, limits=limits, min_workers=min_workers, **FAST
         ) as wp:
             assert await r.square(3) == 9
-            await until(wp.pool, lambda: len(wp.pids) == min_workers)
+            await until(wp.hub, lambda: len(wp.pids) == min_workers)
             loop = asyncio.get_running_loop()
             started = loop.time()
             assert await r.square(4) == 16  # forks a worker if none is left
@@ -138,7 +138,7 @@ def test_given_pool_stats_then_health_per_worker_and_totals():
     async def main():
         async with wool_local.WorkerPool(spawn=2, **FAST) as wp:
             await asyncio.gather(*(r.square(i) for i in range(100)))
-            wp.pool.monitor.sample_now()  # take a reading now rather than wait for a round
+            wp.hub.monitor.sample_now()  # take a reading now rather than wait for a round
             stats = wp.stats()
             assert stats.size == 2 and stats.completed == 100 and stats.crashes == 0
             assert {w.pid for w in stats.workers} == set(wp.pids)
@@ -161,10 +161,10 @@ def test_given_a_stream_open_when_its_worker_is_recycled_then_the_stream_finishe
             first = await stream.__anext__()
             (pid,) = wp.pids
             await r.square(2)  # another task done: max_tasks is passed
-            await until(wp.pool, lambda: wp.pool.worker(pid).retiring is not None)
+            await until(wp.hub, lambda: wp.hub.worker(pid).retiring is not None)
             rest = [v async for v in stream]
             assert [first, *rest] == [5, 4, 3, 2, 1]
-            await until(wp.pool, lambda: pid not in wp.pids and wp.pids)
+            await until(wp.hub, lambda: pid not in wp.pids and wp.pids)
 
     run(main)
 

@@ -23,7 +23,7 @@ def test_given_worker_rebinds_proxy_then_the_caller_never_sees_it():
     async def main():
         async with wool_local.WorkerPool(spawn=1) as wp:
             assert await r.rebind_proxy() is True
-            assert wool_local.__proxy__.get() is wp.pool.proxy
+            assert wool_local.__proxy__.get() is wp.hub.proxy
 
     run(main)
 
@@ -67,7 +67,7 @@ def test_given_many_dispatches_then_every_lease_is_returned_and_the_table_does_n
 
     async def main():
         async with wool_local.WorkerPool(spawn=2) as wp:
-            pool = wp.pool
+            pool = wp.hub
             baseline = {pool.id: {os.getpid(): 1}}
             assert _lease_state(pool) == baseline
             for i in range(1000):
@@ -102,7 +102,7 @@ def test_given_worker_killed_holding_leases_then_hub_reclaims_them():
 
     async def main():
         async with wool_local.WorkerPool(spawn=1) as wp:
-            pool = wp.pool
+            pool = wp.hub
             call = asyncio.ensure_future(r.die("hang", started.w))
             await started.read()
             (pid,) = wp.pids

@@ -42,7 +42,7 @@ def test_given_gc_disabled_when_a_dispatch_ends_then_its_session_is_freed_at_onc
             await r.square(1)
             handle = asyncio.ensure_future(r.square(2))
             await asyncio.sleep(0)  # let it submit
-            (session,) = wp.pool._pending.values()
+            (session,) = wp.hub.outstanding.values()
             session_ref = weakref.ref(session)
             del session
             assert await handle == 4
@@ -87,17 +87,17 @@ def test_given_gc_disabled_when_many_dispatches_end_then_nothing_accumulates(no_
             def state():
                 return [
                     (rid, p.target and p.target.pid, p.cancelled)
-                    for rid, p in wp.pool._pending.items()
+                    for rid, p in wp.hub.outstanding.items()
                 ], [
                     (h.pid, h.load, h.open, h.cancelling, h.stalled)
-                    for h in wp.pool._workers.values()
+                    for h in wp.hub.workers()
                 ]
 
             # Cancels are acknowledged asynchronously (and a worker with unanswered
             # cancels gets no new calls): wait, bounded, for the last answers.
             try:
                 async with asyncio.timeout(5):
-                    await wp.pool.drained()
+                    await wp.hub.drained()
             except TimeoutError:
                 raise AssertionError(f"requests never answered: {state()}") from None
             # Nothing accumulated over 2,000 dispatches (a timer's or an event's own

@@ -13,7 +13,7 @@ from tests import routines as r
 from tests.helpers import Pipe, run
 from wool_local.ipc import Channel
 from wool_local.workers import payload
-from wool_local.workers.protocol import CANCELLED, Call, Cancel
+from wool_local.workers.protocol import CANCELLED, Batch, Call, Cancel, decode
 from wool_local.workers.worker import WorkerService
 
 
@@ -26,7 +26,7 @@ def test_given_first_calls_of_a_routine_handed_back_then_later_calls_still_resol
             results = await asyncio.gather(r.hog_cpu(0.5), r.triple(1), r.triple(2))
             assert results[1:] == [3, 6]
             assert await r.triple(3) == 9
-            (handle,) = wp.pool._workers.values()
+            (handle,) = wp.hub.workers()
             assert (handle.load, handle.open, handle.cancelling) == (0, 0, 0)
 
     run(main)
@@ -46,9 +46,9 @@ def test_given_a_call_cancelled_while_queued_behind_a_blocked_task_then_it_never
             late.cancel()
             assert isinstance(await hog, int)
             assert await r.record(log, 2) == 2
-            (handle,) = wp.pool._workers.values()
+            (handle,) = wp.hub.workers()
             assert (handle.load, handle.open, handle.cancelling) == (0, 0, 0)
-            assert wp.pool.crashes == 0
+            assert wp.hub.crashes == 0
 
     run(main)
     with open(log) as f:
@@ -70,8 +70,8 @@ def test_given_a_stream_cancelled_as_its_step_was_answered_then_worker_closes_it
             step.cancel()
             assert await done.read() == b"finally"
             async with asyncio.timeout(5):
-                await wp.pool.drained()  # the worker acknowledged the cancel
-            assert wp.pool.crashes == 0 and await r.square(2) == 4
+                await wp.hub.drained()  # the worker acknowledged the cancel
+            assert wp.hub.crashes == 0 and await r.square(2) == 4
 
     try:
         run(main)
@@ -94,7 +94,7 @@ def test_given_the_hub_loop_busy_right_after_dispatching_then_no_call_hangs():
                     assert await asyncio.gather(*calls) == [i * i for i in range(8)]
             async with asyncio.timeout(10):
                 await asyncio.gather(*(r.square(i) for i in range(10_000)))
-            assert not any(h.stalled for h in wp.pool._workers.values())
+            assert not any(h.stalled for h in wp.hub.workers())
 
     run(main)
 
@@ -109,10 +109,10 @@ def test_given_the_pool_left_while_a_worker_is_forking_then_exit_is_prompt():
             await r.square(1)
             async with asyncio.timeout(10):
                 while wp.pids:
-                    await wp.pool.changed()
+                    await wp.hub.changed()
             call = asyncio.ensure_future(r.square(2))
             await asyncio.sleep(0)
-            assert wp.pool._spawning  # an on-demand fork is under way
+            assert wp.hub.spawning  # an on-demand fork is under way
             call.cancel()
             started = time.monotonic()
         return time.monotonic() - started
@@ -131,7 +131,7 @@ def test_given_a_worker_answers_then_exits_then_the_call_its_answer_made_room_fo
             dying = asyncio.ensure_future(r.answer_then_exit(0.05))
             other = asyncio.ensure_future(r.nap(1.0))
             await asyncio.sleep(0)  # their first steps dispatch them
-            assert sorted(h.load for h in wp.pool._workers.values()) == [1, 1]
+            assert sorted(h.load for h in wp.hub.workers()) == [1, 1]
             queued = asyncio.ensure_future(r.square(7))
             await asyncio.sleep(0)
             # Keep the hub's loop busy while the worker answers and exits, so the
@@ -150,7 +150,7 @@ def test_given_a_stream_that_cannot_start_then_the_worker_still_gives_its_lease_
 
     async def main():
         async with wool_local.WorkerPool(spawn=1) as wp:
-            pool = wp.pool
+            pool = wp.hub
             baseline = {pool.id: {os.getpid(): 1}}
             with pytest.raises(wool_local.UnpicklableError, match="cannot be rebuilt"):
                 async for _ in r.one_item(r.RefusesWorkers()):
@@ -170,28 +170,36 @@ def test_given_calls_cancelled_before_their_first_step_then_they_leave_no_task()
     handled, one of them already handed back by the returner (its loop was blocked):
     both leave the worker's task table; the one still the worker's is answered
     CANCELLED, the handed-back one is not answered (the hub finishes it itself)."""
-    service = WorkerService(Channel.create(1 << 16).end(1))
-    replies = []
-    service._reply = lambda rid, status, *rest: replies.append((rid, status))
+    chan = Channel.create(1 << 16)
+    hub_end = chan.end(0)
+    service = WorkerService(chan.end(1))
 
     async def main():
-        service._loop = asyncio.get_running_loop()
-        fid = payload.callable_id(payload.dumps_callable(r.square, lambda fn: True))
-        service._functions[fid] = r.square
+        definition = payload.dumps_callable(r.square, lambda fn: True)
+        fid = payload.callable_id(definition)
         data, _ = payload.dumps_args((3,), {}, r.square)
-        service._on_message(Call(7, fid, None, data), ())
-        service._on_message(Call(8, fid, None, data), ())
-        assert service._pass_gate(7)  # what the returner does under a blocked loop
-        service._on_message(Cancel(7), ())
-        service._on_message(Cancel(8), ())
+        service.on_message(Call(7, fid, definition, data), ())
+        service.on_message(Call(8, fid, None, data), ())
+        assert service.gate.start(7)  # what the returner does under a blocked loop
+        service.on_message(Cancel(7), ())
+        service.on_message(Cancel(8), ())
         await asyncio.sleep(0)
-        assert service._tasks == {}
-        assert service._unstarted == {}
+        assert dict(service.tasks) == {}
+        assert not service.gate.waiting
 
     try:
         run(main)
+        replies = []
+
+        def read(view):
+            msg, _ = decode(view)
+            for one in msg.messages if type(msg) is Batch else [msg]:
+                replies.append((one.id, one.status))
+
+        hub_end.reader.drain(read)
     finally:
         service.link.end.discard()
+        hub_end.discard()
     assert replies == [(8, CANCELLED)]
 
 
@@ -219,16 +227,16 @@ def test_given_a_worker_that_handed_calls_back_then_it_gets_one_call_at_a_time_u
 
     async def main():
         async with wool_local.WorkerPool(spawn=1) as wp:
-            (handle,) = wp.pool._workers.values()
+            (handle,) = wp.hub.workers()
             blocker = asyncio.ensure_future(r.block_cpu(started.w, 0.4))
             await started.read()  # the worker's loop is blocked from here on
             queued = [asyncio.ensure_future(r.square(i)) for i in range(3)]
             assert await asyncio.gather(*queued) == [0, 1, 4]
             await blocker
             assert wp.stats().handed_back == 3
-            assert handle.limit < wp.pool.max_inflight  # cut, not yet grown back
-            await asyncio.gather(*(r.square(i) for i in range(2 * wp.pool.max_inflight)))
-            assert handle.limit == wp.pool.max_inflight
+            assert handle.limit < wp.hub.options.max_inflight  # cut, not yet grown back
+            await asyncio.gather(*(r.square(i) for i in range(2 * wp.hub.options.max_inflight)))
+            assert handle.limit == wp.hub.options.max_inflight
 
     try:
         run(main)

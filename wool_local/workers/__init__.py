@@ -1,4 +1,4 @@
-"""Worker processes and the hub's pool: zygote, worker service, scheduling, dispatch.
+"""Worker processes and the hub: zygote, worker service, scheduling, dispatch.
 
 Knows tasks (callables, arguments, results) but nothing of the ``@routine``
 decorator that sits above it.
@@ -10,9 +10,10 @@ from .errors import PoolClosed, WorkerCrashed
 from .hubclient import get_dispatcher
 from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
 from .payload import RemoteError, RemoteTraceback, UnpicklableError
-from .pool import Pool
+from .hub import Hub
 from .proxy import ProxyUnreachable, WorkerProxy, __proxy__, __proxy_pool__
-from .recycling import PoolStats
+from .stats import PoolStats
+from .options import PoolOptions
 from .zygote import ThreadedForkWarning
 from .zygote import main_has as zygote_main_has
 
@@ -20,8 +21,9 @@ __all__ = [
     "ContextDecodeWarning",
     "ContextVar",
     "Dispatcher",
-    "Pool",
+    "Hub",
     "PoolClosed",
+    "PoolOptions",
     "PoolStats",
     "ProxyUnreachable",
     "RecycleReason",

@@ -3,9 +3,10 @@
 A :class:`Dispatcher` turns ``call(fn, args, kwargs)`` into a ``Call`` message
 to a :class:`Target` and the matching ``Reply`` back into a result or an
 exception, and ``stream(...)`` into a pull-based async generator whose every
-step is one ``Step``/``Reply`` exchange. Subclasses say where calls go
-(:meth:`Dispatcher.submit`): the hub schedules them over its workers, a
-worker sends them up to the hub.
+step is one ``Step``/``Reply`` exchange. It keeps every outstanding request
+in one table, so load accounting, crash handling and hand-back all work on
+the same records. Subclasses say where calls go (the hooks below): the hub
+schedules them over its workers, a worker sends them up to the hub.
 
 State machine of one dispatch, as the caller sees it::
 
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from . import context, payload, protocol
@@ -48,8 +50,7 @@ from .protocol import (
 class Target:
     """Somewhere calls can be sent: one worker (hub side) or the hub (worker side)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.known_fns: set[int] = set()
         self.load = 0  # requests sent and not yet answered
         self.open = 0  # calls and generator sessions it holds (a session may be idle)
@@ -85,10 +86,9 @@ class Pending:
 class Dispatcher:
     """Sends calls and streams to targets chosen by the subclass."""
 
-    #: Seconds a cancelled request may take to acknowledge before escalation.
-    cancel_grace: float = 5.0
-
-    def __init__(self, main_has: Callable[[Any], bool]) -> None:
+    def __init__(self, main_has: Callable[[Any], bool], cancel_grace: float) -> None:
+        #: Seconds a cancelled request may take to acknowledge before ``on_overdue``.
+        self.cancel_grace = cancel_grace
         self._ids = itertools.count(1)
         self._pending: dict[int, Pending] = {}
         self._cancel_timers: dict[int, asyncio.TimerHandle] = {}  # escalation, by request
@@ -102,21 +102,39 @@ class Dispatcher:
         #: Pickled callables by id, from this process or relayed from workers.
         self.fn_defs: dict[int, bytes] = {}
 
-    # -- hooks -------------------------------------------------------------
+    # -- hooks: what a subclass decides -------------------------------------
 
     def submit(self, pending: Pending) -> None:
-        """Send ``pending.call`` now or queue it until a target has room (subclasses
-        schedule)."""
+        """Send ``pending.call`` now or queue it until a target has room."""
         raise NotImplementedError
 
-    def _answered(self, target: Target) -> None:
+    def on_answered(self, target: Target) -> None:
         """A request to ``target`` was answered: it has room again."""
 
-    def _escalate(self, target: Target, request_id: int) -> None:
+    def on_overdue(self, target: Target, request_id: int) -> None:
         """A cancelled request was not acknowledged within :attr:`cancel_grace`."""
 
-    def _finished(self, target: Target) -> None:
+    def on_finished(self, target: Target) -> None:
         """A call or generator session on ``target`` is over (answered for good)."""
+
+    @property
+    def outstanding(self) -> Mapping[int, Pending]:
+        """Requests sent or queued and not finally answered, by request id (read-only)."""
+        return MappingProxyType(self._pending)
+
+    # -- requests made on others' behalf (the hub's relay) --------------------
+
+    def track(self, future: Any, call: Call, buffers: Sequence[Any] = ()) -> Pending:
+        """Open a request for ``call`` under a new id (``call.id`` is set to it);
+        ``future`` gets the answers. The caller then submits it."""
+        rid = call.id = next(self._ids)
+        pending = self._pending[rid] = Pending(rid, future, call, buffers)
+        return pending
+
+    def forget(self, pending: Pending) -> None:
+        """Close a request that never reached a target (its answer is given elsewhere)."""
+        if self._pending.get(pending.id) is pending:
+            del self._pending[pending.id]
 
     # -- sending -----------------------------------------------------------
 
@@ -158,7 +176,7 @@ class Dispatcher:
     def on_reply(self, reply: Reply, buffers: Sequence[bytes]) -> None:
         target = self._settle(reply, buffers)
         if target is not None:
-            self._answered(target)
+            self.on_answered(target)
 
     def _settle(self, reply: Reply, buffers: Sequence[bytes]) -> Target | None:
         """Deliver ``reply`` to its caller and account for it; the target it came from
@@ -182,7 +200,7 @@ class Dispatcher:
         if fut is not None and not fut.done():
             fut.set_result((reply, buffers))
         if final:
-            self._finished(target)
+            self.on_finished(target)
             if self._drain_waiters and not self._pending:
                 self._wake_drained()
         return target
@@ -216,6 +234,33 @@ class Dispatcher:
         target.cancelling = 0
         if not self._pending:
             self._wake_drained()
+
+    def take_back(self, target: Target, ids: Sequence[int]) -> list[Pending]:
+        """``target`` never started the requests ``ids``: they are no longer on it.
+
+        Returns the ones to run elsewhere, in order. A request whose caller
+        already gave up is over instead (a relayed one answers its asker
+        CANCELLED). Ids that are not unstarted calls on ``target`` are ignored.
+        """
+        back = []
+        for rid in ids:
+            pending = self._pending.get(rid)
+            if pending is None or pending.target is not target or pending.call is None:
+                continue
+            target.load -= 1
+            target.open -= 1
+            if pending.cancelled:
+                target.cancelling -= 1
+                del self._pending[rid]
+                self._drop_timer(rid)
+                if pending.future is not None:  # a relay: the asking worker is told
+                    pending.future.set_result((Reply(rid, CANCELLED), []))
+                continue
+            pending.target = None
+            back.append(pending)
+        if not self._pending:
+            self._wake_drained()  # the last outstanding requests were cancelled ones
+        return back
 
     def _drop_timer(self, rid: int) -> None:
         timer = self._cancel_timers.pop(rid, None)
@@ -297,7 +342,7 @@ class Dispatcher:
         self._cancel_timers.pop(rid, None)
         pending = self._pending.get(rid)
         if pending is not None and pending.cancelled and pending.target is not None:
-            self._escalate(pending.target, rid)
+            self.on_overdue(pending.target, rid)
 
     def stream(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncGenerator:
         """Run the async generator function ``fn`` remotely, one step per pull."""

@@ -13,7 +13,7 @@ class WorkerHandle(Target):
     """The hub's view of one worker process."""
 
     def __init__(self, pid: int, link: Link, return_fd: int, limit: int) -> None:
-        super().__init__(f"worker {pid}")
+        super().__init__()
         self.pid = pid
         self.link = link
         self.return_fd = return_fd  # rung to ask for its unstarted calls back

@@ -26,7 +26,7 @@ def get_dispatcher() -> Dispatcher | None:
 
 class _HubTarget(Target):
     def __init__(self, link: Link) -> None:
-        super().__init__("hub")
+        super().__init__()
         self.link = link
 
     def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
@@ -36,8 +36,8 @@ class _HubTarget(Target):
 class HubClient(Dispatcher):
     """Nested dispatch from a worker: calls go up to the hub, which schedules them."""
 
-    def __init__(self, link: Link) -> None:
-        super().__init__(main_has=lambda fn: False)
+    def __init__(self, link: Link, cancel_grace: float) -> None:
+        super().__init__(main_has=lambda fn: False, cancel_grace=cancel_grace)
         self.target = _HubTarget(link)
 
     def submit(self, pending: Pending) -> None:

@@ -3,7 +3,7 @@
 A :class:`WorkerProxy` names a pool by a 16-byte id. The hub binds the pool's
 proxy in :data:`__proxy__` for the ``WorkerPool`` block; the variable is
 forward-only, so it travels with every dispatch into the worker and never
-back. In the worker the proxy is rebuilt by :func:`_restore_proxy`, which
+back. In the worker the proxy is rebuilt by :func:`restore_proxy`, which
 returns the canonical instance from this process's :data:`__proxy_pool__`
 (creating it lazily, not started). The first dispatch through it starts it
 (here: binds it to the worker's link to its hub) under double-checked
@@ -23,9 +23,10 @@ from typing import Any
 
 from .context import ContextVar
 from .dispatch import Dispatcher
+from .options import PoolOptions
 
 #: How long a failed start is remembered before the next caller retries (seconds).
-DEFAULT_RETRY_AFTER = 1.0
+DEFAULT_RETRY_AFTER = PoolOptions.proxy_retry_after
 
 
 class ProxyUnreachable(RuntimeError):
@@ -56,6 +57,11 @@ class WorkerProxy:
     @property
     def started(self) -> bool:
         return self._dispatcher is not None
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """Where dispatches through this proxy go, once started (else None)."""
+        return self._dispatcher
 
     async def start(self) -> Dispatcher:
         """The dispatcher behind this proxy, connecting on first use."""
@@ -89,14 +95,14 @@ class WorkerProxy:
         return dispatcher
 
     def __reduce__(self) -> Any:
-        return (_restore_proxy, (self.id,))
+        return (restore_proxy, (self.id,))
 
     def __repr__(self) -> str:
         state = "started" if self.started else "lazy"
         return f"<WorkerProxy pool={self.id.hex()[:12]} {state}>"
 
 
-class ProxyPool:
+class ProxyRegistry:
     """This process's proxies by pool id: the same id always gives the same instance."""
 
     def __init__(self) -> None:
@@ -117,12 +123,6 @@ class ProxyPool:
             self._proxies[pool_id] = proxy
         return proxy
 
-    async def acquire(self, pool_id: bytes) -> WorkerProxy:
-        """The started proxy for ``pool_id``."""
-        proxy = self.get_or_insert(pool_id)
-        await proxy.start()
-        return proxy
-
     def reset(
         self,
         local_id: bytes | None,
@@ -130,7 +130,7 @@ class ProxyPool:
         retry_after: float = DEFAULT_RETRY_AFTER,
     ) -> None:
         """Start over in a forked worker: the hub's proxies (and their dispatchers,
-        which are the hub's pool objects) mean nothing here."""
+        which are the hub's objects) mean nothing here."""
         self._proxies.clear()
         self.retry_after = retry_after
         self.acquisitions = 0
@@ -145,7 +145,8 @@ class ProxyPool:
         self._proxies.pop(pool_id, None)
 
 
-__proxy_pool__ = ProxyPool()
+#: This process's registry (the name is the one routines share with wool).
+__proxy_pool__ = ProxyRegistry()
 
 #: The proxy of the pool the current code runs under; travels forward only.
 __proxy__: ContextVar[WorkerProxy | None] = ContextVar(
@@ -155,6 +156,6 @@ __proxy__: ContextVar[WorkerProxy | None] = ContextVar(
 PROXY_KEY = __proxy__.key
 
 
-def _restore_proxy(pool_id: bytes) -> WorkerProxy:
+def restore_proxy(pool_id: bytes) -> WorkerProxy:
     """Unpickling a proxy yields this process's canonical instance for its pool."""
     return __proxy_pool__.get_or_insert(pool_id)

@@ -1,13 +1,15 @@
 """The worker process: its own uvloop loop serving calls that arrive from the hub.
 
-Each ``Call`` becomes an asyncio task running the callable; each async
-generator is a session advanced by ``Step`` messages, one step per task so a
-step can be cancelled. Callables arrive pickled once and are cached by id.
-Routines the body calls dispatch again through :class:`HubClient`, which sends
-them up to the hub to be scheduled like any other call.
+Each ``Call`` becomes an asyncio task running the callable, created as the
+call arrives; each async generator is a :class:`Session` advanced by
+``Step`` messages, one step per task so a step can be cancelled. Callables
+arrive pickled once and are cached by id. Routines the body calls dispatch
+again through :class:`HubClient`, which sends them up to the hub to be
+scheduled like any other call.
 
-Calls are admitted one per loop iteration, so a task that blocks the loop
-strands nothing: see :mod:`wool_local.workers.admission`.
+A task runs its body only once past the start gate, so the calls behind a
+task that blocks the loop can be handed back to the hub and run elsewhere:
+see :mod:`wool_local.workers.handback_worker`.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import uvloop
 
 from ..ipc import Channel, Doorbell, Segment, SlotTable
 from . import context, hubclient, payload, proxy
-from .admission import Admission, LockedLink
+from .handback_worker import LockedLink, StartGate
 from .hubclient import HubClient
+from .options import PoolOptions
 from .protocol import (
     CANCELLED,
     CLOSE,
@@ -57,10 +61,23 @@ class WorkerConfig:
 
     pool_id: bytes | None = None
     leases: SlotTable | None = None  # the pool's shared lease table
-    proxy_retry_after: float = proxy.DEFAULT_RETRY_AFTER  # failed-start back-off
+    proxy_retry_after: float = PoolOptions.proxy_retry_after  # failed-start back-off
+    cancel_grace: float = PoolOptions.cancel_grace  # for nested calls this worker cancels
 
 
-class WorkerService(Admission):
+@dataclass(eq=False)
+class Session:
+    """One remote async generator: the generator, the context its steps run in, the
+    proxy lease its binding holds, and the variable values both sides agree on (so
+    only what the generator changes travels back)."""
+
+    gen: AsyncGenerator[Any, Any]
+    context: contextvars.Context
+    lease: bytes | None
+    synced: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerService:
     """Serves one channel to the hub until told to stop or the hub goes away."""
 
     def __init__(
@@ -76,27 +93,32 @@ class WorkerService(Admission):
         # task that just replied may still be registered).
         self.link = LockedLink(
             link_end,
-            self._on_message,
+            self.on_message,
             self._on_lost,
             watch_peer=True,
             expects_answer=lambda: len(self._tasks) <= 1,
             lock=self._lock,
             on_idle=self.release_idle_leases,
         )
-        self.client = HubClient(self.link)
+        self.client = HubClient(self.link, self._config.cancel_grace)
+        self.gate = StartGate(self.link, return_fd, self._keep_definition)
         self._functions: dict[int, Any] = {}
         self._definitions: dict[int, bytes] = {}  # received, not unpickled yet
         self._held: dict[bytes, int] = {}  # live proxy bindings here, by proxy id
+        # Running tasks by request id: a call's, a generator step's, and (negative
+        # id) a generator being closed.
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._generators: dict[int, AsyncGenerator[Any, Any]] = {}
-        self._unstarted: dict[int, None] = {}  # tasks created, not past their start gate
-        self._gen_contexts: dict[int, contextvars.Context] = {}  # one per generator session
-        self._gen_leases: dict[int, bytes] = {}
-        self._gen_synced: dict[int, dict[str, Any]] = {}  # values both sides agree on
+        self._sessions: dict[int, Session] = {}  # generator sessions by request id
         self._base_context = contextvars.copy_context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
         self._return_fd = return_fd
+
+    @property
+    def tasks(self) -> Mapping[int, asyncio.Task[None]]:
+        """Running tasks by request id (read-only): calls, generator steps, and at the
+        negated id a generator being closed."""
+        return MappingProxyType(self._tasks)
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -109,7 +131,7 @@ class WorkerService(Admission):
         returner = None
         if self._return_fd >= 0:
             returner = threading.Thread(
-                target=self._returner, name="wool_local-returner", daemon=True
+                target=self.gate.run_returner, name="wool_local-returner", daemon=True
             )
             returner.start()
         self.link.start()
@@ -120,7 +142,7 @@ class WorkerService(Admission):
             with self._lock:
                 self.link.close()
             if returner is not None:
-                os.eventfd_write(self._return_fd, 1 << 62)  # wake it to exit
+                self.gate.stop_returner()
                 returner.join(1)
 
     def _stop(self) -> None:
@@ -138,21 +160,24 @@ class WorkerService(Admission):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
-        for gen in list(self._generators.values()):
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        for session in sessions:
             try:
                 async with asyncio.timeout(1):
-                    await gen.aclose()
+                    await session.gen.aclose()
             except BaseException:
                 pass
-        self._generators.clear()
 
     # -- messages ----------------------------------------------------------
 
-    def _on_message(self, msg: Message, buffers: Sequence[bytes]) -> None:
+    def on_message(self, msg: Message, buffers: Sequence[bytes]) -> None:
+        """One message from the hub (the link calls this, with the ring lock held)."""
         if type(msg) is Call:
             if msg.fn_def is not None:
                 self._keep_definition(msg)  # even if it is handed back unstarted
-            self._admit(msg, buffers)
+            self.gate.admit(msg.id)
+            self._start(msg, buffers)
         elif type(msg) is Reply:
             self.client.on_reply(msg, buffers)
         elif type(msg) is Step:
@@ -162,42 +187,37 @@ class WorkerService(Admission):
             task = self._tasks.get(rid)
             if task is not None:
                 task.cancel()
-                if rid not in self._generators and _not_started(task):
+                if rid not in self._sessions and _not_started(task):
                     # Its body never runs now (a task cancelled before its first step
                     # ends at once, skipping even its finally): it leaves the table
                     # here, and is answered here unless the returner handed it back.
                     del self._tasks[rid]
-                    if self._pass_gate(rid):
+                    if self.gate.start(rid):
                         self._reply(rid, CANCELLED)
-            elif rid in self._generators:
+            elif rid in self._sessions:
                 # An idle generator session (its last step already answered):
-                # close it here, its finally runs, and say so.
-                gen = self._end_session(msg.id)
-                if gen is not None:
-                    self._spawn(-msg.id, gen.aclose())
-                self._reply(msg.id, CANCELLED)
+                # close it here (its finally runs), then say so.
+                self._end_session(rid, CANCELLED, close=True)
         elif type(msg) is Stop:
             self._stop()
         # Ping: handling it (the pump's tick) is the whole point
 
     def _spawn(self, rid: int, coro: Any, ctx: contextvars.Context | None = None) -> None:
-        """Run a generator step (or close) as a task; a call's task is made in _start."""
-        assert self._loop is not None
-        task = self._loop.create_task(coro, context=ctx)
+        """Run a generator step (or, at ``-rid``, its close) as a task; a call's task is
+        made in _start."""
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(coro, context=ctx)
         self._tasks[rid] = task
         task.add_done_callback(functools.partial(self._step_done, rid))
 
     def _step_done(self, rid: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(rid) is task:  # the next generator step may have replaced it
             del self._tasks[rid]
-        self._unstarted.pop(rid, None)
-        if task.cancelled():
+        self.gate.discard(rid)
+        if task.cancelled() and rid > 0:
             # Cancelled before its first step: the body never ran, so nothing
             # answered for it yet. The hub waits for an answer to every request.
-            gen = self._end_session(rid)
-            if gen is not None:
-                self._spawn(-rid, gen.aclose())
-            self._reply(rid, CANCELLED)
+            self._end_session(rid, CANCELLED, close=True)
 
     def _reply(
         self,
@@ -246,7 +266,7 @@ class WorkerService(Admission):
         values = context.decode(call.context)
         if proxy.PROXY_KEY not in values and call.proxy_id is not None:
             # An older caller: the proxy came in the deprecated dedicated fields.
-            values[proxy.PROXY_KEY] = proxy._restore_proxy(call.proxy_id)
+            values[proxy.PROXY_KEY] = proxy.restore_proxy(call.proxy_id)
         if values:
             context.apply(values)
         bound = values.get(proxy.PROXY_KEY)
@@ -275,7 +295,7 @@ class WorkerService(Admission):
         a worker about to sleep holds no lease it does not need. Not while calls wait
         to start: they bind their proxy in a moment (a caller awaiting calls one
         after another keeps the lease, and pays no cross-process lock)."""
-        if not self._held or self._unstarted:
+        if not self._held or self.gate.waiting:
             return
         for lease, held in list(self._held.items()):
             if held > 0:
@@ -287,22 +307,44 @@ class WorkerService(Admission):
                 except Exception:
                     pass  # the table is gone with the pool
 
-    def _end_session(self, rid: int) -> AsyncGenerator[Any, Any] | None:
-        self._gen_contexts.pop(rid, None)
-        self._gen_synced.pop(rid, None)
-        lease = self._gen_leases.pop(rid, None)
-        if lease is not None:
-            self._release(lease)
-        return self._generators.pop(rid, None)
+    def _end_session(
+        self,
+        rid: int,
+        status: int,
+        value: bytes | None = None,
+        snapshot: dict[str, bytes] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        """The one way a generator session ends: it leaves the table, gives its lease
+        back, and its caller gets ``status``. With ``close``, the generator is closed
+        first (its ``finally`` runs), in a task of its own, then the answer goes."""
+        session = self._sessions.pop(rid, None)
+        if session is not None:
+            self._release(session.lease)
+            if close:
+                self._spawn(-rid, self._close_then_reply(session.gen, rid, status, value))
+                return
+        self._reply(rid, status, value, (), snapshot)
+
+    async def _close_then_reply(
+        self, gen: AsyncGenerator[Any, Any], rid: int, status: int, value: bytes | None
+    ) -> None:
+        try:
+            await gen.aclose()
+        except BaseException:
+            pass  # it ends either way; its caller hears ``status``
+        finally:
+            self._reply(rid, status, value)
 
     # -- running -------------------------------------------------------------
 
     def _start(self, call: Call, buffers: Sequence[bytes]) -> None:
         if call.kind == COROUTINE:
             # Everything else happens in the task, once it passed the start gate.
-            assert self._loop is not None
+            loop = self._loop or asyncio.get_running_loop()
             ctx = self._base_context.copy()
-            self._tasks[call.id] = self._loop.create_task(self._run(call, buffers), context=ctx)
+            self._tasks[call.id] = loop.create_task(self._run(call, buffers), context=ctx)
             return
         try:
             fn = self._resolve(call)
@@ -320,31 +362,25 @@ class WorkerService(Admission):
             self._release(lease)
             self._refuse(call, exc)
             return
-        self._generators[call.id] = gen
-        self._gen_contexts[call.id] = ctx
-        self._gen_synced[call.id] = sent
-        if lease is not None:
-            self._gen_leases[call.id] = lease
+        self._sessions[call.id] = Session(gen, ctx, lease, sent)
         self._spawn(call.id, self._step(call.id, call.op, call.value, [], first=True), ctx)
 
     def _refuse(self, call: Call, exc: BaseException) -> None:
         """A generator call that cannot start: it is over (no first step will claim it)."""
-        self._unstarted.pop(call.id, None)
+        self.gate.discard(call.id)
         self._reply(call.id, RAISED, payload.dumps_exception(exc))
 
     def _next_step(self, step: Step, buffers: Sequence[bytes]) -> None:
-        ctx = self._gen_contexts.get(step.id)
-        if ctx is not None and step.context:
+        session = self._sessions.get(step.id)
+        if session is not None and step.context:
             try:
                 values = context.decode(step.context)  # the caller's changes
-                ctx.run(context.apply, values)
+                session.context.run(context.apply, values)
             except BaseException as exc:
-                gen = self._end_session(step.id)
-                if gen is not None:
-                    self._spawn(-step.id, gen.aclose())
-                self._reply(step.id, RAISED, payload.dumps_exception(exc))
+                self._end_session(step.id, RAISED, payload.dumps_exception(exc), close=True)
                 return
-            self._gen_synced.setdefault(step.id, {}).update(values)
+            session.synced.update(values)
+        ctx = session.context if session is not None else None
         self._spawn(step.id, self._step(step.id, step.op, step.value, buffers), ctx)
 
     def _back(self, synced: dict[str, Any]) -> dict[str, bytes] | None:
@@ -358,7 +394,7 @@ class WorkerService(Admission):
         that has the answer never sees the lease still held."""
         rid = call.id
         try:
-            if not self._pass_gate(rid):
+            if not self.gate.start(rid):
                 return  # handed back before it started: the hub runs it elsewhere
             try:
                 fn = self._resolve(call)
@@ -390,13 +426,17 @@ class WorkerService(Admission):
     async def _step(
         self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes], first: bool = False
     ) -> None:
-        if first and not self._pass_gate(rid):
-            self._end_session(rid)  # handed back before it started: nothing ran
+        if first and not self.gate.start(rid):
+            # Handed back before it started: nothing ran, and the hub runs it elsewhere.
+            session = self._sessions.pop(rid, None)
+            if session is not None:
+                self._release(session.lease)
             return
-        gen = self._generators.get(rid)
-        if gen is None:
+        session = self._sessions.get(rid)
+        if session is None:
             self._reply(rid, EXHAUSTED)
             return
+        gen = session.gen
         try:
             if op == NEXT:
                 item = await gen.__anext__()
@@ -412,31 +452,21 @@ class WorkerService(Admission):
             else:
                 raise ValueError(f"unknown generator step {op}")
         except StopAsyncIteration:
-            synced = self._gen_synced.get(rid, {})
-            self._end_session(rid)
-            self._reply(rid, EXHAUSTED, None, (), self._back(synced))
+            self._end_session(rid, EXHAUSTED, None, self._back(session.synced))
             return
         except asyncio.CancelledError:
-            self._end_session(rid)
-            try:
-                await gen.aclose()
-            except BaseException:
-                pass
-            self._reply(rid, CANCELLED)
+            self._end_session(rid, CANCELLED, close=True)
             return
         except BaseException as exc:
-            synced = self._gen_synced.get(rid, {})
-            self._end_session(rid)
-            self._reply(rid, RAISED, payload.dumps_exception(exc), (), self._back(synced))
+            error = payload.dumps_exception(exc)
+            self._end_session(rid, RAISED, error, self._back(session.synced))
             return
         try:
             data, out = payload.dumps(item, "a value yielded by", of=gen)
         except payload.UnpicklableError as exc:
-            self._end_session(rid)
-            await gen.aclose()
-            self._reply(rid, RAISED, payload.dumps_exception(exc))
+            self._end_session(rid, RAISED, payload.dumps_exception(exc), close=True)
             return
-        self._reply(rid, YIELDED, data, out, self._back(self._gen_synced.setdefault(rid, {})))
+        self._reply(rid, YIELDED, data, out, self._back(session.synced))
 
 
 def _not_started(task: asyncio.Task[Any]) -> bool:

@@ -1,31 +1,31 @@
-"""A start gate for calls, and handing back the ones a blocked loop never started.
+"""Hand-back, the worker's half: a start gate for calls, and the returner thread.
 
-A worker creates a task for each call as it arrives, and records the call as
-unstarted; at its first step the task passes a gate: it runs only if the call
-is still unstarted, and marks it started. If a task blocks the loop (plain
-CPU work), the tasks queued behind it never reach their gate; the returner
-thread, woken by the hub, revokes them and takes the calls still unread in
-the ring, and sends them all back with ``Returned``. Gate and returner each
-claim a call with one ``dict.pop`` (atomic under the GIL), so each call is
-either started here or handed back, never both; the returner reads the ring
-under the lock the loop's pump holds. Mixed into
-:class:`~wool_local.workers.worker.WorkerService`.
+A worker creates a task for each call as it arrives and records the call as
+unstarted; at its first step the task passes the :class:`StartGate`: it
+runs only if the call is still unstarted, and marks it started. If a task
+blocks the loop (plain CPU work), the tasks behind it never reach the gate;
+the returner thread, woken by the hub, revokes them, takes the calls still
+unread in the ring, and sends them all back with ``Returned``. Gate and
+returner each claim a call with one ``dict.pop`` (atomic under the GIL), so
+each call is either started here or handed back, never both; the returner
+reads the ring under the lock the loop's pump holds. The hub's half is
+:mod:`wool_local.workers.handback_hub`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .link import Link
-from .protocol import Batch, Call, Message, Returned, decode
-
-#: The status word the worker bumps whenever its loop runs.
-TICK = 0
+from .protocol import TICK, Batch, Call, Message, Returned, decode
 
 _GONE = object()
+
+#: Written to the returner's eventfd to make its thread exit (an ask is 1).
+QUIT = 1 << 62
 
 
 class LockedLink(Link):
@@ -71,17 +71,23 @@ class LockedLink(Link):
                 self._on_idle()  # answers went out: leases no binding needs can go
 
 
-class Admission:
-    """The worker service's start gate and returner (``self`` is the service)."""
+class StartGate:
+    """Which calls have started here; the returner takes back the ones that have not."""
 
-    def _admit(self, call: Call, buffers: Sequence[bytes]) -> None:
-        """Start ``call``: its task is created now, and runs its body only if it passes
-        the start gate at its first step (the returner may have handed it back first).
-        Called from the pump, which holds the lock the returner takes."""
-        self._unstarted[call.id] = None
-        self._start(call, buffers)
+    def __init__(
+        self, link: LockedLink, return_fd: int, keep_definition: Callable[[Call], None]
+    ) -> None:
+        self._link = link
+        self._return_fd = return_fd
+        self._keep_definition = keep_definition
+        self._unstarted: dict[int, None] = {}
 
-    def _pass_gate(self, rid: int) -> bool:
+    def admit(self, rid: int) -> None:
+        """A task for ``rid`` is created: it starts at its first step, unless handed back
+        first. Called from the pump, which holds the lock the returner takes."""
+        self._unstarted[rid] = None
+
+    def start(self, rid: int) -> bool:
         """At a task's first step: True to run it, False if it was handed back.
 
         No lock: ``dict.pop`` is one atomic step under the GIL, and the returner
@@ -92,19 +98,29 @@ class Admission:
         # A task starting is the loop making progress, even when it reads nothing
         # for a while (a run of CPU-bound calls, all sent at once): without this
         # tick the hub would take it for blocked and move its calls back and forth.
-        self.link.tick()
+        self._link.tick()
         return True
 
-    def _returner(self) -> None:
+    def discard(self, rid: int) -> None:
+        """``rid`` will never start (refused, or its task is gone)."""
+        self._unstarted.pop(rid, None)
+
+    @property
+    def waiting(self) -> bool:
+        """Admitted calls wait to start (they bind their proxy in a moment)."""
+        return bool(self._unstarted)
+
+    def run_returner(self) -> None:
         """Thread: when the hub asks, hand back every call not started yet."""
+        link = self._link
         while True:
             try:
-                if os.eventfd_read(self._return_fd) >= 1 << 62:
+                if os.eventfd_read(self._return_fd) >= QUIT:
                     return
             except OSError:
                 return
-            with self._lock:
-                if self.link.lost is not None:
+            with link.lock:
+                if link.lost is not None:
                     return
                 # Tasks created but not at their first step yet: a task blocking the
                 # loop keeps them from it. Revoke them; their gate turns them away.
@@ -113,14 +129,17 @@ class Admission:
                 # Calls still in the ring are not started either: take them too,
                 # and leave every other message for the loop, in order.
                 try:
-                    self.link.reader.drain(self._sort_unread(returned))
+                    link.reader.drain(self._sort_unread(returned))
                 except Exception as exc:
-                    self.link.failed = exc  # the loop ends the link at its next pump
+                    link.failed = exc  # the loop ends the link at its next pump
                 if returned:
                     # Answers the blocking task's loop iteration queued go first:
                     # their callers need not wait for that task to end.
-                    self.link.push()
-                    self.link.send_now(Returned(returned))
+                    link.push()
+                    link.send_now(Returned(returned))
+
+    def stop_returner(self) -> None:
+        os.eventfd_write(self._return_fd, QUIT)
 
     def _sort_unread(self, returned: list[int]) -> Any:
         def sort(msg: Message, buffers: Sequence[bytes]) -> None:
@@ -128,7 +147,7 @@ class Admission:
                 self._keep_definition(msg)  # the hub now counts on us having it
                 returned.append(msg.id)
             else:
-                self.link.deferred.append((msg, buffers))
+                self._link.deferred.append((msg, buffers))
 
         def handle(view: memoryview) -> None:
             msg, buffers = decode(view)

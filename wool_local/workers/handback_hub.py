@@ -1,0 +1,135 @@
+"""Hand-back, the hub's half: notice a blocked worker and run its unstarted calls elsewhere.
+
+A worker creates a task for each call as it arrives; a task that blocks the
+loop (plain CPU work) keeps the tasks behind it from starting. The worker's
+loop bumps a shared status word, ``TICK``, whenever it runs. Every
+``stall_after`` seconds while calls are in flight, the :class:`StallWatchdog`
+looks at each worker's tick: a worker with two or more requests in flight
+whose tick has not moved is asked (its returner eventfd is rung) for every
+call it has not started. Its answer, ``Returned(ids)``, is
+:meth:`StallWatchdog.on_returned`: those calls go first in the queue, to run
+elsewhere, and the worker gets nothing until its loop runs again (it is
+pinged each period, and its tick moving clears it). The worker's half is
+:mod:`wool_local.workers.handback_worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from .dispatch import Dispatcher
+from .handle import WorkerHandle
+from .protocol import TICK, Ping
+from .scheduler import Scheduler
+
+log = logging.getLogger("wool_local")
+
+
+class StallWatchdog:
+    """Watches workers' ticks while calls are in flight; takes back what a blocked
+    worker never started."""
+
+    def __init__(
+        self,
+        stall_after: float,
+        workers: Callable[[], Iterable[WorkerHandle]],
+        dispatcher: Dispatcher,
+        scheduler: Scheduler,
+    ) -> None:
+        self.stall_after = stall_after
+        self._workers = workers
+        self._dispatcher = dispatcher
+        self._scheduler = scheduler
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = False
+        #: Calls moved off blocked workers so far.
+        self.handed_back = 0
+
+    @property
+    def armed(self) -> bool:
+        return self._timer is not None
+
+    def arm(self) -> None:
+        """Look again in ``stall_after`` seconds (calls are in flight)."""
+        if self._timer is None and not self._stopped:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.stall_after, self._look)
+
+    def stop(self) -> None:
+        """For good: the hub is closing."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _look(self) -> None:
+        """Ask every worker whose loop has not run for a whole period, while it has calls
+        in flight, to hand back the calls it has not started.
+
+        Progress is the worker's own tick, not what this hub has read: a hub too
+        busy to read for a while must not make healthy workers look stuck.
+        """
+        self._timer = None
+        busy = self._scheduler.has_queued
+        for h in self._workers():
+            tick = h.link.end.status[TICK]
+            moved = tick != h.tick_seen
+            h.tick_seen = tick
+            if h.stopping:
+                continue
+            if h.stalled or h.asked:
+                busy = busy or h.stalled
+                if moved:
+                    h.stalled = h.asked = False
+                    self._scheduler.send_queued()
+                elif h.stalled:
+                    _ping(h)
+                continue
+            if h.load >= 2 and not moved:
+                h.asked = True
+                busy = True
+                try:
+                    h.link.push()  # calls still queued here must be in its ring
+                except Exception:
+                    pass  # its link is gone: the exit report follows
+                try:
+                    os.eventfd_write(h.return_fd, 1)
+                except OSError:
+                    pass
+            elif h.load > 0:
+                busy = True
+        if busy:
+            self.arm()
+
+    def on_heard(self, handle: WorkerHandle) -> None:
+        """``handle`` sent something: if it was taken for blocked, it serves again."""
+        if handle.stalled:
+            handle.stalled = handle.asked = False
+            self._scheduler.send_queued()
+
+    def on_returned(self, handle: WorkerHandle, ids: Sequence[int]) -> None:
+        """``handle`` never started the calls ``ids``: queue them first, to run elsewhere."""
+        back = self._dispatcher.take_back(handle, ids)
+        if handle.open == 0:
+            handle.idle_since = time.monotonic()
+        if back:
+            self.handed_back += len(back)
+            # Its calls block its loop: from now on it gets one at a time (the rest
+            # wait here, for whichever worker is free first), until it shows again
+            # that it can take more.
+            self._scheduler.throttle(handle)
+            handle.stalled = True
+            self._scheduler.requeue_first(back)
+            log.info("wool_local: worker %d is blocked; %d calls moved", handle.pid, len(back))
+        self._scheduler.send_queued()
+
+
+def _ping(handle: WorkerHandle) -> None:
+    try:
+        handle.send(Ping())
+    except Exception:
+        pass  # its link is gone: the exit report will follow

@@ -1,0 +1,512 @@
+"""The hub: the caller's side of a pool, and the one place every dispatch is scheduled.
+
+Data flow (one hub per running ``WorkerPool``, in the caller's process)::
+
+    caller's loop                              hub                                  workers
+    ─────────────                              ───                                  ───────
+    await routine(x) ─► Dispatcher.call ─► Scheduler.submit ─► least-loaded ─► Link ══ ring ══► task
+                          (Pending in         │ none has room                  WorkerHandle
+                           the table)         ▼                                     │
+                                            queue ◄── StallWatchdog.on_returned ◄── Returned(ids)
+                                              │        (calls a blocked worker      (returner
+                                              │         never started)               thread)
+                                              ▼
+    result ◄── future ◄── Dispatcher._settle ◄── Link.pump ◄══════ ring ═══════ Reply / Batch
+                            │ room made: Scheduler.send_queued
+                            │ Call / Step / Cancel from a worker: Relay (nested dispatch)
+                            ▼
+                         on_finished: counts, limits, retiring workers stop when empty
+
+    Monitor (every monitor_interval) ─► Recycler.apply ─► retire / replace / retire idle
+    Zygote socket ─► spawned / exited / failed ─► membership; crashes fail that worker's calls
+
+The :class:`Hub` owns the workers (their handles, by pid), the zygote that
+forks them, and these collaborators, each in its own module:
+:class:`~.scheduler.Scheduler` (the queue and the choice of worker),
+:class:`~.relay.Relay` (calls workers send up), :class:`~.handback_hub.StallWatchdog`
+(calls a blocked worker never started) and :class:`~.recycler.Recycler`
+(limits and idle retirement). It is a :class:`~.dispatch.Dispatcher`: the
+routines of the caller's process dispatch through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..ipc import Channel, SlotTable, sweep
+from . import zygote
+from .dispatch import Dispatcher, Pending, Target
+from .errors import PoolClosed, SpawnFailed, WorkerCrashed
+from .handback_hub import StallWatchdog
+from .handle import WorkerHandle
+from .limits import WorkerHealth
+from .link import Link, report
+from .monitor import Monitor
+from .options import PoolOptions
+from .protocol import Call, Cancel, Message, Reply, Returned, Step, Stop
+from .proxy import WorkerProxy, __proxy_pool__
+from .recycler import Recycler
+from .relay import Relay
+from .scheduler import Scheduler
+from .stats import PoolStats
+from .worker import WorkerConfig, worker_main
+
+log = logging.getLogger("wool_local")
+
+
+class Hub(Dispatcher):
+    """Worker processes forked from one zygote, and the scheduling of calls onto them.
+
+    Lives on the loop that runs :meth:`start`; its futures belong to that loop.
+    """
+
+    def __init__(self, options: PoolOptions) -> None:
+        super().__init__(main_has=zygote.main_has, cancel_grace=options.cancel_grace)
+        self.options = options
+        self.id = uuid.uuid4().bytes
+        #: The handle routines dispatch through; canonical in this process.
+        self.proxy = WorkerProxy(self.id, dispatcher=self)
+        __proxy_pool__.register(self.proxy)
+        #: The pool's lease table (created at start, inherited by every worker).
+        self.leases: SlotTable | None = None
+        self.scheduler = Scheduler(
+            options.max_inflight, self._pending, self.send_call, on_queued=self._grow
+        )
+        self.relay = Relay(self, self.submit, self.scheduler.send_queued)
+        self.watchdog = StallWatchdog(
+            options.stall_after, self._workers_view, self, self.scheduler
+        )
+        self.recycler = Recycler(
+            self, options.limits, options.min_workers, options.recycle_grace
+        )
+        self.monitor = Monitor(
+            self._workers_view, self._on_readings, interval=options.monitor_interval
+        )
+        self._zygote: zygote.Zygote | None = None
+        self._workers: dict[int, WorkerHandle] = {}
+        self._spawning: dict[int, tuple[Channel, int, asyncio.Future[WorkerHandle]]] = {}
+        self._spawn_seq = itertools.count(1)
+        self._exits: dict[int, asyncio.Future[None]] = {}
+        self._changed: asyncio.Event | None = None
+        self.closed = False
+        #: Why the hub can no longer serve (its zygote died), or None.
+        self.broken: BaseException | None = None
+        self.crashes = 0
+        self.completed = 0
+
+    # -- the dispatcher's hooks -----------------------------------------------
+
+    def submit(self, pending: Pending) -> None:
+        """Send ``pending`` to a worker now, or queue it; watch for stalls while any is
+        in flight."""
+        self.scheduler.submit(pending)
+        if not self.watchdog.armed:
+            self.watchdog.arm()
+
+    def on_answered(self, target: Target) -> None:
+        self.scheduler.send_queued()
+
+    def on_finished(self, target: Target) -> None:
+        handle: WorkerHandle = target  # type: ignore[assignment]  # the hub's targets are workers
+        handle.completed += 1
+        self.completed += 1
+        self.scheduler.on_finished(handle)
+        if handle.open == 0:
+            handle.idle_since = time.monotonic()
+            if handle.retiring is not None and not handle.stopping:
+                self.stop_worker(handle)
+
+    def on_overdue(self, target: Target, request_id: int) -> None:
+        if isinstance(target, WorkerHandle) and target.alive:
+            self.kill(
+                target,
+                f"it did not stop a cancelled task within {self.cancel_grace}s "
+                "(blocking code that ignores cancellation)",
+            )
+
+    def _on_readings(self, readings: dict[int, WorkerHealth]) -> None:
+        if not self.closed and self.broken is None:
+            self.recycler.apply(readings)
+
+    # -- starting and stopping ------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        sweep()
+        # The lease table exists before the zygote, so every worker inherits it;
+        # once the zygote has it, no name is needed any more.
+        self.leases = SlotTable.create(
+            slots=4096, holders_per_slot=max(16, 2 * self.options.size + 2)
+        )
+        config = WorkerConfig(self.id, self.leases, self.options.proxy_retry_after)
+        self._zygote = zygote.Zygote(functools.partial(worker_main, config=config))
+        try:
+            self._zygote.start()
+        finally:
+            self.leases.unlink()
+        assert self._zygote.sock is not None
+        loop.add_reader(self._zygote.sock.fileno(), self._on_zygote)
+        try:
+            await asyncio.gather(*(self._spawn() for _ in range(self.options.size)))
+        except BaseException:
+            self._terminate()
+            raise
+        self.monitor.start()
+
+    async def close(self) -> None:
+        """Stop every worker and the zygote; nothing outlives this."""
+        if self.closed:
+            return
+        self._refuse(PoolClosed("the pool is closed"))
+        try:
+            await self._stop_workers()
+        finally:
+            self._terminate()
+
+    def _refuse(self, exc: BaseException) -> None:
+        """Take no more calls, and fail the queued ones, with ``exc``."""
+        self.closed = True
+        self.monitor.stop()
+        self.watchdog.stop()
+        self.scheduler.refusal = exc
+        self.scheduler.fail_queued(exc)
+
+    async def _stop_workers(self) -> None:
+        if self.broken is not None:
+            return
+        timeout = self.options.stop_timeout
+        if self._spawning:
+            # Workers being forked right now: wait for them (bounded); a worker that
+            # joins a closed hub is told to stop at once (_on_spawned).
+            forks = [fut for _, _, fut in self._spawning.values()]
+            await asyncio.wait(forks, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        for handle in self._workers.values():
+            self._exits[handle.pid] = loop.create_future()
+            if not handle.stopping:  # else already told (retiring, or joined after close)
+                self.stop_worker(handle)
+        pending = list(self._exits.values())
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            if late:
+                for handle in list(self._workers.values()):
+                    self.kill(handle, "it did not stop in time")
+                await asyncio.wait(late, timeout=timeout)
+
+    def _terminate(self) -> None:
+        """Synchronous last resort: kill whatever is left, reap the zygote, free everything."""
+        self.closed = True
+        self.monitor.stop()
+        self.watchdog.stop()
+        closed = PoolClosed("the pool is closed")
+        if self.scheduler.refusal is None:
+            self.scheduler.refusal = closed
+        for handle in list(self._workers.values()):
+            handle.stopping = True
+            _signal(handle.pid, signal.SIGKILL)
+            self.fail_target(handle, closed)
+            handle.link.close()
+            os.close(handle.return_fd)
+        self._workers.clear()
+        self.changed_membership()
+        for chan, return_fd, fut in self._spawning.values():
+            chan.close()
+            os.close(return_fd)
+            if not fut.done():
+                fut.cancel()
+        self._spawning.clear()
+        self.fail_all(closed)
+        if self._zygote is not None:
+            if self._zygote.sock is not None:
+                try:
+                    asyncio.get_running_loop().remove_reader(self._zygote.sock.fileno())
+                except RuntimeError:
+                    pass  # no loop running any more: nothing to remove it from
+            self._zygote.stop(self.options.stop_timeout)
+        __proxy_pool__.forget(self.id)
+        if self.leases is not None:
+            self.leases.close()
+            self.leases = None
+
+    # -- membership -------------------------------------------------------------
+
+    def workers(self) -> Iterator[WorkerHandle]:
+        """Every worker process the hub has (serving, retiring or stopping)."""
+        return iter(list(self._workers.values()))
+
+    def _workers_view(self) -> list[WorkerHandle]:
+        return list(self._workers.values())
+
+    def worker(self, pid: int) -> WorkerHandle | None:
+        return self._workers.get(pid)
+
+    def serving_count(self) -> int:
+        return len(self.scheduler.serving)
+
+    @property
+    def pids(self) -> list[int]:
+        """Pids of the workers that are not stopping."""
+        return [h.pid for h in self._workers.values() if not h.stopping]
+
+    @property
+    def spawning(self) -> int:
+        """Workers being forked right now."""
+        return len(self._spawning)
+
+    @property
+    def zygote_pid(self) -> int:
+        return self._zygote.pid if self._zygote is not None else -1
+
+    async def changed(self) -> None:
+        """Wait for the next change of membership (a worker joined, retired or died)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        await self._changed.wait()
+
+    def changed_membership(self) -> None:
+        """The serving workers changed (one joined, retired, stopped or died): tell the
+        scheduler, and wake whoever waits in :meth:`changed`. Call it before queued
+        calls are handed out again."""
+        self.scheduler.serving = [
+            h for h in self._workers.values() if h.retiring is None and not h.stopping
+        ]
+        event, self._changed = self._changed, None
+        if event is not None:
+            event.set()
+
+    def _grow(self) -> None:
+        """A call had to wait: fork a worker if the pool runs fewer than its size."""
+        if len(self.scheduler.serving) + len(self._spawning) < self.options.size:
+            self.spawn_worker()
+
+    def spawn_worker(self) -> None:
+        """Fork a worker in the background (failures surface as hub state, not here)."""
+        self._spawn().add_done_callback(_ignore_result)
+
+    def _spawn(self) -> asyncio.Future[WorkerHandle]:
+        assert self._zygote is not None
+        chan = Channel.create(self.options.ring_capacity)
+        return_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        seq = next(self._spawn_seq)
+        fut: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
+        self._spawning[seq] = (chan, return_fd, fut)
+        try:
+            fds = [*(b.fd for b in chan.bells), return_fd]
+            self._zygote.request_spawn(seq, chan.segment.name, chan.capacity, fds)
+        except OSError as exc:
+            del self._spawning[seq]
+            chan.close()
+            os.close(return_fd)
+            fut.set_exception(PoolClosed(f"cannot reach the zygote: {exc}"))
+        return fut
+
+    def stop_worker(self, handle: WorkerHandle) -> None:
+        """Tell ``handle`` to stop (it finishes nothing more; its exit report follows)."""
+        handle.stopping = True
+        self.changed_membership()
+        try:
+            handle.send(Stop())
+        except Exception:
+            self.kill(handle, "it could not be told to stop")
+
+    def kill(self, handle: WorkerHandle, reason: str) -> None:
+        """SIGKILL ``handle``; ``reason`` goes into the WorkerCrashed its calls get."""
+        if not handle.kill_reason:
+            handle.kill_reason = reason
+        _signal(handle.pid, signal.SIGKILL)
+
+    # -- reports from the zygote ------------------------------------------------
+
+    def _on_zygote(self) -> None:
+        assert self._zygote is not None
+        while True:
+            try:
+                msg = self._zygote.recv()
+            except EOFError:
+                self._on_zygote_lost()
+                return
+            if msg is None:
+                return
+            if msg[0] == "spawned":
+                self._on_spawned(msg[1], msg[2])
+            elif msg[0] == "exited":
+                self._on_exited(msg[1], msg[2])
+            elif msg[0] == "failed":
+                self._on_spawn_failed(msg[1], msg[2])
+
+    def _on_spawn_failed(self, seq: int, error: str) -> None:
+        chan, return_fd, fut = self._spawning.pop(seq)
+        chan.close()
+        os.close(return_fd)
+        exc = SpawnFailed(f"the zygote could not fork a worker: {error}")
+        log.error("wool_local: %s", exc)
+        if not fut.done():
+            fut.set_exception(exc)
+        if not self._spawning and not self.scheduler.serving:
+            self.scheduler.fail_queued(exc)  # nothing left to run the queued calls
+
+    def _on_spawned(self, seq: int, pid: int) -> None:
+        chan, return_fd, fut = self._spawning.pop(seq)
+        chan.segment.unlink()  # both sides have it mapped now
+        handle: WorkerHandle | None = None
+
+        def on_lost(exc: BaseException) -> None:
+            # The zygote's exit report does the bookkeeping; a corrupt channel
+            # means the worker cannot be trusted, so make sure it does exit.
+            if handle is not None and not handle.stopping and not isinstance(exc, PoolClosed):
+                self.kill(handle, f"its channel failed: {exc}")
+
+        def expects_answer() -> bool:
+            # Spin for a reply only when few are in flight: otherwise replies
+            # stream in anyway and the loop has queued work to do meanwhile.
+            return handle is not None and handle.load <= 2
+
+        link = Link(chan.end(0, peer_pid=pid), _unbound, on_lost, expects_answer=expects_answer)
+        handle = WorkerHandle(pid, link, return_fd, self.options.max_inflight)
+        link.on_message = functools.partial(self._on_worker_message, handle)
+        link.on_batch = functools.partial(self._on_worker_batch, handle)
+        self._workers[pid] = handle
+        link.start()
+        if self.closed:
+            handle.stopping = True
+            link.send(Stop())
+        self.changed_membership()
+        self.scheduler.send_queued()
+        if not fut.done():
+            fut.set_result(handle)
+
+    def _on_exited(self, pid: int, status: int) -> None:
+        handle = self._workers.pop(pid, None)
+        waiter = self._exits.pop(pid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if handle is None:
+            return
+        # Out of the serving list first: the answers delivered next make room,
+        # and the queued calls they let go must not go to this worker.
+        self.changed_membership()
+        handle.link.pump()  # deliver answers it wrote before exiting
+        if handle.stopping and not handle.kill_reason:
+            exc: BaseException = PoolClosed("the worker stopped before this dispatch finished")
+        else:
+            exc = WorkerCrashed.from_wait_status(pid, status, handle.kill_reason)
+            self.crashes += 1
+            log.warning("wool_local: %s", exc)
+        self.fail_target(handle, exc)
+        self.relay.drop(handle)
+        handle.link.close()
+        os.close(handle.return_fd)
+        if self.leases is not None:
+            self.leases.reclaim(pid)  # whatever it held when it died
+        if handle.retiring is None and not self.closed and self.broken is None:
+            self.spawn_worker()  # replace a crashed worker
+        else:
+            self.scheduler.send_queued()
+
+    def _on_zygote_lost(self) -> None:
+        if self.closed:
+            return
+        assert self._zygote is not None and self._zygote.sock is not None
+        asyncio.get_running_loop().remove_reader(self._zygote.sock.fileno())
+        self.broken = PoolClosed("the pool's zygote process died; the pool cannot fork workers")
+        log.error("wool_local: %s", self.broken)
+        for _, _, fut in self._spawning.values():
+            if not fut.done():
+                fut.set_exception(self.broken)
+        self.scheduler.refusal = self.broken
+        self.scheduler.fail_queued(self.broken)
+
+    # -- messages from workers --------------------------------------------------
+
+    def _on_worker_batch(self, handle: WorkerHandle, messages: list[Message]) -> None:
+        """A frame of messages: answers are settled one by one, and the queued calls
+        the room they freed go out once, after them."""
+        settle = self._settle
+        for msg in messages:
+            try:
+                if type(msg) is Reply and not handle.stalled:
+                    settle(msg, ())
+                else:
+                    self._on_worker_message(handle, msg, ())
+            except Exception:
+                report(msg)
+        try:
+            self.scheduler.send_queued()
+        except Exception:
+            log.exception("wool_local: sending queued calls failed")
+
+    def _on_worker_message(
+        self, handle: WorkerHandle, msg: Message, buffers: Sequence[bytes]
+    ) -> None:
+        kind = type(msg)
+        if kind is Returned:
+            self.watchdog.on_returned(handle, msg.ids)  # type: ignore[union-attr]
+            return
+        if handle.stalled:
+            self.watchdog.on_heard(handle)
+        if kind is Reply:
+            self.on_reply(msg, buffers)  # type: ignore[arg-type]
+        elif kind is Call:
+            self.relay.call(handle, msg, buffers)  # type: ignore[arg-type]
+        elif kind is Step:
+            self.relay.step(handle, msg, buffers)  # type: ignore[arg-type]
+        elif kind is Cancel:
+            self.relay.cancel(handle, msg.id)  # type: ignore[union-attr]
+
+    # -- introspection ------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """Per-worker health (latest OS readings, current counters), recycles and totals."""
+        now = time.monotonic()
+        workers = []
+        for h in self._workers.values():
+            seen = self.monitor.latest.get(h.pid)
+            workers.append(
+                WorkerHealth(
+                    pid=h.pid,
+                    rss=seen.rss if seen else None,
+                    private_rss=seen.private_rss if seen else None,
+                    uss=seen.uss if seen else None,
+                    fds=seen.fds if seen else None,
+                    age=now - h.started_at,
+                    idle=h.idle_for(now),
+                    tasks_completed=h.completed,
+                    inflight=h.load,
+                )
+            )
+        return PoolStats(
+            size=self.options.size,
+            workers=workers,
+            recycles={reason.value: n for reason, n in self.recycler.recycles.items()},
+            completed=self.completed,
+            crashes=self.crashes,
+            queued=self.scheduler.queued(),
+            handed_back=self.watchdog.handed_back,
+            monitor_cpu=self.monitor.cpu_seconds,
+            monitor_rounds=self.monitor.rounds,
+        )
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _unbound(msg: Message, buffers: Sequence[bytes]) -> None:
+    raise AssertionError("a link delivered a message before its handle was bound")
+
+
+def _ignore_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
