@@ -1,9 +1,9 @@
 """Worker limits, health readings, and the pure decision to recycle a worker.
 
-Limits are soft ceilings checked by the hub's monitor between tasks; each is
-optional (``None`` switches it off) and accepts human units in the public API
-(``"1GiB"``, ``"512MB"``, ``"10m"``, ``"30s"``). A reading a platform cannot
-give is ``None`` and never trips a limit.
+Limits are soft ceilings the hub's monitor checks every ``monitor_interval``
+seconds; each is optional (``None`` switches it off) and accepts human units in
+the public API (``"1GiB"``, ``"512MB"``, ``"10m"``, ``"30s"``). A reading a
+platform cannot give is ``None`` and never trips a limit.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import enum
 import re
 import resource
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+_N = TypeVar("_N", int, float)
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -56,7 +58,7 @@ def _split(value: Any, name: str, example: str) -> tuple[float, str]:
     return float(m.group(1)), m.group(2)
 
 
-def _positive(number: Any, name: str, original: Any) -> Any:
+def _positive(number: _N, name: str, original: object) -> _N:
     if number <= 0:
         raise ValueError(f"{name} must be positive, got {original!r} (use None to turn it off)")
     return number
@@ -91,41 +93,55 @@ _REASON_TEXT = {
     RecycleReason.IDLE: "idle past idle_ttl",
 }
 
-_UNSET: Any = object()
+
+class _Default(enum.Enum):
+    """``max_fds``'s default: a margin below the open-files limit (:func:`default_max_fds`)."""
+
+    MAX_FDS = "default_max_fds()"
+
+    def __repr__(self) -> str:
+        return self.value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class WorkerLimits:
     """Soft ceilings for each worker; ``None`` turns one off.
 
+    The constructor takes human units (``max_rss="1GiB"``, ``max_age="10m"``);
+    the fields hold plain numbers: bytes for ``max_rss``, seconds for
+    ``max_age`` and ``idle_ttl``, counts for ``max_fds`` and ``max_tasks``.
     ``max_rss`` counts the worker's private memory: resident pages minus
     shared ones, so the shared-memory rings and the pages it shares with the
     zygote do not count against it.
     """
 
-    max_rss: int | str | None = "1GiB"
-    max_fds: int | None = _UNSET
-    max_age: float | str | None = "10m"
-    idle_ttl: float | str | None = "30s"
-    max_tasks: int | None = None
+    max_rss: int | None  # bytes
+    max_fds: int | None
+    max_age: float | None  # seconds
+    idle_ttl: float | None  # seconds
+    max_tasks: int | None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        max_rss: int | str | None = "1GiB",
+        max_fds: int | _Default | None = _Default.MAX_FDS,
+        max_age: float | str | None = "10m",
+        idle_ttl: float | str | None = "30s",
+        max_tasks: int | None = None,
+    ) -> None:
+        # Frozen: set the normalised values past the dataclass's __setattr__.
         set_ = object.__setattr__
-        if self.max_rss is not None:
-            set_(self, "max_rss", parse_size(self.max_rss, "max_rss"))
-        if self.max_fds is _UNSET:
+        set_(self, "max_rss", None if max_rss is None else parse_size(max_rss, "max_rss"))
+        if isinstance(max_fds, _Default):
             set_(self, "max_fds", default_max_fds())
-        elif self.max_fds is not None:
-            set_(self, "max_fds", _whole(self.max_fds, "max_fds"))
-        for name in ("max_age", "idle_ttl"):
-            value = getattr(self, name)
-            if value is not None:
-                set_(self, name, parse_duration(value, name))
-        if self.max_tasks is not None:
-            set_(self, "max_tasks", _whole(self.max_tasks, "max_tasks"))
+        else:
+            set_(self, "max_fds", None if max_fds is None else _whole(max_fds, "max_fds"))
+        set_(self, "max_age", None if max_age is None else parse_duration(max_age, "max_age"))
+        set_(self, "idle_ttl", None if idle_ttl is None else parse_duration(idle_ttl, "idle_ttl"))
+        set_(self, "max_tasks", None if max_tasks is None else _whole(max_tasks, "max_tasks"))
 
 
-def _whole(value: Any, name: str) -> int:
+def _whole(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be a whole number, got {value!r}")
     return _positive(value, name, value)
@@ -138,23 +154,22 @@ class WorkerHealth:
     pid: int
     rss: int | None = None  # resident bytes, shared pages included
     private_rss: int | None = None  # resident minus shared: what max_rss limits
-    uss: int | None = None  # unique set size, sampled only on request (costly)
+    uss: int | None = None  # unique set size: never sampled (an smaps read costs milliseconds)
     fds: int | None = None
     age: float | None = None  # seconds since it was forked
     idle: float | None = None  # seconds with nothing in flight (0 when busy)
     tasks_completed: int = 0
     inflight: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate_recycle(health: WorkerHealth, limits: WorkerLimits) -> RecycleReason | None:
     """The most pressing limit ``health`` breaks: memory > fds > age > tasks > idle."""
     mem = health.private_rss if health.private_rss is not None else health.rss
-    if limits.max_rss is not None and mem is not None and mem > limits.max_rss:  # type: ignore[operator]
+    if limits.max_rss is not None and mem is not None and mem > limits.max_rss:
         return RecycleReason.MEMORY
     if limits.max_fds is not None and health.fds is not None and health.fds > limits.max_fds:
         return RecycleReason.FDS
-    if limits.max_age is not None and health.age is not None and health.age > limits.max_age:  # type: ignore[operator]
+    if limits.max_age is not None and health.age is not None and health.age > limits.max_age:
         return RecycleReason.AGE
     if limits.max_tasks is not None and health.tasks_completed >= limits.max_tasks:
         return RecycleReason.TASKS
@@ -162,7 +177,7 @@ def evaluate_recycle(health: WorkerHealth, limits: WorkerLimits) -> RecycleReaso
         limits.idle_ttl is not None
         and health.idle is not None
         and health.inflight == 0
-        and health.idle >= limits.idle_ttl  # type: ignore[operator]
+        and health.idle >= limits.idle_ttl
     ):
         return RecycleReason.IDLE
     return None

@@ -1,11 +1,12 @@
-"""The hub's health monitor: samples every worker with psutil and applies the limits.
+"""The hub's health monitor: samples every worker with psutil for the limits.
 
 Every ``interval`` seconds it reads each worker's memory and open files (one
 ``/proc/<pid>/statm`` and one ``/proc/<pid>/fd`` listing each, tens of
 microseconds), combines them with what the hub knows (age, idle time, tasks
-done, calls in flight) into a :class:`WorkerHealth`, and asks the pool to act
-on :func:`evaluate_recycle`. It measures its own CPU time, so its cost can be
-reported (``PoolStats.monitor_cpu``).
+done, calls in flight) into a :class:`WorkerHealth`, and hands the round's
+readings to its owner, which applies :func:`evaluate_recycle`. USS (from
+``smaps``, milliseconds a read) is not sampled. It measures its own CPU time,
+so its cost can be reported (``PoolStats.monitor_cpu``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Protocol
 
 import psutil
 
@@ -23,23 +24,36 @@ from .limits import WorkerHealth
 log = logging.getLogger("wool_local")
 
 
+class Sampled(Protocol):
+    """What the monitor reads of a worker's handle."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...  # time.monotonic() when it was forked
+    @property
+    def completed(self) -> int: ...  # calls it finished
+    @property
+    def load(self) -> int: ...  # requests in flight
+
+    def idle_for(self, now: float) -> float: ...
+
+
 class Monitor:
     """Periodic sampler; ``on_sample`` receives each round's readings."""
 
     def __init__(
         self,
-        workers: Callable[[], Iterable[Any]],
+        workers: Callable[[], Iterable[Sampled]],
         on_sample: Callable[[dict[int, WorkerHealth]], None],
         *,
         interval: float = 0.5,
-        sample_uss: bool = False,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"the monitor interval must be positive, got {interval}")
         self._workers = workers
         self._on_sample = on_sample
         self.interval = interval
-        self.sample_uss = sample_uss
         self.latest: dict[int, WorkerHealth] = {}
         self.cpu_seconds = 0.0  # spent sampling, for the cost report
         self.rounds = 0
@@ -76,7 +90,7 @@ class Monitor:
         self._on_sample(readings)
         return readings
 
-    def sample(self, handle: Any) -> WorkerHealth:
+    def sample(self, handle: Sampled) -> WorkerHealth:
         """One worker's health: hub-side counters plus what the OS says."""
         now = time.monotonic()
         health = WorkerHealth(
@@ -95,8 +109,6 @@ class Monitor:
             shared = getattr(mem, "shared", None)
             health.private_rss = mem.rss - shared if shared is not None else None
             health.fds = proc.num_fds() if hasattr(proc, "num_fds") else None
-            if self.sample_uss:
-                health.uss = proc.memory_full_info().uss
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             pass  # it is exiting; the zygote's report will say how
         return health
