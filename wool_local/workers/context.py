@@ -96,11 +96,11 @@ class ContextVar(Generic[T]):
             return value
         unbound = _unbound.get()
         if unbound is not None and self.key in unbound:
-            return unbound[self.key]  # type: ignore[no-any-return]
+            return unbound[self.key]  # received before this variable was declared
         if default is not _NO_DEFAULT:
             return default
         if self._default is not _NO_DEFAULT:
-            return self._default  # type: ignore[no-any-return]
+            return self._default
         raise LookupError(self)
 
     def set(self, value: T) -> Token[T]:
@@ -174,7 +174,7 @@ def snapshot() -> Snapshot | None:
         if last is not None and last[0] is value:
             data = last[1]
         else:
-            data = encode({key: value})[key]  # type: ignore[index]
+            data = _pickle(key, value)
         if out is None:
             out = {}
         out[key] = data
@@ -201,26 +201,27 @@ def encode(values: dict[str, Any]) -> Snapshot | None:
     """Pickle each value on its own; a value that cannot travel is a TypeError naming it."""
     if not values:
         return None
-    out = {}
-    for key, value in values.items():
-        last = _last_pickled.get(key)
-        if last is not None and last[0] is value:
-            out[key] = last[1]  # the same immutable object as last time: reuse its pickle
-            continue
+    return {key: _pickle(key, value) for key, value in values.items()}
+
+
+def _pickle(key: str, value: Any) -> bytes:
+    """The pickle of variable ``key``'s ``value``; a TypeError naming it if it cannot travel."""
+    last = _last_pickled.get(key)
+    if last is not None and last[0] is value:
+        return last[1]  # the same immutable object as last time: reuse its pickle
+    try:
+        data = pickle.dumps(value, 5)
+    except Exception:
         try:
-            data = pickle.dumps(value, 5)
-        except Exception:
-            try:
-                data = payload.by_value_dumps(value)
-            except Exception as exc:
-                raise TypeError(
-                    f"cannot send context variable {key!r} (a {type(value).__name__}) to "
-                    f"another process: {exc}"
-                ) from None
-        if _reusable(value):
-            _last_pickled[key] = (value, data)
-        out[key] = data
-    return out
+            data = payload.by_value_dumps(value)
+        except Exception as exc:
+            raise TypeError(
+                f"cannot send context variable {key!r} (a {type(value).__name__}) to "
+                f"another process: {exc}"
+            ) from None
+    if _reusable(value):
+        _last_pickled[key] = (value, data)
+    return data
 
 
 class _Unsendable:

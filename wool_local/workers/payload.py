@@ -77,7 +77,7 @@ def by_value_dumps(obj: Any) -> bytes:
     otherwise sit in every hub's heap for the cyclic GC to walk."""
     import cloudpickle
 
-    return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+    return cloudpickle.dumps(obj, PROTOCOL)
 
 
 def loads(data: bytes | memoryview, what: str, buffers: Sequence[Any] = (), of: Any = None) -> Any:
