@@ -6,10 +6,13 @@ CPython gh-90622) and a running uvloop loop (libuv is not fork-safe once
 used). So the hub forks the zygote once, when the pool starts, and from then
 on asks it to fork workers. The zygote never touches the loop it inherited.
 
-Hub and zygote talk over a ``SOCK_SEQPACKET`` socket pair: the hub sends
-``("spawn", seq, segment name, capacity)`` with the worker's two doorbell fds
-attached (``SCM_RIGHTS``); the zygote answers ``("spawned", seq, pid)`` and,
-whenever a worker ends, ``("exited", pid, wait status)``: it is the workers'
+Hub and zygote talk over a ``SOCK_SEQPACKET`` socket pair, one msgpack tuple
+per packet. The hub sends ``("spawn", seq, segment name, capacity)`` with the
+worker's fds attached (``SCM_RIGHTS``): the channel's two doorbells, then the
+eventfd the hub rings to ask the worker for its unstarted calls back. The
+zygote answers ``("spawned", seq, pid)``, or ``("failed", seq, error)`` when
+it could not fork (no memory, a pids limit, a vanished segment), and whenever
+a worker ends it sends ``("exited", pid, wait status)``: it is the workers'
 parent, so only it can reap them and learn how they died.
 """
 
@@ -37,6 +40,7 @@ from ..ipc import Segment
 _PR_SET_PDEATHSIG = 1
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _MAX_MSG = 4096
+_MAX_FDS = 4  # fds a spawn request may carry (it sends three)
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
@@ -96,12 +100,14 @@ def _snapshot_main() -> dict[str, Any]:
     return out
 
 
-#: ``worker_main(segment, ring capacity, doorbell fds, hub pid) -> exit code``
+#: ``worker_main(segment, ring capacity, fds, hub pid) -> exit code``, where ``fds``
+#: are those of the spawn request: the two doorbells, then the hand-back eventfd.
 WorkerMain = Callable[[Segment, int, list[int], int], int]
 
 
 class Zygote:
-    """Hub-side handle of the zygote process."""
+    """Hub-side handle of the zygote process: forks it, asks it for workers, and reads
+    its reports ("spawned", "failed", "exited")."""
 
     def __init__(self, worker_main: WorkerMain) -> None:
         self._worker_main = worker_main
@@ -144,6 +150,8 @@ class Zygote:
         _main_snapshots[self] = snapshot
 
     def request_spawn(self, seq: int, segment: str, capacity: int, fds: list[int]) -> None:
+        """Ask for a worker on channel ``segment``; the answer, tagged ``seq``, comes
+        through :meth:`recv`. The zygote closes its copies of ``fds`` either way."""
         assert self.sock is not None
         socket.send_fds(self.sock, [_encode(("spawn", seq, segment, capacity))], fds)
 
@@ -231,7 +239,7 @@ def _zygote_main(sock: socket.socket, hub_pid: int, worker_main: WorkerMain) -> 
                 _reap(sock, children)
                 continue
             try:
-                data, fds, _, _ = socket.recv_fds(sock, _MAX_MSG, 4)
+                data, fds, _, _ = socket.recv_fds(sock, _MAX_MSG, _MAX_FDS)
             except ConnectionResetError:
                 data, fds = b"", []
             if not data:
