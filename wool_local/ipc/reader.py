@@ -6,7 +6,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from .doorbell import Doorbell, PeerWatch
 from .errors import FrameError, ProtocolVersionError, RingClosed
@@ -36,7 +35,9 @@ class Frame:
 
     __slots__ = ("_end", "_reader", "_segment", "data", "released")
 
-    def __init__(self, reader: RingReader, end: int, data: memoryview, segment: Any) -> None:
+    def __init__(
+        self, reader: RingReader, end: int, data: memoryview, segment: Segment | None
+    ) -> None:
         self._reader = reader
         self._end = end
         self._segment = segment
