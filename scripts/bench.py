@@ -80,49 +80,38 @@ import abc
 import argparse
 import asyncio
 import contextlib
-import faulthandler
-import gc
-import hashlib
 import importlib.util
-import json
 import logging
-import math
-import multiprocessing
 import os
-import platform
-import re
 import statistics
 import sys
 import time
-import traceback
-from collections.abc import Callable, Coroutine, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
 import uvloop
-from benchlib import cpu_model, git, version
+from benchlib import (
+    CaseTimeout,
+    MiB,
+    Run,
+    TargetCheck,
+    arguments,
+    attempt,
+    print_targets,
+    ratio,
+    seconds,
+    summary,
+    table,
+)
+from benchpeers import ForkExecutor, Peer, peers
 
 import wool_local
-
-try:
-    import loky
-except ImportError:  # reported as a skipped peer
-    loky = None
 
 # wool's spawned workers import this module as __mp_main__; keep their INFO logs quiet.
 logging.getLogger("wool").setLevel(logging.WARNING)
 
-# The tree wool_local is imported from (PYTHONPATH may point at a checkout other than ours).
-_WL_ROOT = Path(wool_local.__file__).resolve().parent.parent
-MiB = 1 << 20
 T = TypeVar("T")
-# This process and the wool_local workers it ran: creators of the /dev/shm names that count
-# as ours in the cleanup check (wool_local names them [sem.]wl-<uid>-<creator pid>-<random>).
-OUR_PIDS: set[int] = {os.getpid()}
-_WL_SHM_NAME = re.compile(r"(?:sem\.)?wl-\d+-(\d+)-")
 
 # Targets (see "Why").
 TARGET_RT_FRACTION = 1 / 5
@@ -213,10 +202,6 @@ QUICK = Settings(
 )
 
 
-class CaseTimeout(Exception):
-    """A case ran over its time limit."""
-
-
 # -- implementations ---------------------------------------------------------------------------
 
 
@@ -256,42 +241,24 @@ def _check_sum(total: int, n: int) -> None:
 
 
 class SyncPeer(Impl):
-    """A peer driven with blocking calls; every call and wait carries a timeout."""
+    """A peer of benchpeers, driven with blocking calls that each carry a timeout."""
 
-    @abc.abstractmethod
-    def _open(self, workers: int) -> Any: ...
-
-    @abc.abstractmethod
-    def _call(self, pool: Any, timeout: float, fn: Callable[..., Any], *args: Any) -> Any: ...
-
-    @abc.abstractmethod
-    def _many(self, pool: Any, n: int, timeout: float) -> Iterable[Any]:
-        """Results of ``peer_noop(i)`` for i in range(n), dispatched one task each."""
-
-    @abc.abstractmethod
-    def _close(self, pool: Any, failed: bool) -> None:
-        """Shut down; after a failure kill the workers instead of waiting for them."""
-
-    @contextlib.contextmanager
-    def _pool(self, workers: int) -> Iterator[Any]:
-        pool = self._open(workers)
-        failed = True
-        try:
-            yield pool
-            failed = False
-        finally:
-            self._close(pool, failed)
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.name = peer.name
+        self.rt_method = self.echo_method = peer.call_method
+        self.thr_method = peer.many_method
 
     def roundtrip(self, workers: int, s: Settings) -> list[int]:
         deadline = time.monotonic() + s.case_timeout
         clock = time.perf_counter_ns
         samples: list[int] = []
-        with self._pool(workers) as pool:
+        with self.peer.pool(workers) as pool:
             for _ in range(s.rt_warmup):
-                self._call(pool, s.call_timeout, peer_noop)
+                self.peer.call(pool, s.call_timeout, peer_noop)
             for i in range(s.rt_calls):
                 t0 = clock()
-                self._call(pool, s.call_timeout, peer_noop)
+                self.peer.call(pool, s.call_timeout, peer_noop)
                 samples.append(clock() - t0)
                 if i % 256 == 0 and time.monotonic() > deadline:
                     raise CaseTimeout(f"round trips ran over {s.case_timeout:g} s")
@@ -299,12 +266,14 @@ class SyncPeer(Impl):
 
     def throughput(self, workers: int, n: int, s: Settings, window: int) -> list[float]:
         rounds = []
-        with self._pool(workers) as pool:
-            _check_sum(sum(self._many(pool, s.thr_warmup, s.case_timeout)), s.thr_warmup)
+        many = self.peer.many
+        with self.peer.pool(workers) as pool:
+            warm = many(pool, peer_noop, range(s.thr_warmup), s.case_timeout)
+            _check_sum(sum(warm), s.thr_warmup)
             for _ in range(s.thr_rounds):
                 t0 = time.perf_counter()
                 total = 0
-                for result in self._many(pool, n, s.case_timeout):
+                for result in many(pool, peer_noop, range(n), s.case_timeout):
                     total += result
                 rounds.append(time.perf_counter() - t0)
                 _check_sum(total, n)
@@ -315,103 +284,19 @@ class SyncPeer(Impl):
     ) -> dict[int, list[int]]:
         clock = time.perf_counter_ns
         out: dict[int, list[int]] = {}
-        with self._pool(1) as pool:
+        with self.peer.pool(1) as pool:
             for spec in specs:
                 payload = payloads[spec.size]
                 samples = out[spec.size] = []
                 for rep in range(spec.warmup + spec.reps):
                     t0 = clock()
-                    got = self._call(pool, s.call_timeout, peer_echo, payload)
+                    got = self.peer.call(pool, s.call_timeout, peer_echo, payload)
                     dt = clock() - t0
                     _check_echo(got, payload)
                     del got
                     if rep >= spec.warmup:
                         samples.append(dt)
         return out
-
-
-def _deadline_iter(
-    results: Iterator[T], timeout: float, next_item: Callable[[float], T]
-) -> Iterator[T]:
-    """Yield from an iterator whose ``next`` takes a timeout, all within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise CaseTimeout(f"results did not arrive within {timeout:g} s")
-        try:
-            yield next_item(left)
-        except StopIteration:
-            return
-
-
-class PpePeer(SyncPeer):
-    name = "ProcessPoolExecutor (fork)"
-    rt_method = "submit().result()"
-    thr_method = "map(chunksize=1)"
-    echo_method = "submit().result()"
-
-    def _open(self, workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-
-    def _call(
-        self, pool: ProcessPoolExecutor, timeout: float, fn: Callable[..., Any], *args: Any
-    ) -> Any:
-        return pool.submit(fn, *args).result(timeout=timeout)
-
-    def _many(self, pool: ProcessPoolExecutor, n: int, timeout: float) -> Iterable[Any]:
-        # map's timeout runs from this call to the last result.
-        return pool.map(peer_noop, range(n), chunksize=1, timeout=timeout)
-
-    def _close(self, pool: ProcessPoolExecutor, failed: bool) -> None:
-        if failed:
-            for proc in list((pool._processes or {}).values()):  # no public kill
-                proc.kill()
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-class MpPoolPeer(SyncPeer):
-    name = "multiprocessing.Pool (fork)"
-    rt_method = "apply_async().get()"
-    thr_method = "imap_unordered(chunksize=1)"
-    echo_method = "apply_async().get()"
-
-    def _open(self, workers: int) -> Any:
-        return multiprocessing.get_context("fork").Pool(workers)
-
-    def _call(self, pool: Any, timeout: float, fn: Callable[..., Any], *args: Any) -> Any:
-        return pool.apply_async(fn, args).get(timeout)
-
-    def _many(self, pool: Any, n: int, timeout: float) -> Iterable[Any]:
-        results = pool.imap_unordered(peer_noop, range(n), chunksize=1)
-        return _deadline_iter(results, timeout, results.next)
-
-    def _close(self, pool: Any, failed: bool) -> None:
-        if failed:
-            pool.terminate()
-        else:
-            pool.close()
-        pool.join()
-
-
-class LokyPeer(SyncPeer):
-    name = "loky"
-    rt_method = "submit().result()"
-    thr_method = "map(chunksize=1)"
-    echo_method = "submit().result()"
-
-    def _open(self, workers: int) -> Any:
-        assert loky is not None
-        return loky.ProcessPoolExecutor(max_workers=workers)
-
-    def _call(self, pool: Any, timeout: float, fn: Callable[..., Any], *args: Any) -> Any:
-        return pool.submit(fn, *args).result(timeout=timeout)
-
-    def _many(self, pool: Any, n: int, timeout: float) -> Iterable[Any]:
-        return pool.map(peer_noop, range(n), chunksize=1, timeout=timeout)
-
-    def _close(self, pool: Any, failed: bool) -> None:
-        pool.shutdown(wait=True, kill_workers=failed)
 
 
 class AsyncImpl(Impl):
@@ -517,11 +402,15 @@ class WoolLocal(AsyncImpl):
     name = "wool_local"
     is_peer = False
 
+    def __init__(self, hub_loop: str, pids: set[int]) -> None:
+        super().__init__(hub_loop)
+        self.pids = pids  # the run's creators of /dev/shm names, for its cleanup check
+
     def _pool(self, workers: int) -> contextlib.AbstractAsyncContextManager[Any]:
         return wool_local.WorkerPool(spawn=workers)
 
     def _started(self, pool: Any) -> None:
-        OUR_PIDS.update(pool.pids)  # their shared-memory names carry these pids
+        self.pids.update(pool.pids)  # their shared-memory names carry these pids
 
     def _noop(self) -> Callable[..., Coroutine[Any, Any, Any]]:
         return wl_noop
@@ -583,57 +472,24 @@ class Case:
     calls: int = 0  # timed calls (or tasks)
     stats: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-    # CPU used by processes outside this benchmark's process tree while the case ran, in
-    # percent of all CPUs: other programs competing for the machine (see CpuMeter).
-    others_cpu: float | None = None
-    waited_for_quiet: float = 0.0  # seconds waited before the case (--wait-quiet)
-
-
-def percentile(sorted_ns: list[int], q: float) -> float:
-    """Nearest-rank percentile of sorted samples."""
-    rank = max(1, math.ceil(len(sorted_ns) * q / 100))
-    return float(sorted_ns[rank - 1])
-
-
-def latency_stats(samples_ns: list[int], unit: float) -> dict[str, float]:
-    ordered = sorted(samples_ns)
-    n = len(ordered)
-    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
-    return {
-        "median": median / unit,
-        "p99": percentile(ordered, 99) / unit,
-        "mean": sum(ordered) / n / unit,
-        "min": ordered[0] / unit,
-        "max": ordered[-1] / unit,
-    }
+    others_cpu: float | None = None  # see benchlib.Outcome
+    waited_for_quiet: float = 0.0
 
 
 class Bench:
     """Runs cases one at a time and keeps their results (a failed case keeps its error)."""
 
-    def __init__(self, s: Settings, wait_quiet: float = 0.0, verbose: bool = True) -> None:
+    def __init__(self, s: Settings, wait_quiet: float = 0.0) -> None:
         self.s = s
         self.wait_quiet = wait_quiet
         self.cases: list[Case] = []
-        self.verbose = verbose
 
     def _attempt(self, case: Case, what: str, fn: Callable[[], T]) -> T | None:
-        if self.verbose:
-            print(f"  ... {what}", file=sys.stderr, flush=True)
-        if self.wait_quiet > 0:
-            _, case.waited_for_quiet = wait_until_quiet(self.wait_quiet)
-        gc.collect()
-        meter = CpuMeter()
-        try:
-            return fn()
-        except Exception as exc:
-            case.error = f"{type(exc).__name__}: {exc}"
-            print(f"  !!! {what} failed:", file=sys.stderr)
-            traceback.print_exc()
-            return None
-        finally:
-            case.others_cpu = meter.others_percent()
-            self.cases.append(case)
+        value, outcome = attempt(what, fn, self.wait_quiet)
+        case.error, case.others_cpu = outcome.error, outcome.others_cpu
+        case.waited_for_quiet = outcome.waited_for_quiet
+        self.cases.append(case)
+        return value
 
     def roundtrip(self, impl: Impl, workers: int) -> None:
         case = Case(1, impl.name, impl.rt_method, workers, impl.is_peer, calls=self.s.rt_calls)
@@ -643,7 +499,7 @@ class Bench:
             lambda: impl.roundtrip(workers, self.s),
         )
         if samples:
-            case.stats = latency_stats(samples, 1e3)  # microseconds
+            case.stats = summary(samples, 1e3)  # microseconds
 
     def throughput(self, impl: Impl, workers: int, window: int) -> None:
         s = self.s
@@ -681,7 +537,7 @@ class Bench:
             if samples is None:
                 case.error = first.error
                 continue
-            stats = latency_stats(samples[case.size], 1e6)  # milliseconds
+            stats = summary(samples[case.size], 1e6)  # milliseconds
             stats["gb_per_s"] = 2 * case.size / (stats["median"] / 1e3) / 1e9
             case.stats = stats
 
@@ -707,21 +563,6 @@ def best_peer(group: list[Case], key: str, higher_is_better: bool) -> Case | Non
     return pick(peers, key=lambda c: c.stats[key])
 
 
-def table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> str:
-    """Columns padded to width: the first two left-aligned, the numbers right-aligned."""
-    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def line(row: list[str]) -> str:
-        cells = [
-            cell.ljust(w) if i < 2 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        return indent + "  ".join(cells).rstrip()
-
-    rule = indent + "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
-
-
 def print_table(headers: list[str], cases: list[Case], cells: Callable[[Case], list[str]]) -> None:
     """One row per case (failed cases say so; their errors follow the table).
 
@@ -739,22 +580,6 @@ def print_table(headers: list[str], cases: list[Case], cells: Callable[[Case], l
     for case in cases:
         if case.error:
             print(f"  {case.impl} ({case.method}) failed: {case.error}")
-
-
-def _ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
-
-
-@dataclass
-class TargetCheck:
-    target: str
-    detail: str
-    met: bool | None  # None: could not be checked (a peer to compare with failed)
-
-
-def _format_check(check: TargetCheck) -> str:
-    verdict = {True: "MET", False: "MISSED", None: "NOT CHECKED"}[check.met]
-    return f"target: {check.target}: {verdict} ({check.detail})"
 
 
 def _ours(group: list[Case]) -> list[Case]:
@@ -776,30 +601,31 @@ def report_roundtrip(cases: list[Case], s: Settings) -> list[TargetCheck]:
             lambda c, group=group: [
                 f"{c.stats['median']:.1f}",
                 f"{c.stats['p99']:.1f}",
-                _ratio(speedup(c, group, "median", higher_is_better=False)),
+                ratio(speedup(c, group, "median", higher_is_better=False)),
             ],
         )
         best = best_peer(group, "median", higher_is_better=False)
         for ours in _ours(group):
             checks.append(_rt_check(ours, best, workers))
-            print(f"  {_format_check(checks[-1])}")
+            print(f"  {checks[-1].line()}")
     return checks
 
 
 def _rt_check(ours: Case, best: Case | None, workers: int) -> TargetCheck:
     target = f"round-trip median <= 1/5 of the fastest peer's, {workers} worker(s)"
+    need = 1 / TARGET_RT_FRACTION
     if ours.error:
-        return TargetCheck(target, f"wool_local failed: {ours.error}", False)
+        return TargetCheck(target, False, f"wool_local failed: {ours.error}", need)
     if best is None:
-        return TargetCheck(target, "no peer to compare with", None)
+        return TargetCheck(target, None, "no peer to compare with", need)
     limit = best.stats["median"] * TARGET_RT_FRACTION
     got = ours.stats["median"]
+    faster = best.stats["median"] / got
     detail = (
         f"wool_local {got:.1f} us vs {best.impl} {best.stats['median']:.1f} us: "
-        f"{best.stats['median'] / got:.2f}x faster, need {1 / TARGET_RT_FRACTION:g}x "
-        f"(<= {limit:.1f} us)"
+        f"{faster:.2f}x faster, need {need:g}x (<= {limit:.1f} us)"
     )
-    return TargetCheck(target, detail, got <= limit)
+    return TargetCheck(target, got <= limit, detail, need, {f"vs {best.impl}": faster})
 
 
 def report_throughput(cases: list[Case], s: Settings) -> list[TargetCheck]:
@@ -823,20 +649,22 @@ def report_throughput(cases: list[Case], s: Settings) -> list[TargetCheck]:
             f"{c.stats['seconds']:.2f}",
             f"{c.stats['tasks_per_s']:,.0f}",
             f"{c.stats['slowest_per_s'] / 1e3:,.1f}k-{c.stats['fastest_per_s'] / 1e3:,.1f}k",
-            _ratio(speedup(c, cases, "tasks_per_s", higher_is_better=True)),
+            ratio(speedup(c, cases, "tasks_per_s", higher_is_better=True)),
         ],
     )
     checks = []
     for ours in _ours(cases):
         target = f"at least {TARGET_TASKS_PER_S:,} dispatches/s ({ours.method})"
         if ours.error:
-            check = TargetCheck(target, f"wool_local failed: {ours.error}", False)
+            failed = f"wool_local failed: {ours.error}"
+            check = TargetCheck(target, False, failed, TARGET_TASKS_PER_S)
         else:
             rate = ours.stats["tasks_per_s"]
             detail = f"wool_local {rate:,.0f}/s, {rate / TARGET_TASKS_PER_S:.2f}x of the target"
-            check = TargetCheck(target, detail, rate >= TARGET_TASKS_PER_S)
+            met = rate >= TARGET_TASKS_PER_S
+            check = TargetCheck(target, met, detail, TARGET_TASKS_PER_S, {"tasks/s": rate})
         checks.append(check)
-        print(f"  {_format_check(check)}")
+        print(f"  {check.line()}")
     return checks
 
 
@@ -853,13 +681,13 @@ def report_echo(cases: list[Case], s: Settings) -> list[TargetCheck]:
                 f"{c.stats['median']:.2f}",
                 f"{c.stats['min']:.2f}",
                 f"{c.stats['gb_per_s']:.2f}",
-                _ratio(speedup(c, group, "median", higher_is_better=False)),
+                ratio(speedup(c, group, "median", higher_is_better=False)),
             ],
         )
         if spec.size == TARGET_ECHO_SIZE:
             for ours in _ours(group):
                 checks.append(_echo_check(ours, group))
-                print(f"  {_format_check(checks[-1])}")
+                print(f"  {checks[-1].line()}")
     return checks
 
 
@@ -868,194 +696,33 @@ def _echo_check(ours: Case, group: list[Case]) -> TargetCheck:
         f"{TARGET_ECHO_SIZE // MiB} MiB echo at least {TARGET_ECHO_VS_PPE:g}x as fast as "
         "ProcessPoolExecutor"
     )
-    ppe = next((c for c in group if c.impl == PpePeer.name), None)
+    ppe = next((c for c in group if c.impl == ForkExecutor.name), None)
+    need = TARGET_ECHO_VS_PPE
     if ours.error:
-        return TargetCheck(target, f"wool_local failed: {ours.error}", False)
+        return TargetCheck(target, False, f"wool_local failed: {ours.error}", need)
     if ppe is None or ppe.error:
-        return TargetCheck(target, "ProcessPoolExecutor was not measured", None)
-    ratio = ppe.stats["median"] / ours.stats["median"]
+        return TargetCheck(target, None, "ProcessPoolExecutor was not measured", need)
+    faster = ppe.stats["median"] / ours.stats["median"]
     detail = (
         f"wool_local {ours.stats['gb_per_s']:.2f} GB/s vs ProcessPoolExecutor "
-        f"{ppe.stats['gb_per_s']:.2f} GB/s: {ratio:.2f}x"
+        f"{ppe.stats['gb_per_s']:.2f} GB/s: {faster:.2f}x"
     )
-    return TargetCheck(target, detail, ratio >= TARGET_ECHO_VS_PPE)
-
-
-# -- machine details and cleanup ----------------------------------------------------------------
-
-
-def source_digest() -> str:
-    """SHA-256 over wool_local's source, to tell apart runs of an edited tree."""
-    digest = hashlib.sha256()
-    pkg = Path(wool_local.__file__).resolve().parent
-    for path in sorted(pkg.rglob("*.py")):
-        digest.update(str(path.relative_to(pkg)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-class CpuMeter:
-    """CPU time the rest of the machine used since creation, from /proc/stat and os.times().
-
-    Busy time of all CPUs minus the CPU time of this process and of its reaped descendants
-    (every pool of a case is shut down and reaped before the case ends, so their workers'
-    time is included). On a shared 2-vCPU VM another busy process takes the CPU a worker or
-    the hub would have run on, which shows in round trips at once.
-    """
-
-    def __init__(self) -> None:
-        self.wall = time.monotonic()
-        self.busy = self._busy()
-        self.ours = self._ours()
-
-    @staticmethod
-    def _busy() -> float | None:
-        times = cpu_times()
-        if not times:
-            return None
-        busy = sum(times.get(k, 0) for k in ("user", "nice", "system", "irq", "softirq"))
-        return busy / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _ours() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def others_percent(self) -> float | None:
-        busy = self._busy()
-        wall = time.monotonic() - self.wall
-        if busy is None or self.busy is None or wall <= 0:
-            return None
-        others = (busy - self.busy) - (self._ours() - self.ours)
-        return max(0.0, 100 * others / (wall * (os.cpu_count() or 1)))
-
-
-def wait_until_quiet(
-    limit: float, threshold: float = 10.0, window: float = 0.5
-) -> tuple[float | None, float]:
-    """Wait up to ``limit`` seconds for a ``window`` in which other programs use less than
-    ``threshold`` percent of the CPUs; (their last reading, seconds waited)."""
-    started = time.monotonic()
-    while True:
-        meter = CpuMeter()
-        time.sleep(window)
-        busy = meter.others_percent()
-        waited = time.monotonic() - started
-        if busy is None or busy < threshold or waited >= limit:
-            return busy, waited
-
-
-def cpu_times() -> dict[str, int]:
-    """Aggregate jiffies from /proc/stat (to compute CPU steal over the run)."""
-    try:
-        with open("/proc/stat", encoding="utf-8") as fh:
-            fields = fh.readline().split()[1:]
-    except OSError:
-        return {}
-    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-    return {name: int(v) for name, v in zip(names, fields, strict=False)}
-
-
-def steal_percent(before: dict[str, int], after: dict[str, int]) -> float | None:
-    if not before or not after:
-        return None
-    total = sum(after.values()) - sum(before.values())
-    return 100 * (after.get("steal", 0) - before.get("steal", 0)) / total if total else None
-
-
-def machine(hub_loop: str) -> dict[str, Any]:
-    return {
-        "cpu_model": cpu_model(),
-        "nproc": os.cpu_count(),
-        "available_cpus": wool_local.available_cpus(),
-        "kernel": platform.release(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "python_impl": platform.python_implementation(),
-        "hub_loop": hub_loop,
-        "wool_local_path": str(_WL_ROOT),
-        "git_head": git("rev-parse", "HEAD", root=_WL_ROOT),
-        "git_dirty": bool(git("status", "--porcelain", "--", "wool_local", root=_WL_ROOT)),
-        "wool_local_source_sha256": source_digest(),
-        "packages": {
-            "wool_local": wool_local.__version__,
-            **{d: version(d) for d in ("uvloop", "msgspec", "psutil", "posix-ipc", "cloudpickle")},
-            **{d: version(d) for d in ("loky", "wool", "grpcio")},
-        },
-    }
-
-
-def shm_entries() -> set[str]:
-    try:
-        return set(os.listdir("/dev/shm"))
-    except OSError:
-        return set()
-
-
-def stop_resource_trackers() -> None:
-    """Stop the resource-tracker helpers the peers may have started (they outlive pools)."""
-    from multiprocessing import resource_tracker
-
-    trackers = [resource_tracker._resource_tracker]
-    if loky is not None:
-        from loky.backend import resource_tracker as loky_tracker
-
-        trackers.append(loky_tracker._resource_tracker)
-    for tracker in trackers:
-        with contextlib.suppress(Exception):
-            tracker._stop()  # private, but the only way short of exiting
-
-
-def cleanup_check(shm_before: set[str]) -> dict[str, Any]:
-    """Children still alive (or unreaped) and /dev/shm entries that appeared during the run.
-
-    Other programs (a test suite, say) may create and remove segments meanwhile: a wool_local
-    name created by a pid that is not ours is listed as theirs and not counted, and any other
-    new name counts only if it is still there a second later.
-    """
-    stop_resource_trackers()
-    me = psutil.Process()
-    deadline = time.monotonic() + 5
-    children: list[psutil.Process] = me.children(recursive=True)
-    while children and time.monotonic() < deadline:
-        time.sleep(0.1)
-        children = me.children(recursive=True)
-    left = []
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            left.append(f"{child.pid} {child.status()} {' '.join(child.cmdline())[:80]}")
-    ours, others, unknown = [], [], []
-    for name in sorted(shm_entries() - shm_before):
-        match = _WL_SHM_NAME.match(name)
-        if match is None:
-            unknown.append(name)
-        else:
-            (ours if int(match.group(1)) in OUR_PIDS else others).append(name)
-    if unknown:
-        time.sleep(1.0)
-        unknown = sorted(set(unknown) & shm_entries())
-    return {
-        "children_left": left,
-        "shm_new": ours + unknown,
-        "shm_new_of_other_programs": others,
-    }
+    return TargetCheck(target, faster >= need, detail, need, {"vs ProcessPoolExecutor": faster})
 
 
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (~15 s)")
-    parser.add_argument("--json", metavar="PATH", help="write all results and machine details")
+    parser = arguments(__doc__, "short smoke run (~15 s)", sections=3)
     parser.add_argument(
         "--hub-loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
         help="event loop of the calling process for wool_local and wool (default: uvloop)",
     )
-    parser.add_argument("--sections", default="1,2,3", help="sections to run, e.g. 1,3")
     parser.add_argument(
-        "--case-timeout", type=float, metavar="S", help="time limit of one case, in seconds"
+        "--case-timeout", type=seconds, metavar="S", help="time limit of one case, in seconds"
     )
     parser.add_argument(
         "--wait-quiet",
@@ -1064,16 +731,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="S",
         help="before each case, wait up to S seconds for other programs to leave the CPUs idle",
     )
-    args = parser.parse_args(argv)
-    try:
-        args.sections = {int(x) for x in args.sections.split(",") if x.strip()}
-    except ValueError:
-        args.sections = set()
-    if not args.sections or not args.sections <= {1, 2, 3}:
-        parser.error("--sections takes numbers 1-3 separated by commas")
-    if args.case_timeout is not None and args.case_timeout <= 0:
-        parser.error("--case-timeout must be positive")
-    return args
+    return parser.parse_args(argv)
 
 
 def run_cases(
@@ -1106,33 +764,20 @@ def main(argv: list[str] | None = None) -> int:
     s = QUICK if args.quick else FULL
     if args.case_timeout is not None:
         s = replace(s, case_timeout=args.case_timeout, call_timeout=args.case_timeout)
-    # Backstop for the whole run; waiting for a quiet machine (about 25 cases) comes on top.
-    faulthandler.dump_traceback_later(s.budget + 25 * args.wait_quiet, exit=True)
-    started = time.monotonic()
-    shm_before = shm_entries()
-    cpu_before = cpu_times()
-    load_before = os.getloadavg()
-    info = machine(args.hub_loop)
-
-    notes: list[str] = []
-    impls: list[Impl] = [WoolLocal(args.hub_loop), PpePeer(), MpPoolPeer()]
-    if loky is not None:
-        impls.append(LokyPeer())
-    else:
-        notes.append("loky skipped: not importable (pip install loky)")
+    mode = "quick" if args.quick else "full"
+    run = Run(
+        f"wool_local benchmark, {mode} run, hub loop {args.hub_loop}",
+        # The whole run's budget; waiting for a quiet machine (about 25 cases) comes on top.
+        s.budget + 25 * args.wait_quiet,
+        hub_loop=args.hub_loop,
+    )
+    found, notes = peers()
+    impls: list[Impl] = [WoolLocal(args.hub_loop, run.pids), *map(SyncPeer, found)]
     late: list[Impl] = []  # wool imports gRPC: run it after everything else
     if wool_installed():
         late.append(WoolPeer(args.hub_loop))
     else:
         notes.append("wool skipped: not installed (pip install wool)")
-
-    head = (info["git_head"] or "unknown")[:12] + (" (modified)" if info["git_dirty"] else "")
-    print(
-        f"wool_local benchmark, {'quick' if args.quick else 'full'} run, wool_local {head} "
-        f"from {info['wool_local_path']}\n"
-        f"  {info['cpu_model']}, nproc {info['nproc']}, kernel {info['kernel']}, "
-        f"Python {info['python']}, hub loop {args.hub_loop}"
-    )
     if args.wait_quiet > 0:
         print(
             f"  before each case: wait up to {args.wait_quiet:g} s for other programs to use "
@@ -1142,14 +787,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  note: {note}")
 
     bench = Bench(s, args.wait_quiet)
-    try:
+    with run:
         run_cases(bench, impls, late, args.sections, notes)
-    finally:
-        cleanup = cleanup_check(shm_before)
-        faulthandler.cancel_dump_traceback_later()
-    steal = steal_percent(cpu_before, cpu_times())
-    load_after = os.getloadavg()
-    elapsed = time.monotonic() - started
 
     order = [impl.name for impl in impls + late]
     cases = sorted(bench.cases, key=lambda c: (c.workers, c.size, order.index(c.impl)))
@@ -1159,48 +798,22 @@ def main(argv: list[str] | None = None) -> int:
         in_section = [c for c in cases if c.section == section]
         if in_section:
             checks += report(in_section, s)
-
-    print("\nTargets")
-    for check in checks:
-        print(f"  {_format_check(check)}")
-    for note in notes:
-        print(f"  note: {note}")
-    print(
-        f"\nRun took {elapsed:.0f} s ({sum(c.waited_for_quiet for c in cases):.0f} s of it waiting "
-        f"for a quiet machine); load average {load_before[0]:.2f} -> {load_after[0]:.2f}"
-        + (f"; CPU steal {steal:.1f}% of CPU time over the run" if steal is not None else "")
+    print_targets(checks, notes)
+    waited = sum(c.waited_for_quiet for c in cases)
+    run.summary.update(wait_quiet_limit=args.wait_quiet, waited_for_quiet_seconds=waited)
+    run.report(waited)
+    run.write_json(
+        args.json,
+        mode=mode,
+        settings=asdict(s),
+        notes=notes,
+        cases=[asdict(c) for c in cases],
+        targets=[asdict(c) for c in checks],
     )
     failures = [c for c in cases if c.error]
-    dirty = bool(cleanup["children_left"] or cleanup["shm_new"])
-    print("Cleanup: " + ("LEFT BEHIND" if dirty else "no child process or /dev/shm entry left"))
-    for line in cleanup["children_left"]:
-        print(f"  child still there: {line}")
-    for name in cleanup["shm_new"]:
-        print(f"  new /dev/shm entry: {name}")
-
-    if args.json:
-        result = {
-            "machine": info,
-            "mode": "quick" if args.quick else "full",
-            "settings": asdict(s),
-            "notes": notes,
-            "cases": [asdict(c) for c in cases],
-            "targets": [asdict(c) for c in checks],
-            "run": {
-                "seconds": elapsed,
-                "loadavg_before": load_before,
-                "loadavg_after": load_after,
-                "cpu_steal_percent": steal,
-                "wait_quiet_limit": args.wait_quiet,
-                "waited_for_quiet_seconds": sum(c.waited_for_quiet for c in cases),
-            },
-            "cleanup": cleanup,
-        }
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"Results written to {args.json}")
     if failures:
         print(f"{len(failures)} case(s) failed (exit status 1)")
-    return 1 if failures or dirty else 0
+    return 1 if failures or not run.clean else 0
 
 
 if __name__ == "__main__":

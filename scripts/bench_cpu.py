@@ -124,7 +124,7 @@ def main() -> int:
                 f"{best_peer / seconds:5.2f}x vs best peer"
             )
             rows.append({"batch": name, "impl": impl, "seconds": seconds, "ideal": ideal})
-    write_json(args.json, rows)
+    write_json(args.json, rows=rows)
     return 0
 
 

@@ -116,7 +116,7 @@ def main() -> int:
     print(f"  {machine_line()}")
     rows = uvloop.run(measure(args.calls, args.rounds))
     print("\n".join(_line(r) for r in rows))
-    write_json(args.json, rows)
+    write_json(args.json, rows=rows)
     return 0
 
 
