@@ -33,6 +33,10 @@ class Routine:
     worker the body runs locally and the routines it calls dispatch again.
     """
 
+    # Set by functools.update_wrapper from the wrapped function.
+    __qualname__: str
+    __wrapped__: Any
+
     def __init__(self, fn: Any, *, dispatch_timeout: float | None = None) -> None:
         kind = "function"
         if isinstance(fn, staticmethod):
@@ -54,16 +58,14 @@ class Routine:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         proxy = _proxy_value(None)
-        if proxy is None:
-            dispatcher = get_dispatcher()
-            if dispatcher is None:
+        dispatcher = get_dispatcher() if proxy is None else proxy.dispatcher
+        if dispatcher is None:
+            if proxy is None:
                 raise NoPoolError(
                     f"{self.__qualname__}() was called outside a worker pool; start one with "
                     "'async with wool_local.WorkerPool(): ...' and call the routine inside it"
                 )
-        elif proxy.started:
-            dispatcher = proxy._dispatcher
-        else:  # first dispatch through this proxy in this process: start it first
+            # The first dispatch through this proxy in this process: start it first.
             if self._streams:
                 return _started_stream(proxy, self, args, kwargs)
             return _started_call(proxy, self, args, kwargs)
@@ -87,7 +89,7 @@ class Routine:
         module, qualname = self.__module__, self.__qualname__
         if _importable(self, module, qualname):
             return (_resolve, (module, qualname))
-        fn = self.__wrapped__  # type: ignore[attr-defined]
+        fn = self.__wrapped__
         if self._kind == "staticmethod":
             fn = staticmethod(fn)
         elif self._kind == "classmethod":
@@ -108,7 +110,7 @@ class _Body:
         self.__module__ = routine.__module__
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.routine.__wrapped__(*args, **kwargs)  # type: ignore[attr-defined]
+        return self.routine.__wrapped__(*args, **kwargs)
 
     def __reduce__(self) -> Any:
         return (_body_of, (self.routine,))
@@ -166,9 +168,7 @@ def _started_stream(proxy: Any, routine: Routine, args: Any, kwargs: Any) -> Asy
     return _relay(lambda: routine(*args, **kwargs), start=proxy.start())
 
 
-async def _timed_call(coro: Any, timeout: float | None) -> Any:
-    if timeout is None:
-        return await coro
+async def _timed_call(coro: Any, timeout: float) -> Any:
     async with asyncio.timeout(timeout):
         return await coro
 

@@ -427,7 +427,7 @@ class Hub(Dispatcher):
 
     # -- messages from workers --------------------------------------------------
 
-    def _on_worker_batch(self, handle: WorkerHandle, messages: list[Message]) -> None:
+    def _on_worker_batch(self, handle: WorkerHandle, messages: Sequence[Message]) -> None:
         """A frame of messages: answers are settled one by one, and the queued calls
         the room they freed go out once, after them."""
         settle = self._settle

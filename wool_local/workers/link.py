@@ -57,7 +57,7 @@ class Link:
     def __init__(
         self,
         end: ChannelEnd,
-        on_message: Callable[[Message, list[bytes]], None],
+        on_message: Callable[[Message, Sequence[bytes]], None],
         on_lost: Callable[[BaseException], None],
         *,
         watch_peer: bool = False,
@@ -70,7 +70,7 @@ class Link:
         self.on_message = on_message
         #: If set, takes the messages of a whole Batch frame instead (and must
         #: report a failing message itself, like ``_handle`` does).
-        self.on_batch: Callable[[list[Message]], None] | None = None
+        self.on_batch: Callable[[Sequence[Message]], None] | None = None
         self._on_lost = on_lost
         self._watch_peer = watch_peer
         self._backlog: deque[Any] = deque()

@@ -59,6 +59,11 @@ class WorkerProxy:
         return self._dispatcher is not None
 
     @property
+    def failure(self) -> tuple[type[BaseException], tuple[Any, ...], float] | None:
+        """The start failure remembered now: (class, args, monotonic retry time)."""
+        return self._failure
+
+    @property
     def dispatcher(self) -> Dispatcher | None:
         """Where dispatches through this proxy go, once started (else None)."""
         return self._dispatcher
