@@ -88,10 +88,7 @@ def test_given_gc_disabled_when_many_dispatches_end_then_nothing_accumulates(no_
                 return [
                     (rid, p.target and p.target.pid, p.cancelled)
                     for rid, p in wp.hub.outstanding.items()
-                ], [
-                    (h.pid, h.load, h.open, h.cancelling, h.stalled)
-                    for h in wp.hub.workers()
-                ]
+                ], [(h.pid, h.load, h.open, h.cancelling, h.stalled) for h in wp.hub.workers()]
 
             # Cancels are acknowledged asynchronously (and a worker with unanswered
             # cancels gets no new calls): wait, bounded, for the last answers.

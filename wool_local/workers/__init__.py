@@ -7,13 +7,13 @@ decorator that sits above it.
 from .context import ContextDecodeWarning, ContextVar, Token
 from .dispatch import Dispatcher
 from .errors import PoolClosed, WorkerCrashed
+from .hub import Hub
 from .hubclient import get_dispatcher
 from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
+from .options import PoolOptions
 from .payload import RemoteError, RemoteTraceback, UnpicklableError
-from .hub import Hub
 from .proxy import ProxyUnreachable, WorkerProxy, __proxy__, __proxy_pool__
 from .stats import PoolStats
-from .options import PoolOptions
 from .zygote import ThreadedForkWarning
 from .zygote import main_has as zygote_main_has
 

@@ -82,12 +82,8 @@ class Hub(Dispatcher):
             options.max_inflight, self._pending, self.send_call, on_queued=self._grow
         )
         self.relay = Relay(self, self.submit, self.scheduler.send_queued)
-        self.watchdog = StallWatchdog(
-            options.stall_after, self._workers_view, self, self.scheduler
-        )
-        self.recycler = Recycler(
-            self, options.limits, options.min_workers, options.recycle_grace
-        )
+        self.watchdog = StallWatchdog(options.stall_after, self._workers_view, self, self.scheduler)
+        self.recycler = Recycler(self, options.limits, options.min_workers, options.recycle_grace)
         self.monitor = Monitor(
             self._workers_view, self._on_readings, interval=options.monitor_interval
         )

@@ -46,7 +46,7 @@ class PoolOptions:
 
     def __post_init__(self) -> None:
         if self.size < 1:
-            raise ValueError(f"a pool needs at least one worker: spawn must be >= 1, got {self.size}")
+            raise ValueError(f"a pool needs a worker: spawn must be >= 1, got {self.size}")
         if self.max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {self.max_inflight}")
         if not 0 <= self.min_workers <= self.size:
@@ -62,7 +62,8 @@ class PoolOptions:
             "monitor_interval",
             "recycle_grace",
         ):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
+            seconds = getattr(self, name)
+            if not seconds > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {seconds}")
         if self.proxy_retry_after < 0:
             raise ValueError(f"proxy_retry_after must be >= 0, got {self.proxy_retry_after}")
