@@ -49,17 +49,19 @@ Why
     that of multiprocessing.Pipe.
 
 Fairness and safety
-    Every case forks its child through the same harness; only the transport differs. The
-    baselines use plain blocking calls with no per-call ``poll()``, so they are measured at
-    their best; a hang there is caught by a per-case interval timer (SIGALRM) in the parent,
-    by EOF when the child exits, and by an ``alarm()`` backstop that ends a stuck child. Ring
-    calls carry their own timeouts. Garbage collection is off in timed regions. Every child
-    is reaped (SIGKILL after a grace period), every descriptor closed, and the channel's
-    shared-memory name is unlinked right after creation (the mapping is inherited by fork),
-    so nothing stays in /dev/shm; a check at the end reports leftovers and leaked fds.
+    Every case forks its child through the same harness (benchpair.py); only the transport
+    differs. The baselines use plain blocking calls with no per-call ``poll()``, so they are
+    measured at their best; a hang there is caught by a per-case interval timer (SIGALRM) in
+    the parent, by EOF when the child exits, and by an ``alarm()`` backstop that ends a stuck
+    child. Ring calls carry their own timeouts. Garbage collection is off in timed regions.
+    Every child is reaped (SIGKILL after a grace period), every descriptor closed, and the
+    channel's shared-memory name is unlinked right after creation (the mapping is inherited by
+    fork), so nothing stays in /dev/shm; a check at the end reports child processes, /dev/shm
+    entries and descriptors left behind.
 
 Usage
     python scripts/bench_ipc.py [--quick] [--rounds N] [--warmup N] [--json PATH]
+                                [--sections 1,2] [--call-timeout S] [--case-timeout S]
 
 The exit status is 1 if a case failed or the cleanup check found something; a missed target
 is reported, not turned into a failure.
@@ -68,47 +70,43 @@ is reported, not turned into a failure.
 from __future__ import annotations
 
 import abc
-import argparse
 import asyncio
 import fcntl
 import gc
-import hashlib
+import inspect
 import io
-import json
-import math
 import multiprocessing
 import os
-import platform
-import select
-import signal
-import statistics
 import struct
 import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
-# Benchmark the working tree this script lives in, whether or not the package is installed.
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+import uvloop
+from benchlib import (
+    MiB,
+    Run,
+    TargetCheck,
+    arguments,
+    at_least,
+    describe,
+    print_targets,
+    seconds,
+    source_digest,
+    summary,
+    table,
+    wool_local_package,
+)
+from benchpair import UNPINNED, Placement, fork_pair, gc_paused, last_cpu, make_placements
 
-import uvloop  # noqa: E402
-from benchlib import cpu_model, git, version  # noqa: E402
+from wool_local.ipc import Channel, ChannelEnd, RingClosed, RingReader
 
-import wool_local  # noqa: E402
-from wool_local.ipc import Channel, ChannelEnd, RingClosed  # noqa: E402
-from wool_local.ipc.ring import DEFAULT_SPIN  # noqa: E402
-from wool_local.ipc.segment import owned_leftovers  # noqa: E402
-
+# The ring's default spin before sleeping, as its readers apply it.
+DEFAULT_SPIN: float = inspect.signature(RingReader.read_blocking).parameters["spin"].default
 KiB = 1 << 10
-MiB = 1 << 20
 FRAME_SIZE = 64
 PIPE_CHUNK = 1 * MiB
 _LENGTH = struct.Struct("<Q")
@@ -121,10 +119,6 @@ BULK_TARGET_SIZE = 64 * MiB
 
 class EchoError(Exception):
     """The peer answered with something other than what was sent, or hung up early."""
-
-
-class CaseTimeout(Exception):
-    """A case exceeded its wall-clock limit (raised from the SIGALRM watchdog)."""
 
 
 # -- transports ------------------------------------------------------------------------------
@@ -537,33 +531,6 @@ TRANSFER_VARIANTS: list[Variant] = [
 
 
 @dataclass(frozen=True)
-class Placement:
-    """CPU affinity for parent and child; None means "all allowed CPUs" / "inherit"."""
-
-    name: str
-    parent_cpus: frozenset[int] | None
-    child_cpus: frozenset[int] | None
-    peer_awake: bool  # both processes can run at once, so a spinning waiter sees the answer
-
-
-def make_placements() -> list[Placement]:
-    """Unpinned, the whole tree on one CPU, and parent/child on two CPUs (if allowed)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    first = frozenset(cpus[:1])
-    placements = [
-        Placement("unpinned", None, None, peer_awake=len(cpus) > 1),
-        Placement(f"1 cpu (cpu{cpus[0]})", first, None, peer_awake=False),
-    ]
-    if len(cpus) > 1:
-        name = f"split (cpu{cpus[0]}/cpu{cpus[1]})"
-        placements.append(Placement(name, first, frozenset(cpus[1:2]), peer_awake=True))
-    return placements
-
-
-UNPINNED = Placement("unpinned", None, None, peer_awake=True)
-
-
-@dataclass(frozen=True)
 class Limits:
     """Bounds that keep every case from hanging."""
 
@@ -572,117 +539,30 @@ class Limits:
     grace: float  # how long a child may take to exit after the parent hangs up
 
 
-@contextmanager
-def watchdog(seconds: float) -> Iterator[None]:
-    """Raise :class:`CaseTimeout` in the main thread if the block runs over ``seconds``."""
-
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise CaseTimeout(f"case ran over {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def reap(pid: int, grace: float) -> int:
-    """Wait up to ``grace`` seconds for ``pid`` to exit, else SIGKILL it; its exit code."""
-    fd = os.pidfd_open(pid)
-    try:
-        if not select.select([fd], [], [], grace)[0]:
-            os.kill(pid, signal.SIGKILL)
-    finally:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-def _child_main(
-    transport: Transport,
-    serve: Callable[[Transport], None],
-    cpus: frozenset[int] | None,
+def run_case(
     limits: Limits,
-) -> NoReturn:
-    """Body of every forked child; never returns (always ``os._exit``)."""
-    code = 1
-    try:
-        # Inherited: the parent's watchdog handler. A stuck child is simply ended instead.
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(math.ceil(limits.case_timeout + limits.grace) + 5)
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
+    variant: Variant,
+    placement: Placement,
+    serve: Callable[[Transport], None],
+    measure: Callable[[Transport, int], Any],
+) -> Any:
+    """Fork a child running ``serve`` on a fresh transport; return ``measure(transport,
+    child_pid)``. Closing the parent's ends is the hang-up that ends the child."""
+    transport = variant.make(limits.call_timeout)
+
+    def child() -> None:
         gc.disable()
         transport.open_child()
         serve(transport)
         transport.close()
-        code = 0
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-    finally:
-        os._exit(code)  # closes whatever is left; skips atexit and inherited stdio buffers
 
+    def parent(pid: int) -> Any:
+        transport.open_parent(pid)
+        return measure(transport, pid)
 
-class Harness:
-    """Runs cases in forked children and keeps the books for the final cleanup check."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.child_pids: list[int] = []
-        self.reaped = 0
-
-    def run(
-        self,
-        variant: Variant,
-        placement: Placement,
-        serve: Callable[[Transport], None],
-        measure: Callable[[Transport, int], Any],
-    ) -> Any:
-        """Fork a child running ``serve``; return ``measure(transport, child_pid)``."""
-        original_cpus = os.sched_getaffinity(0)
-        failed = True
-        pid = -1
-        transport = variant.make(self.limits.call_timeout)
-        try:
-            os.sched_setaffinity(0, placement.parent_cpus or original_cpus)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                _child_main(transport, serve, placement.child_cpus, self.limits)
-            self.child_pids.append(pid)
-            transport.open_parent(pid)
-            with watchdog(self.limits.case_timeout):
-                result = measure(transport, pid)
-            failed = False
-        finally:
-            status = 0
-            try:
-                transport.close()  # the hang-up that ends the child's echo loop
-            finally:
-                if pid > 0:
-                    status = reap(pid, 0.2 if failed else self.limits.grace)
-                    self.reaped += 1
-                os.sched_setaffinity(0, original_cpus)
-        if status != 0:
-            raise RuntimeError(f"child exited with status {status}")
-        return result
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Keep the cyclic garbage collector out of timed regions."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+    return fork_pair(
+        placement, child, parent, transport.close, timeout=limits.case_timeout, grace=limits.grace
+    )
 
 
 # -- measurements ----------------------------------------------------------------------------
@@ -722,28 +602,8 @@ class TransferResult:
     error: str | None = None
 
 
-def last_cpu(pid: int) -> int | None:
-    """The CPU ``pid`` last ran on (field 39 of /proc/PID/stat), None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces; count fields after its closing paren.
-    return int(stat.rpartition(b")")[2].split()[39 - 3])
-
-
-def _percentile(ordered: Sequence[int], q: float) -> int:
-    """Nearest-rank percentile of an ascending sequence."""
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
 def run_ping(
-    harness: Harness, variant: Variant, placement: Placement, rounds: int, warmup: int
+    limits: Limits, variant: Variant, placement: Placement, rounds: int, warmup: int
 ) -> PingResult:
     """Small-frame ping-pong for one (transport, placement)."""
     result = PingResult(variant.name, placement.name, rounds)
@@ -760,24 +620,21 @@ def run_ping(
             return transport.ping(msg, warmup, rounds, probe)
 
     try:
-        latencies, cpu_ns = harness.run(variant, placement, serve, measure)
+        latencies, cpu_ns = run_case(limits, variant, placement, serve, measure)
     except Exception as exc:
-        result.error = _describe(exc)
+        result.error = describe(exc)
         return result
     samples = result.cpu_samples
     result.peers_apart = sum(None not in pair and pair[0] != pair[1] for pair in samples)
-    ordered = sorted(latencies)
-    result.median_us = statistics.median(ordered) / 1e3
-    result.p99_us = _percentile(ordered, 0.99) / 1e3
-    result.min_us = ordered[0] / 1e3
-    result.mean_us = statistics.fmean(ordered) / 1e3
-    result.max_us = ordered[-1] / 1e3
+    us = summary(latencies, 1e3)
+    result.median_us, result.p99_us, result.mean_us = us["median"], us["p99"], us["mean"]
+    result.min_us, result.max_us = us["min"], us["max"]
     result.parent_cpu_us_per_rt = cpu_ns / rounds / 1e3
     return result
 
 
 def run_transfer(
-    harness: Harness, variant: Variant, payload: bytes, iterations: int, warmup: int
+    limits: Limits, variant: Variant, payload: bytes, iterations: int, warmup: int
 ) -> TransferResult:
     """Bulk echo of ``payload`` for one transport (unpinned)."""
     result = TransferResult(variant.name, len(payload), iterations)
@@ -801,16 +658,14 @@ def run_transfer(
         return samples
 
     try:
-        samples = harness.run(variant, UNPINNED, serve, measure)
+        samples = run_case(limits, variant, UNPINNED, serve, measure)
     except Exception as exc:
-        result.error = _describe(exc)
+        result.error = describe(exc)
         return result
-    median_ns = statistics.median(samples)
+    ms = summary(samples, 1e6)
     result.samples_ms = [s / 1e6 for s in samples]
-    result.median_ms = median_ns / 1e6
-    result.min_ms = min(samples) / 1e6
-    result.max_ms = max(samples) / 1e6
-    result.gb_per_s = 2 * len(payload) / median_ns  # bytes per ns == GB/s
+    result.median_ms, result.min_ms, result.max_ms = ms["median"], ms["min"], ms["max"]
+    result.gb_per_s = 2 * len(payload) / (ms["median"] * 1e6)  # bytes per ns == GB/s
     return result
 
 
@@ -826,22 +681,8 @@ def _ratio(value: float | None, best: float | None) -> str:
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str] | None]) -> None:
-    """Left-align the first two columns, right-align the rest; None rows become separators."""
-    real = [r for r in rows if r is not None]
-    widths = [max(len(h), *(len(r[i]) for r in real)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [
-            c.ljust(w) if i < 2 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(out).rstrip()
-
     print(f"\n{title}")
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("" if row is None else line(row))
+    print(table(headers, rows, indent=""))
 
 
 def _apart(r: PingResult) -> str:
@@ -918,21 +759,11 @@ def print_transfer_table(results: list[TransferResult]) -> None:
     )
 
 
-@dataclass
-class TargetCheck:
-    """One design target, the ratios measured against it, and whether it holds."""
-
-    target: str
-    required: float
-    measured: dict[str, float | None]  # where -> ratio (None: not measured)
-    excluded: dict[str, str]  # where -> why it does not count
-    met: bool
-
-
 def check_targets(
     pings: list[PingResult], transfers: list[TransferResult], placements: list[Placement]
 ) -> list[TargetCheck]:
-    """Ratios behind the two targets; a target is met only if every counted ratio holds.
+    """Ratios behind the targets of the sections that ran; a target is met only if every
+    counted ratio holds.
 
     The small-frame target is about a peer that is awake, i.e. running on another CPU while
     the waiter spins. An unpinned row counts only if every CPU sample found parent and child
@@ -972,42 +803,25 @@ def check_targets(
     ring_gbps, mp_gbps = gbps(RING), gbps(MP_PIPE)
     bulk = {_size_name(BULK_TARGET_SIZE): ring_gbps / mp_gbps if ring_gbps and mp_gbps else None}
 
-    def met(measured: dict[str, float | None], required: float) -> bool:
-        return bool(measured) and all(v is not None and v >= required for v in measured.values())
-
-    return [
-        TargetCheck(
-            f"{FRAME_SIZE}-byte round trip, {RING_SPIN} vs os.pipe, peer awake (median)",
-            TARGET_SMALL_VS_PIPE,
-            small,
-            excluded,
-            met(small, TARGET_SMALL_VS_PIPE),
-        ),
-        TargetCheck(
-            f"{_size_name(BULK_TARGET_SIZE)} throughput, ring vs mp.Pipe (GB/s)",
-            TARGET_BULK_VS_MP,
-            bulk,
-            {},
-            met(bulk, TARGET_BULK_VS_MP),
-        ),
-    ]
-
-
-def print_targets(checks: list[TargetCheck]) -> None:
-    print("\nTargets")
-    for check in checks:
+    def check(
+        target: str, measured: dict[str, float | None], required: float, left_out: dict[str, str]
+    ) -> TargetCheck:
+        met = bool(measured) and all(v is not None and v >= required for v in measured.values())
         parts = ", ".join(
             f"{where} {'-' if ratio is None else f'{ratio:.1f}x'}"
-            for where, ratio in check.measured.items()
+            for where, ratio in measured.items()
         )
-        verdict = "MET" if check.met else "MISSED"
-        print(f"  {check.target}: {parts or 'nothing to compare'}", end="")
-        print(f" (need >= {check.required:g}x) -> {verdict}")
-        for where, why in check.excluded.items():
-            print(f"    not counted: {where}: {why}")
+        detail = f"{parts or 'nothing to compare'}; need >= {required:g}x"
+        return TargetCheck(target, met, detail, required, measured, left_out)
 
-
-# -- machine details and cleanup check -------------------------------------------------------
+    checks = []
+    if pings:  # section 1 ran
+        target = f"{FRAME_SIZE}-byte round trip, {RING_SPIN} vs os.pipe, peer awake (median)"
+        checks.append(check(target, small, TARGET_SMALL_VS_PIPE, excluded))
+    if transfers:  # section 2 ran
+        target = f"{_size_name(BULK_TARGET_SIZE)} throughput, ring vs mp.Pipe (GB/s)"
+        checks.append(check(target, bulk, TARGET_BULK_VS_MP, {}))
+    return checks
 
 
 def _pipe_buffer_size() -> int | None:
@@ -1021,89 +835,7 @@ def _pipe_buffer_size() -> int | None:
         os.close(wfd)
 
 
-def _ipc_source_digest() -> str:
-    """SHA-256 over the transport's source files, to tell apart runs of an edited tree."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(wool_local.__file__).resolve().parent / "ipc").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers depend on."""
-    status = git("status", "--porcelain")
-    return {
-        "cpu_model": cpu_model(),
-        "nproc": os.cpu_count(),
-        "allowed_cpus": sorted(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "kernel_version": platform.version(),
-        "machine": platform.machine(),
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "packages": {
-            "wool_local": getattr(wool_local, "__version__", None),
-            "uvloop": uvloop.__version__,
-            "msgspec": version("msgspec"),
-            "posix_ipc": version("posix_ipc"),
-            "psutil": version("psutil"),
-        },
-        "wool_local_path": str(Path(wool_local.__file__).resolve().parent),
-        "git_head": git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "ipc_source_sha256": _ipc_source_digest(),
-        "pipe_buffer_bytes": _pipe_buffer_size(),
-    }
-
-
-def _open_fds() -> set[int]:
-    return {int(name) for name in os.listdir("/proc/self/fd")}
-
-
-def cleanup_report(harness: Harness, fds_before: set[int]) -> dict[str, Any]:
-    """Children left unreaped, descriptors leaked, /dev/shm entries left by this run."""
-    ours = {os.getpid(), *harness.child_pids}
-    shm_left = [name for name, pid, _ in owned_leftovers() if pid in ours]
-    try:
-        unreaped = os.waitpid(-1, os.WNOHANG) != (0, 0)
-    except ChildProcessError:
-        unreaped = False  # no children at all
-    # Compare after a collection, so a descriptor only a dead object holds is not counted.
-    gc.collect()
-    leaked = sorted(_open_fds() - fds_before)
-    return {
-        "children_forked": len(harness.child_pids),
-        "children_reaped": harness.reaped,
-        "children_left": unreaped or harness.reaped != len(harness.child_pids),
-        "leaked_fds": leaked,
-        "shm_leftovers": shm_left,
-    }
-
-
-def print_cleanup(report: dict[str, Any]) -> bool:
-    ok = not (report["children_left"] or report["leaked_fds"] or report["shm_leftovers"])
-    print(
-        f"\nCleanup: {report['children_reaped']}/{report['children_forked']} children reaped, "
-        f"leaked fds: {report['leaked_fds'] or 'none'}, "
-        f"/dev/shm entries left by this run: {report['shm_leftovers'] or 'none'}"
-        f" -> {'OK' if ok else 'PROBLEM'}"
-    )
-    return ok
-
-
 # -- main ------------------------------------------------------------------------------------
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``minimum``."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
-        return value
-
-    return parse
 
 
 @dataclass(frozen=True)
@@ -1114,17 +846,17 @@ class TransferSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run both sections, print the tables and the checks."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (a few seconds)")
-    parser.add_argument("--rounds", type=_count(1), help="timed round trips per ping row")
-    parser.add_argument("--warmup", type=_count(0), help="untimed round trips before each ping row")
-    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    """Parse arguments, run the sections, print the tables and the checks."""
+    parser = arguments(__doc__, "short smoke run (a few seconds)", sections=2)
+    parser.add_argument("--rounds", type=at_least(1), help="timed round trips per ping row")
     parser.add_argument(
-        "--call-timeout", type=float, default=10.0, help="seconds per blocking call (10)"
+        "--warmup", type=at_least(0), help="untimed round trips before each ping row"
     )
     parser.add_argument(
-        "--case-timeout", type=float, default=60.0, help="seconds per case before abort (60)"
+        "--call-timeout", type=seconds, default=10.0, help="seconds per blocking call (10)"
+    )
+    parser.add_argument(
+        "--case-timeout", type=seconds, default=60.0, help="seconds per case before abort (60)"
     )
     args = parser.parse_args(argv)
 
@@ -1136,68 +868,63 @@ def main(argv: list[str] | None = None) -> int:
         else [TransferSpec(MiB, 20, 2), TransferSpec(64 * MiB, 5, 1)]
     )
     limits = Limits(args.call_timeout, args.case_timeout, grace=5.0)
+    placements = make_placements()
+    cases = len(placements) * len(PING_VARIANTS) + len(specs) * len(TRANSFER_VARIANTS)
 
     # libuv opens a process-wide pipe with the first loop and keeps it for good; open it now so
-    # the descriptor check below only counts what this script leaks.
+    # the descriptor check only counts what this script leaks.
     uvloop.new_event_loop().close()
-    fds_before = _open_fds()
-    started = time.monotonic()
-    machine = machine_info()
-    print(
-        f"wool_local ipc benchmark{' (quick)' if args.quick else ''}: {machine['cpu_model']}, "
-        f"{machine['nproc']} CPUs (allowed {machine['allowed_cpus']}), "
-        f"kernel {machine['kernel']}, Python {machine['python']}, uvloop {uvloop.__version__}"
+    package = wool_local_package()
+    run = Run(
+        f"wool_local ipc benchmark, {'quick' if args.quick else 'full'} run, "
+        f"default spin {SPIN_NAME}",
+        cases * (limits.case_timeout + limits.grace) + 60,  # every case at its limit
+        fds=True,
+        ipc_source_sha256=source_digest(package / "ipc") if package else None,
+        pipe_buffer_bytes=_pipe_buffer_size(),
     )
-
-    harness = Harness(limits)
-    placements = make_placements()
-    pings = [
-        run_ping(harness, variant, placement, rounds, warmup)
-        for placement in placements
-        for variant in PING_VARIANTS
-    ]
-    print_ping_table(pings, placements, rounds)
-
+    pings: list[PingResult] = []
     transfers: list[TransferResult] = []
-    for spec in specs:
-        payload = os.urandom(spec.size)
-        for variant in TRANSFER_VARIANTS:
-            transfers.append(run_transfer(harness, variant, payload, spec.iterations, spec.warmup))
-        del payload
-    print_transfer_table(transfers)
+    with run:
+        if 1 in args.sections:
+            for placement in placements:
+                for variant in PING_VARIANTS:
+                    pings.append(run_ping(limits, variant, placement, rounds, warmup))
+        if 2 in args.sections:
+            for spec in specs:
+                payload = os.urandom(spec.size)
+                for variant in TRANSFER_VARIANTS:
+                    transfers.append(
+                        run_transfer(limits, variant, payload, spec.iterations, spec.warmup)
+                    )
+                del payload
 
+    if pings:
+        print_ping_table(pings, placements, rounds)
+    if transfers:
+        print_transfer_table(transfers)
     checks = check_targets(pings, transfers, placements)
     print_targets(checks)
-    cleanup = cleanup_report(harness, fds_before)
-    clean = print_cleanup(cleanup)
-    elapsed = time.monotonic() - started
-    print(f"Total {elapsed:.1f} s")
-
-    if args.json:
-        document = {
-            "machine": machine,
-            "settings": {
-                "quick": args.quick,
-                "frame_size": FRAME_SIZE,
-                "rounds": rounds,
-                "warmup": warmup,
-                "transfers": [asdict(s) for s in specs],
-                "limits": asdict(limits),
-                "default_spin_s": DEFAULT_SPIN,
-                "pipe_chunk": PIPE_CHUNK,
-            },
-            "ping": [asdict(r) for r in pings],
-            "transfer": [asdict(r) for r in transfers],
-            "targets": [asdict(c) for c in checks],
-            "cleanup": cleanup,
-            "elapsed_s": elapsed,
-        }
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=2)
-        print(f"Results written to {args.json}")
-
+    run.report()
+    run.write_json(
+        args.json,
+        settings={
+            "quick": args.quick,
+            "sections": sorted(args.sections),
+            "frame_size": FRAME_SIZE,
+            "rounds": rounds,
+            "warmup": warmup,
+            "transfers": [asdict(s) for s in specs],
+            "limits": asdict(limits),
+            "default_spin_s": DEFAULT_SPIN,
+            "pipe_chunk": PIPE_CHUNK,
+        },
+        ping=[asdict(r) for r in pings],
+        transfer=[asdict(r) for r in transfers],
+        targets=[asdict(c) for c in checks],
+    )
     failed = any(r.error for r in pings) or any(r.error for r in transfers)
-    return 1 if failed or not clean else 0
+    return 1 if failed or not run.clean else 0
 
 
 if __name__ == "__main__":

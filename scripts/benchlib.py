@@ -184,7 +184,7 @@ def section_set(highest: int) -> Callable[[str], set[int]]:
     return parse
 
 
-def count(minimum: int) -> Callable[[str], int]:
+def at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer of at least ``minimum``."""
 
     def parse(text: str) -> int:
