@@ -20,9 +20,9 @@ producer writes a PAD frame to the end and starts again at offset 0, so a
 reader can always decode straight from ring memory. A frame whose payload
 exceeds ``inline_max`` travels outside the ring, and the name of the segment
 holding it is sent through the ring: the writer reuses one bulk segment per
-ring (grown when a frame does not fit it) and makes a one-off segment only when
-the bulk one is still in use or the frame exceeds :data:`BULK_MAX`. Size is
-then bounded only by memory.
+ring (replaced by a larger one when a frame does not fit it) and makes a
+one-off segment only when the bulk one is still in use or the frame exceeds
+:data:`BULK_MAX`. Size is then bounded only by memory.
 
 Wake-up handshake (see ``docs/architecture.md``): the consumer sets
 ``reader_waiting``, runs a full fence, re-reads ``head`` and only then
