@@ -33,7 +33,7 @@ Doorbells compared (the same kind is used in both directions)
 
 Placements
     unpinned   the scheduler places both processes on any allowed CPU.
-    1cpu       the whole tree pinned to one CPU (affinity set before fork, inherited).
+    1 cpu      the whole tree pinned to one CPU (affinity set before fork, inherited).
     split      parent pinned to one CPU, child to another.
 
 Why
@@ -42,38 +42,38 @@ Why
     short spin before sleeping is worth its CPU cost.
 
 Usage
-    python scripts/experiments/bench_wakeup.py [--rounds 3000] [--warmup 300] [--gap-us 0]
-                                               [--json PATH]
+    python scripts/experiments/bench_wakeup.py [--quick] [--rounds 3000] [--warmup 300]
+                                               [--gap-us 0] [--timeout S] [--json PATH]
 
 The script does not import wool_local. Every child is reaped (SIGKILL after a grace period),
-every descriptor is closed, and every wait is bounded by a timeout.
+every descriptor is closed, and every wait is bounded by a timeout (the harness of
+scripts/benchpair.py); a check at the end reports anything left behind.
 """
 
 from __future__ import annotations
 
 import abc
-import argparse
 import asyncio
 import gc
 import json
-import math
 import mmap
 import os
-import platform
 import resource
-import signal
-import statistics
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import NoReturn, TypeVar
+from pathlib import Path
+from typing import TypeVar
 
 import posix_ipc
 import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for the harness
+from benchlib import Run, arguments, at_least, describe, seconds, summary, table
+from benchpair import Placement, fork_pair, make_placements
 
 T = TypeVar("T")
 
@@ -347,15 +347,6 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class Placement:
-    """CPU affinity for parent and child; None means "all allowed" / "inherit"."""
-
-    name: str
-    parent_cpus: frozenset[int] | None
-    child_cpus: frozenset[int] | None
-
-
-@dataclass(frozen=True)
 class Settings:
     """Run parameters shared by every case."""
 
@@ -414,21 +405,6 @@ VARIANTS: list[Variant] = [
 ]
 
 
-def make_placements() -> list[Placement]:
-    """Unpinned, one CPU, and split across two CPUs (if two are allowed)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    first = frozenset(cpus[:1])
-    placements = [
-        Placement("unpinned", None, None),
-        Placement(f"1cpu (cpu{cpus[0]})", first, None),
-    ]
-    if len(cpus) >= 2:
-        placements.append(
-            Placement(f"split (cpu{cpus[0]}/cpu{cpus[1]})", first, frozenset(cpus[1:2]))
-        )
-    return placements
-
-
 async def _drive(out: Doorbell, inp: Doorbell, cfg: Settings) -> tuple[list[int], Usage]:
     """Parent: ring, await the reply; return per-round-trip ns and usage of the timed part.
 
@@ -483,42 +459,10 @@ def _run_on_uvloop(main: Callable[[], Awaitable[T]], timeout: float) -> T:
     loop = uvloop.new_event_loop()
     try:
         return loop.run_until_complete(asyncio.wait_for(main(), timeout))
+    except TimeoutError as exc:  # asyncio's carries no message
+        raise TimeoutError(f"did not finish within {timeout:g} s") from exc
     finally:
         loop.close()
-
-
-def _child(
-    p2c: Doorbell, c2p: Doorbell, result_fd: int, cpus: frozenset[int] | None, cfg: Settings
-) -> NoReturn:
-    """Body of the forked child; never returns (always ``os._exit``)."""
-    code = 1
-    try:
-        signal.alarm(math.ceil(cfg.timeout) + 5)  # hard backstop if the parent vanishes
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
-        usage = _run_on_uvloop(lambda: _echo(p2c, c2p, cfg), cfg.timeout)
-        os.write(result_fd, json.dumps(asdict(usage)).encode())
-        code = 0
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-    finally:
-        # _exit closes every descriptor the child holds; skip atexit and inherited buffers.
-        os._exit(code)
-
-
-def _reap(pid: int, grace: float) -> int:
-    """Wait up to ``grace`` seconds for ``pid``, then SIGKILL it; return its exit code."""
-    deadline = time.monotonic() + grace
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() >= deadline:
-            os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
 
 
 def _read_to_eof(fd: int) -> bytes:
@@ -529,129 +473,109 @@ def _read_to_eof(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _summarise(result: Result, latencies_ns: list[int], parent: Usage) -> None:
-    lat = sorted(latencies_ns)
-    n = len(lat)
-    result.median_us = statistics.median(lat) / 1000
-    result.p99_us = lat[min(n - 1, math.ceil(0.99 * n) - 1)] / 1000
-    result.min_us = lat[0] / 1000
-    result.mean_us = statistics.fmean(lat) / 1000
-    result.max_us = lat[-1] / 1000
-    result.parent_cpu_us_per_rt = parent.cpu_ns / n / 1000
-    result.parent_sleeps_per_rt = parent.nvcsw / n
-
-
 def run_case(variant: Variant, placement: Placement, cfg: Settings) -> Result:
     """Fork a child, run the ping-pong for one (variant, placement) and clean up."""
     result = Result(variant.name, placement.name, cfg.rounds, cfg.gap_us)
-    original_cpus = os.sched_getaffinity(0)
     p2c = variant.make()
     c2p = variant.make()
     result_r, result_w = os.pipe()
-    pid = -1
-    report = b""
+    open_w = [result_w]  # the parent's copy of the result pipe's write end, until closed
+
+    def child() -> None:
+        os.close(result_r)
+        usage = _run_on_uvloop(lambda: _echo(p2c, c2p, cfg), cfg.timeout)
+        os.write(result_w, json.dumps(asdict(usage)).encode())
+
+    def hang_up() -> None:
+        while open_w:
+            os.close(open_w.pop())
+
+    def parent(pid: int) -> tuple[list[int], Usage]:
+        hang_up()  # so the result pipe ends when the child does
+        return _run_on_uvloop(lambda: _drive(p2c, c2p, cfg), cfg.timeout)
+
     try:
-        os.sched_setaffinity(0, placement.parent_cpus or original_cpus)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            os.close(result_r)
-            _child(p2c, c2p, result_w, placement.child_cpus, cfg)
-        os.close(result_w)
-        result_w = -1
-        latencies, usage = _run_on_uvloop(lambda: _drive(p2c, c2p, cfg), cfg.timeout)
-        _summarise(result, latencies, usage)
+        # The loop's own timeout comes first; the watchdog and the child's alarm back it up.
+        timeout = cfg.timeout + 5
+        latencies, parent_usage = fork_pair(
+            placement, child, parent, hang_up, timeout=timeout, grace=5.0
+        )
+        child_usage = Usage(**json.loads(_read_to_eof(result_r)))
     except Exception as exc:
-        result.error = f"parent: {type(exc).__name__}: {exc}"
+        result.error = describe(exc)
+        return result
     finally:
-        if result_w >= 0:
-            os.close(result_w)
-        if pid > 0:
-            status = _reap(pid, grace=0.0 if result.error else 5.0)
-            if status != 0 and result.error is None:
-                result.error = f"child exit status {status}"
-            report = _read_to_eof(result_r)
         os.close(result_r)
         p2c.close()
         c2p.close()
-        os.sched_setaffinity(0, original_cpus)
-    if report and result.error is None:
-        child = Usage(**json.loads(report))
-        result.child_cpu_us_per_rt = child.cpu_ns / cfg.rounds / 1000
-        result.child_sleeps_per_rt = child.nvcsw / cfg.rounds
+    n = len(latencies)
+    us = summary(latencies, 1e3)
+    result.median_us, result.p99_us, result.mean_us = us["median"], us["p99"], us["mean"]
+    result.min_us, result.max_us = us["min"], us["max"]
+    result.parent_cpu_us_per_rt = parent_usage.cpu_ns / n / 1000
+    result.parent_sleeps_per_rt = parent_usage.nvcsw / n
+    result.child_cpu_us_per_rt = child_usage.cpu_ns / cfg.rounds / 1000
+    result.child_sleeps_per_rt = child_usage.nvcsw / cfg.rounds
     return result
 
 
-_COLUMNS = (
-    ("variant", 18, "variant"),
-    ("placement", 22, "placement"),
-    ("median us", 10, "median_us"),
-    ("p99 us", 9, "p99_us"),
-    ("parent CPU us/rt", 17, "parent_cpu_us_per_rt"),
-    ("child CPU us/rt", 16, "child_cpu_us_per_rt"),
-    ("sleeps/rt p", 11, "parent_sleeps_per_rt"),
-    ("sleeps/rt c", 11, "child_sleeps_per_rt"),
+_COLUMNS = (  # title, attribute, digits
+    ("variant", "variant", 0),
+    ("placement", "placement", 0),
+    ("median us", "median_us", 1),
+    ("p99 us", "p99_us", 1),
+    ("parent CPU us/rt", "parent_cpu_us_per_rt", 1),
+    ("child CPU us/rt", "child_cpu_us_per_rt", 1),
+    ("sleeps/rt p", "parent_sleeps_per_rt", 2),
+    ("sleeps/rt c", "child_sleeps_per_rt", 2),
 )
 
 
-def _format_row(result: Result) -> str:
+def _cells(result: Result) -> list[str]:
     cells = []
-    for _, width, attr in _COLUMNS:
+    for _, attr, digits in _COLUMNS:
         value = getattr(result, attr)
-        if isinstance(value, float):
-            precision = 2 if attr.endswith("sleeps_per_rt") else 1
-            cells.append(f"{value:>{width}.{precision}f}")
-        elif value is None:
-            cells.append(f"{'-':>{width}}")
-        else:
-            cells.append(f"{value:<{width}}")
-    line = "  ".join(cells)
-    return f"{line}  ERROR: {result.error}" if result.error else line
+        cells.append("-" if value is None else f"{value:.{digits}f}" if digits else str(value))
+    if result.error:
+        cells[-1] += f"  ERROR: {result.error}"
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every (placement, variant) pair, print and optionally save."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3000, help="timed round trips per case")
-    parser.add_argument("--warmup", type=int, default=300, help="untimed round trips first")
+    parser = arguments(__doc__, "short smoke run (300 round trips after 30 warm-up)")
+    parser.add_argument("--rounds", type=at_least(1), help="timed round trips per case (3000)")
+    parser.add_argument("--warmup", type=at_least(0), help="untimed round trips first (300)")
     parser.add_argument(
-        "--gap-us", type=int, default=0, help="idle pause before each round trip (default 0)"
+        "--gap-us", type=at_least(0), default=0, help="idle pause before each round trip (0)"
     )
-    parser.add_argument("--timeout", type=float, default=15.0, help="seconds per case")
-    parser.add_argument("--json", metavar="PATH", help="also write results as JSON")
+    parser.add_argument("--timeout", type=seconds, default=15.0, help="seconds per case (15)")
     args = parser.parse_args(argv)
-    cfg = Settings(args.rounds, args.warmup, args.gap_us, args.timeout)
+    rounds = args.rounds or (300 if args.quick else 3000)
+    warmup = args.warmup if args.warmup is not None else (30 if args.quick else 300)
+    cfg = Settings(rounds, warmup, args.gap_us, args.timeout)
+    placements = make_placements()
 
-    started = time.monotonic()
-    print(
-        f"python {platform.python_version()}, uvloop {uvloop.__version__}, "
-        f"kernel {platform.release()}, allowed CPUs {sorted(os.sched_getaffinity(0))}, "
-        f"{cfg.rounds} round trips after {cfg.warmup} warm-up, gap {cfg.gap_us} us"
+    # libuv opens a process-wide pipe with the first loop and keeps it for good; open it now so
+    # the descriptor check only counts what this script leaks.
+    uvloop.new_event_loop().close()
+    run = Run(
+        f"wake-up of a sleeping uvloop consumer, {cfg.rounds} round trips after {cfg.warmup} "
+        f"warm-up, gap {cfg.gap_us} us",
+        len(placements) * len(VARIANTS) * (cfg.timeout + 15) + 60,  # every case at its limit
+        fds=True,
     )
-    print("  ".join(f"{title:<{width}}" for title, width, _ in _COLUMNS))
     results: list[Result] = []
-    for placement in make_placements():
-        for variant in VARIANTS:
-            result = run_case(variant, placement, cfg)
-            results.append(result)
-            print(_format_row(result), flush=True)
-    elapsed = time.monotonic() - started
-    print(f"total {elapsed:.1f} s")
-
-    if args.json:
-        payload = {
-            "python": platform.python_version(),
-            "uvloop": uvloop.__version__,
-            "kernel": platform.release(),
-            "cpus": sorted(os.sched_getaffinity(0)),
-            "settings": asdict(cfg),
-            "elapsed_s": elapsed,
-            "results": [asdict(r) for r in results],
-        }
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-    return 1 if any(r.error for r in results) else 0
+    with run:
+        for placement in placements:
+            for variant in VARIANTS:
+                print(f"  ... {variant.name}, {placement.name}", file=sys.stderr, flush=True)
+                results.append(run_case(variant, placement, cfg))
+    print()
+    print(table([title for title, _, _ in _COLUMNS], [_cells(r) for r in results]))
+    run.report()
+    run.write_json(args.json, settings=asdict(cfg), results=[asdict(r) for r in results])
+    return 1 if any(r.error for r in results) or not run.clean else 0
 
 
 if __name__ == "__main__":
