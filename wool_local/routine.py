@@ -12,11 +12,10 @@ from typing import Any
 from .context import _dispatch_timeout
 from .workers import __proxy__, get_dispatcher, zygote_main_has
 
-# The stdlib variables under the two wool_local ones every call reads: both are
-# declared in every process (this package is imported there), so their values
-# are never waiting as unbound keys, and reading them directly saves the wrapper.
-_proxy_value = __proxy__._inner.get
-_timeout_value = _dispatch_timeout._inner.get
+# The two wool_local variables every call reads: both are declared in every process
+# (this package is imported there), so their raw getters are exact, and save a call.
+_proxy_value = __proxy__.raw_get
+_timeout_value = _dispatch_timeout.raw_get
 
 
 class NoPoolError(RuntimeError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,7 +70,7 @@ def test_given_a_message_with_buffers_then_they_come_back_after_it():
 def test_given_another_protocol_version_then_protocol_error_names_both():
     """Given a frame written by a build of another protocol version, decoding fails with
     an error naming both versions."""
-    frame = protocol._encoder.encode(protocol.Envelope(protocol.PROTOCOL_VERSION + 1, Ping()))
+    frame = msgspec.msgpack.encode(protocol.Envelope(protocol.PROTOCOL_VERSION + 1, Ping()))
     with pytest.raises(ProtocolError, match=f"version {protocol.PROTOCOL_VERSION + 1}"):
         protocol.decode(frame)
 

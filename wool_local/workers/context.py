@@ -23,6 +23,7 @@ import contextvars
 import pickle
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from . import payload
@@ -88,6 +89,13 @@ class ContextVar(Generic[T]):
         _getters.append((key, self._inner.get))
         if not forward_only:
             _back_getters.append((key, self._inner.get))
+
+    @property
+    def raw_get(self) -> Callable[[Any], Any]:
+        """The underlying stdlib variable's ``get(default)``, for hot paths. It skips
+        values received before the variable was declared, so it is exact only for a
+        variable every process declares on import (``__proxy__``, the timeout)."""
+        return self._inner.get
 
     def get(self, default: T = _NO_DEFAULT) -> T:
         """The value in the current context, else ``default``, else the variable's default."""

@@ -54,7 +54,8 @@ class StallWatchdog:
         return self._timer is not None
 
     def arm(self) -> None:
-        """Look again in ``stall_after`` seconds (calls are in flight)."""
+        """Look in ``stall_after`` seconds, unless a look is due already (calls are in
+        flight; this runs once per call, so it does nothing more when armed)."""
         if self._timer is None and not self._stopped:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.stall_after, self._look)

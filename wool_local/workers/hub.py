@@ -105,8 +105,7 @@ class Hub(Dispatcher):
         """Send ``pending`` to a worker now, or queue it; watch for stalls while any is
         in flight."""
         self.scheduler.submit(pending)
-        if not self.watchdog.armed:
-            self.watchdog.arm()
+        self.watchdog.arm()
 
     def on_answered(self, target: Target) -> None:
         self.scheduler.send_queued()
