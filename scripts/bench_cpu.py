@@ -9,34 +9,36 @@ What is measured
     per-worker queue would strand short ones behind), and "even", 200 calls of 5 ms.
     "ideal" is the batch's total CPU time divided by the workers. wool_local:
     ``asyncio.gather``; ProcessPoolExecutor: ``map(chunksize=1)``;
-    multiprocessing.Pool: ``imap_unordered(chunksize=1)`` (both with fork).
+    multiprocessing.Pool: ``imap_unordered(chunksize=1)`` (both with fork). "others' CPU"
+    is the CPU time other programs used while the case ran, in percent of all CPUs.
 
 Why
     Batch jobs are what wool_local is for: it must keep every core busy whatever the
     calls' lengths, which is a matter of scheduling, not of dispatch speed.
 
 Usage
-    python scripts/bench_cpu.py [--rounds R] [--json PATH]
+    python scripts/bench_cpu.py [--quick] [--rounds R] [--json PATH]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import multiprocessing
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from typing import Any
 
 import uvloop
-from benchlib import machine_line, write_json
+from benchlib import Run, arguments, at_least, attempt, ratio, table
+from benchpeers import ForkExecutor, ForkMpPool, Peer
 
 import wool_local
 
 WORKERS = 2
+TIMEOUT = 60.0  # seconds for one batch (the longest takes about 0.6 s)
 
 
 def spin(ms: float) -> float:
@@ -58,74 +60,95 @@ def batches() -> dict[str, list[float]]:
     return {"mixed": mixed, "even": [5.0] * 200}
 
 
-def _rounds(run: Callable[[list[float]], list[float]], batch: list[float], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        done = run(batch)
-        times.append(time.perf_counter() - t0)
-        assert sorted(done) == sorted(batch), "a call's result is missing or wrong"
-    return statistics.median(times)
+def _check(done: list[float], batch: list[float]) -> None:
+    if sorted(done) != sorted(batch):
+        raise AssertionError("a call's result is missing or wrong")
 
 
-def wool_local_case(batch: list[float], rounds: int) -> float:
+def wool_local_case(batch: list[float], rounds: int, pids: set[int]) -> float:
     async def main() -> float:
-        async with wool_local.WorkerPool(spawn=WORKERS):
+        async with wool_local.WorkerPool(spawn=WORKERS) as pool:
+            pids.update(pool.pids)  # their shared-memory names carry these pids
             await asyncio.gather(*(wl_spin(0) for _ in range(20)))  # warm
-
             times = []
             for _ in range(rounds):
                 t0 = time.perf_counter()
-                done = await asyncio.gather(*(wl_spin(ms) for ms in batch))
+                async with asyncio.timeout(TIMEOUT):
+                    done = await asyncio.gather(*(wl_spin(ms) for ms in batch))
                 times.append(time.perf_counter() - t0)
-                assert sorted(done) == sorted(batch), "a call's result is missing or wrong"
+                _check(done, batch)
             return statistics.median(times)
 
     return uvloop.run(main())
 
 
-def ppe_case(batch: list[float], rounds: int) -> float:
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(WORKERS, mp_context=ctx) as pool:
-        list(pool.map(spin, [0] * 20))
-        return _rounds(lambda b: list(pool.map(spin, b, chunksize=1)), batch, rounds)
+def peer_case(peer: Peer, batch: list[float], rounds: int) -> float:
+    with peer.pool(WORKERS) as pool:
+        list(peer.many(pool, spin, [0] * 20, TIMEOUT))  # warm
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            done = list(peer.many(pool, spin, batch, TIMEOUT))
+            times.append(time.perf_counter() - t0)
+            _check(done, batch)
+        return statistics.median(times)
 
 
-def mp_case(batch: list[float], rounds: int) -> float:
-    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
-        list(pool.imap_unordered(spin, [0] * 20))
-        return _rounds(lambda b: list(pool.imap_unordered(spin, b, chunksize=1)), batch, rounds)
-
-
-CASES = {
-    "wool_local": wool_local_case,
-    "ProcessPoolExecutor (fork)": ppe_case,
-    "multiprocessing.Pool (fork)": mp_case,
-}
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", metavar="PATH")
-    args = parser.parse_args()
-    print(f"CPU-bound batches, {WORKERS} workers, median of {args.rounds} rounds")
-    print(f"  {machine_line()}")
-    rows = []
-    for name, batch in batches().items():
-        ideal = sum(batch) / 1000 / WORKERS
-        cpu = sum(batch) / 1000
-        print(f"\n  {name}: {len(batch)} calls, {cpu:.2f} s of CPU, ideal {ideal:.2f} s")
-        results = {impl: case(batch, args.rounds) for impl, case in CASES.items()}
-        best_peer = min(t for impl, t in results.items() if impl != "wool_local")
-        for impl, seconds in results.items():
-            print(
-                f"  {impl:28s} {seconds:6.3f} s  {seconds / ideal:5.2f}x ideal  "
-                f"{best_peer / seconds:5.2f}x vs best peer"
+def print_batch(name: str, batch: list[float], rows: list[dict[str, Any]]) -> None:
+    ideal = sum(batch) / 1000 / WORKERS
+    print(f"\n  {name}: {len(batch)} calls, {sum(batch) / 1000:.2f} s of CPU, ideal {ideal:.2f} s")
+    peers = [r["seconds"] for r in rows if r["impl"] != "wool_local" and not r["error"]]
+    best_peer = min(peers, default=None)
+    cells = []
+    for r in rows:
+        others = "-" if r["others_cpu"] is None else f"{r['others_cpu']:.0f}%"
+        if r["error"]:
+            cells.append([r["impl"], r["method"], "FAILED", "", "", others])
+        else:
+            seconds = r["seconds"]
+            vs_peer = ratio(best_peer / seconds if best_peer else None)
+            cells.append(
+                [r["impl"], r["method"], f"{seconds:.3f}", ratio(seconds / ideal), vs_peer, others]
             )
-            rows.append({"batch": name, "impl": impl, "seconds": seconds, "ideal": ideal})
-    write_json(args.json, rows=rows)
-    return 0
+    headers = ["implementation", "dispatch", "seconds", "x ideal", "x vs best peer"]
+    print(table([*headers, "others' CPU"], cells))
+    for r in rows:
+        if r["error"]:
+            print(f"  {r['impl']} failed: {r['error']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments(__doc__, "one round per batch")
+    parser.add_argument("--rounds", type=at_least(1), help="rounds per batch (3)")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 3)
+    run = Run(f"CPU-bound batches, {WORKERS} workers, median of {rounds} rounds", 300 * rounds)
+    cases: list[tuple[str, str, Callable[[list[float]], float]]] = [
+        ("wool_local", "gather", partial(wool_local_case, rounds=rounds, pids=run.pids))
+    ]
+    for peer in (ForkExecutor(), ForkMpPool()):
+        cases.append((peer.name, peer.many_method, partial(peer_case, peer, rounds=rounds)))
+    rows: list[dict[str, Any]] = []
+    with run:
+        for name, batch in batches().items():
+            for impl, method, case in cases:
+                seconds, outcome = attempt(f"{name}: {impl}", partial(case, batch))
+                rows.append(
+                    {
+                        "batch": name,
+                        "impl": impl,
+                        "method": method,
+                        "seconds": seconds,
+                        "ideal": sum(batch) / 1000 / WORKERS,
+                        "others_cpu": outcome.others_cpu,
+                        "error": outcome.error,
+                    }
+                )
+    for name, batch in batches().items():
+        print_batch(name, batch, [r for r in rows if r["batch"] == name])
+    run.report()
+    run.write_json(args.json, rows=rows)
+    return 1 if any(r["error"] for r in rows) or not run.clean else 0
 
 
 if __name__ == "__main__":

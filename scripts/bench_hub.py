@@ -16,12 +16,11 @@ Why
     number of calls in flight, and how much is wool_local's.
 
 Usage
-    python scripts/bench_hub.py [--calls N] [--rounds R] [--json PATH]
+    python scripts/bench_hub.py [--quick] [--calls N] [--rounds R] [--json PATH]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import statistics
@@ -32,7 +31,7 @@ from typing import Any
 
 import psutil
 import uvloop
-from benchlib import machine_line, write_json
+from benchlib import Run, arguments, at_least, table
 
 import wool_local
 
@@ -72,10 +71,11 @@ async def _rounds(
     }
 
 
-async def measure(calls: int, rounds: int) -> list[dict[str, Any]]:
+async def measure(calls: int, rounds: int, pids: set[int]) -> list[dict[str, Any]]:
     loop = asyncio.get_running_loop()
     rows = []
     async with wool_local.WorkerPool(spawn=2) as pool:
+        pids.update(pool.pids)  # their shared-memory names carry these pids
         workers = [psutil.Process(pid) for pid in pool.pids]
         await asyncio.gather(*(noop(i) for i in range(2_000)))  # warm: callables sent
         for gc_on in (True, False):
@@ -86,38 +86,47 @@ async def measure(calls: int, rounds: int) -> list[dict[str, Any]]:
                         ("asyncio floor", lambda i: _resolved(loop, i), []),
                         ("wool_local", noop, workers),
                     ):
+                        gc_state = "on" if gc_on else "off"
+                        print(f"  ... {what}, window {window:,}, GC {gc_state}", file=sys.stderr)
                         stats = await _rounds(make, calls, window, rounds, procs)
                         rows.append({"what": what, "window": window, "gc": gc_on, **stats})
-                        print(_line(rows[-1]), file=sys.stderr, flush=True)
             finally:
                 gc.enable()
     return rows
 
 
-def _line(r: dict[str, Any]) -> str:
-    cpu = (
-        f"  hub CPU {r['hub_cpu_us']:5.1f} us  workers' CPU {r['workers_cpu_us']:4.1f} us"
-        if r["what"] == "wool_local"
-        else ""
-    )
-    return (
-        f"  {r['what']:14s} window {r['window']:>6,}  GC {'on ' if r['gc'] else 'off'}  "
-        f"{r['wall_us']:5.1f} us/call ({r['calls_per_s']:>9,.0f}/s){cpu}"
-    )
+def _cells(r: dict[str, Any]) -> list[str]:
+    ours = r["what"] == "wool_local"
+    return [
+        r["what"],
+        "on" if r["gc"] else "off",
+        f"{r['window']:,}",
+        f"{r['wall_us']:.1f}",
+        f"{r['calls_per_s']:,.0f}",
+        f"{r['hub_cpu_us']:.1f}" if ours else "",
+        f"{r['workers_cpu_us']:.1f}" if ours else "",
+    ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", metavar="PATH")
-    args = parser.parse_args()
-    print(f"hub cost per call, {args.rounds} rounds of {args.calls:,} calls, 2 workers")
-    print(f"  {machine_line()}")
-    rows = uvloop.run(measure(args.calls, args.rounds))
-    print("\n".join(_line(r) for r in rows))
-    write_json(args.json, rows=rows)
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments(__doc__, "one round of 10,000 calls per row")
+    parser.add_argument("--calls", type=at_least(max(WINDOWS)), help="calls per round (100,000)")
+    parser.add_argument("--rounds", type=at_least(1), help="rounds per row (3)")
+    args = parser.parse_args(argv)
+    calls = args.calls or (10_000 if args.quick else 100_000)
+    rounds = args.rounds or (1 if args.quick else 3)
+    run = Run(
+        f"hub cost per call, {rounds} rounds of {calls:,} calls, 2 workers",
+        60 + 8 * rounds * calls * 100e-6,  # 8 rows at 100 us per call (ten times the usual)
+    )
+    with run:
+        rows = uvloop.run(measure(calls, rounds, run.pids))
+    headers = ["what", "GC", "window", "us/call", "calls/s", "hub CPU us", "workers' CPU us"]
+    print()
+    print(table(headers, [_cells(r) for r in rows]))
+    run.report()
+    run.write_json(args.json, rows=rows)
+    return 0 if run.clean else 1
 
 
 if __name__ == "__main__":

@@ -249,15 +249,20 @@ def summary(samples: Sequence[float], unit: float = 1.0) -> dict[str, float]:
     }
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str] | None], indent: str = "  ") -> str:
-    """Columns padded to width, the first two left-aligned and the rest (numbers)
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str] | None],
+    indent: str = "  ",
+    left: int = 2,
+) -> str:
+    """Columns padded to width, the first ``left`` left-aligned and the rest (numbers)
     right-aligned; a None row is a blank line between groups."""
     real = [headers, *(r for r in rows if r is not None)]
     widths = [max(len(r[i]) for r in real) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
         padded = [
-            c.ljust(w) if i < 2 else c.rjust(w)
+            c.ljust(w) if i < left else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ]
         return indent + "  ".join(padded).rstrip()
