@@ -68,7 +68,8 @@ Usage
     --quick is a ~15 s smoke run (fewer calls, smaller N); --wait-quiet S waits before each
     case, up to S seconds, for other programs to leave the CPUs idle (the time waited is not
     part of any measurement, so the run takes longer). wool_local is imported from
-    PYTHONPATH; the git commit and a digest of the source it was imported from are recorded.
+    PYTHONPATH (else the installed package); the report's head names the machine and the
+    commit, and the JSON adds a digest of the source wool_local was imported from.
 
 The exit status is 1 if a case failed or the cleanup check found something; a missed target
 is reported, not turned into a failure.
@@ -98,9 +99,9 @@ from benchlib import (
     TargetCheck,
     arguments,
     attempt,
+    positive,
     print_targets,
     ratio,
-    seconds,
     summary,
     table,
 )
@@ -722,7 +723,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="event loop of the calling process for wool_local and wool (default: uvloop)",
     )
     parser.add_argument(
-        "--case-timeout", type=seconds, metavar="S", help="time limit of one case, in seconds"
+        "--case-timeout", type=positive, metavar="S", help="time limit of one case, in seconds"
     )
     parser.add_argument(
         "--wait-quiet",

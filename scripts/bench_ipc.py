@@ -93,8 +93,8 @@ from benchlib import (
     arguments,
     at_least,
     describe,
+    positive,
     print_targets,
-    seconds,
     source_digest,
     summary,
     table,
@@ -853,10 +853,10 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=at_least(0), help="untimed round trips before each ping row"
     )
     parser.add_argument(
-        "--call-timeout", type=seconds, default=10.0, help="seconds per blocking call (10)"
+        "--call-timeout", type=positive, default=10.0, help="seconds per blocking call (10)"
     )
     parser.add_argument(
-        "--case-timeout", type=seconds, default=60.0, help="seconds per case before abort (60)"
+        "--case-timeout", type=positive, default=60.0, help="seconds per case before abort (60)"
     )
     args = parser.parse_args(argv)
 

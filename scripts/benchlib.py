@@ -128,10 +128,9 @@ def machine(**extra: Any) -> dict[str, Any]:
     }
 
 
-def machine_line(info: dict[str, Any] | None = None) -> str:
-    """The head of a report: CPU model and count, kernel, Python, commit (and the tree
-    wool_local came from, if not this checkout)."""
-    m = info or machine()
+def machine_line(m: dict[str, Any]) -> str:
+    """The head of a report, from :func:`machine`: CPU model and count, kernel, Python,
+    commit (and the tree wool_local came from, if not this checkout)."""
     line = (
         f"machine: {m['cpu']}, {m['cpus']} CPUs, kernel {m['kernel']}, Python {m['python']}, "
         f"commit {m['commit']}{' (modified)' if m['git_dirty'] else ''}"
@@ -139,14 +138,6 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
     if m["wool_local_path"] != str(ROOT):
         line += f", wool_local from {m['wool_local_path']}"
     return line
-
-
-def optional_peer(module: str, install: str) -> tuple[Any, str | None]:
-    """(the module, None) if it imports, else (None, a note saying it is skipped)."""
-    try:
-        return __import__(module), None
-    except ImportError as exc:
-        return None, f"{module} skipped: not importable ({exc}; pip install {install})"
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -196,7 +187,7 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def seconds(text: str) -> float:
+def positive(text: str) -> float:
     """An argparse type: a positive number of seconds."""
     value = float(text)
     if not value > 0:
@@ -533,14 +524,10 @@ class Run:
             print(f"  descriptors left open: {self.cleanup['leaked_fds']}")
 
     def write_json(self, path: str | None, **sections: Any) -> None:
-        """Write the machine, ``sections``, the run summary and the cleanup to ``path``."""
-        write_json(path, machine=self.machine, **sections, run=self.summary, cleanup=self.cleanup)
-
-
-def write_json(path: str | None, **sections: Any) -> None:
-    """Write ``sections`` (and the machine details, unless given) to ``path`` as JSON
-    (nothing if it is None)."""
-    if path:
-        document = {"machine": sections.pop("machine", None) or machine(), **sections}
-        Path(path).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        print(f"Results written to {path}")
+        """Write the machine details, ``sections``, the run's summary and its cleanup check to
+        ``path`` as JSON (nothing if it is None)."""
+        if path:
+            document = {"machine": self.machine, **sections}
+            document |= {"run": self.summary, "cleanup": self.cleanup}
+            Path(path).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            print(f"Results written to {path}")

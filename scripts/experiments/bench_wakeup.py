@@ -72,7 +72,7 @@ import posix_ipc
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for the harness
-from benchlib import Run, arguments, at_least, describe, seconds, summary, table
+from benchlib import Run, arguments, at_least, describe, positive, summary, table
 from benchpair import Placement, fork_pair, make_placements
 
 T = TypeVar("T")
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gap-us", type=at_least(0), default=0, help="idle pause before each round trip (0)"
     )
-    parser.add_argument("--timeout", type=seconds, default=15.0, help="seconds per case (15)")
+    parser.add_argument("--timeout", type=positive, default=15.0, help="seconds per case (15)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (300 if args.quick else 3000)
     warmup = args.warmup if args.warmup is not None else (30 if args.quick else 300)
