@@ -420,7 +420,7 @@ def stop_resource_trackers() -> None:
     from multiprocessing import resource_tracker
 
     trackers = [resource_tracker._resource_tracker]
-    if "loky" in sys.modules:
+    if sys.modules.get("loky") is not None:  # imported by a peer
         from loky.backend import resource_tracker as loky_tracker
 
         trackers.append(loky_tracker._resource_tracker)
