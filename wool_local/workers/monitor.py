@@ -47,7 +47,7 @@ class Monitor:
         workers: Callable[[], Iterable[Sampled]],
         on_sample: Callable[[dict[int, WorkerHealth]], None],
         *,
-        interval: float = 0.5,
+        interval: float,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"the monitor interval must be positive, got {interval}")
