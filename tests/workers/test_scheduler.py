@@ -23,12 +23,17 @@ class Harness:
         self.table: dict[int, Pending] = {}
         self.sent: list[tuple[str, int]] = []
         self.queued_events = 0
-        self.scheduler = Scheduler(max_inflight, self.table, self.send, self.on_queued)
+        self.scheduler = Scheduler(max_inflight, self.table, self.send, self.fail, self.on_queued)
         self.scheduler.serving = list(workers)
 
     def send(self, handle, pending):
         handle.load += 1
         self.sent.append((handle.name, pending.id))
+
+    def fail(self, pending, exc):
+        del self.table[pending.id]
+        if pending.future is not None:
+            pending.future.set_exception(exc)
 
     def on_queued(self):
         self.queued_events += 1
@@ -124,8 +129,8 @@ def test_given_a_throttled_worker_then_its_room_doubles_back_to_max_inflight():
 
 
 def test_given_a_refusal_then_submit_raises_it_and_queued_calls_fail_with_it():
-    """Given a queued call with a future, when the hub closes, the call fails with the
-    hub's reason and new calls are refused with it."""
+    """Given a queued call with a future, when the hub refuses calls, the call fails with
+    the hub's reason and new calls are refused with it, even after a later reason."""
 
     class Future:
         exc = None
@@ -140,8 +145,8 @@ def test_given_a_refusal_then_submit_raises_it_and_queued_calls_fail_with_it():
     pending = h.table[1] = Pending(1, Future())
     h.scheduler.submit(pending)
     closed = RuntimeError("closed")
-    h.scheduler.refusal = closed
-    h.scheduler.fail_queued(closed)
+    h.scheduler.refuse(closed)
     assert pending.future.exc is closed and 1 not in h.table
+    h.scheduler.refuse(RuntimeError("a later reason"))
     with pytest.raises(RuntimeError, match="closed"):
         h.call(2)

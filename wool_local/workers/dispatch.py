@@ -131,10 +131,22 @@ class Dispatcher:
         pending = self._pending[rid] = Pending(rid, future, call, buffers)
         return pending
 
+    def request(self, rid: int) -> Pending | None:
+        """The open request ``rid``, if it is still open."""
+        return self._pending.get(rid)
+
     def forget(self, pending: Pending) -> None:
         """Close a request that never reached a target (its answer is given elsewhere)."""
         if self._pending.get(pending.id) is pending:
             del self._pending[pending.id]
+
+    def fail_request(self, pending: Pending, exc: BaseException) -> None:
+        """Close ``pending`` for good: its waiter, if any is left, gets ``exc``."""
+        self.forget(pending)
+        self._drop_timer(pending.id)
+        fut = pending.future
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
 
     # -- sending -----------------------------------------------------------
 
@@ -222,13 +234,8 @@ class Dispatcher:
     def fail_target(self, target: Target, exc: BaseException) -> None:
         """``target`` is gone: fail every request outstanding on it with ``exc``."""
         target.alive = False
-        for rid, pending in list(self._pending.items()):
-            if pending.target is target:
-                del self._pending[rid]
-                self._drop_timer(rid)
-                fut = pending.future
-                if fut is not None and not fut.done():
-                    fut.set_exception(exc)
+        for pending in [p for p in self._pending.values() if p.target is target]:
+            self.fail_request(pending, exc)
         target.load = 0
         target.open = 0
         target.cancelling = 0
@@ -268,12 +275,9 @@ class Dispatcher:
             timer.cancel()
 
     def fail_all(self, exc: BaseException) -> None:
-        for rid, pending in list(self._pending.items()):
-            del self._pending[rid]
-            self._drop_timer(rid)
-            fut = pending.future
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
+        """Fail every open request with ``exc``."""
+        for pending in list(self._pending.values()):
+            self.fail_request(pending, exc)
         self._wake_drained()
 
     # -- the caller's API --------------------------------------------------

@@ -79,8 +79,7 @@ class Relay:
         try:
             self._submit(pending)
         except Exception as exc:
-            d.forget(pending)
-            forward.set_exception(exc)
+            d.fail_request(pending, exc)
 
     def step(self, asker: WorkerHandle, step: Step, buffers: Sequence[bytes]) -> None:
         pending = self._relayed(asker, step.id)
@@ -109,7 +108,7 @@ class Relay:
     def drop(self, asker: WorkerHandle) -> None:
         """``asker`` died: cancel the nested calls it was waiting on."""
         for hid in list(asker.relays.values()):
-            pending = self._dispatcher.outstanding.get(hid)
+            pending = self._dispatcher.request(hid)
             if pending is None:
                 continue
             pending.future.asker_gone = True
@@ -122,4 +121,4 @@ class Relay:
 
     def _relayed(self, asker: WorkerHandle, call_id: int) -> Pending | None:
         hid = asker.relays.get(call_id)
-        return None if hid is None else self._dispatcher.outstanding.get(hid)
+        return None if hid is None else self._dispatcher.request(hid)

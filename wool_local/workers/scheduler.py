@@ -13,7 +13,7 @@ the nested calls themselves: no deadlock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from .dispatch import Pending
 from .handle import WorkerHandle
@@ -25,14 +25,17 @@ class Scheduler:
     def __init__(
         self,
         max_inflight: int,
-        outstanding: dict[int, Pending],
+        outstanding: Mapping[int, Pending],
         send: Callable[[WorkerHandle, Pending], None],
+        fail: Callable[[Pending, BaseException], None],
         on_queued: Callable[[], None],
     ) -> None:
         self.max_inflight = max_inflight
-        # The dispatcher's table of requests: a queued call missing from it was given up.
+        # The dispatcher's table of requests (read here, changed only by the dispatcher:
+        # ``fail`` closes one): a queued call missing from it was given up.
         self._outstanding = outstanding
         self._send = send
+        self._fail = fail
         self._on_queued = on_queued  # a call had to wait: the hub may fork a worker for it
         self._queue: deque[Pending] = deque()
         #: Set when the hub takes no more calls: :meth:`submit` raises it.
@@ -83,9 +86,7 @@ class Scheduler:
                 self._send(handle, pending)
             except Exception as exc:
                 # It cannot go (no room for a spill segment, say): its caller hears why.
-                self._drop(pending)
-                if pending.future is not None and not pending.future.done():
-                    pending.future.set_exception(exc)
+                self._fail(pending, exc)
 
     def requeue_first(self, calls: Iterable[Pending]) -> None:
         """Calls a worker handed back: they go before everything queued, in order."""
@@ -96,12 +97,14 @@ class Scheduler:
         while self._queue:
             pending = self._queue.popleft()
             if self._outstanding.get(pending.id) is pending:
-                self._drop(pending)
-                if pending.future is not None and not pending.future.done():
-                    pending.future.set_exception(exc)
+                self._fail(pending, exc)
 
-    def _drop(self, pending: Pending) -> None:
-        del self._outstanding[pending.id]
+    def refuse(self, exc: BaseException) -> None:
+        """Take no more calls: fail the queued ones and raise ``exc`` for new ones (the
+        first reason given stays)."""
+        if self.refusal is None:
+            self.refusal = exc
+        self.fail_queued(exc)
 
     def queued(self) -> int:
         """Calls waiting for a worker (not counting ones their callers gave up)."""
