@@ -16,9 +16,13 @@ class FakeHub:
     def __init__(self, *handles):
         self.handles = list(handles)
         self.calls: list[tuple[str, int | None]] = []
+        self.killed: asyncio.Event | None = None  # set at a kill, if a test waits for one
 
     def workers(self):
-        return iter(self.handles)
+        return list(self.handles)
+
+    def worker(self, pid):
+        return next((h for h in self.handles if h.pid == pid), None)
 
     def serving_count(self):
         return sum(1 for h in self.handles if h.retiring is None and not h.stopping)
@@ -32,6 +36,8 @@ class FakeHub:
 
     def kill(self, handle, reason):
         self.calls.append(("kill", handle.pid))
+        if self.killed is not None:
+            self.killed.set()
 
     def changed_membership(self):
         pass
@@ -78,9 +84,11 @@ def test_given_a_busy_worker_recycled_then_it_is_killed_after_the_grace():
     recycler = Recycler(hub, LIMITS, min_workers=0, recycle_grace=0.01)
 
     async def main():
+        hub.killed = asyncio.Event()
         recycler.apply({1: health(1, rss=200 << 20)})
         assert hub.calls == [("spawn", None)] and busy.retiring is RecycleReason.MEMORY
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):
+            await hub.killed.wait()
 
     run(main)
     assert hub.calls == [("spawn", None), ("kill", 1)]

@@ -45,20 +45,18 @@ class StallWatchdog:
         self._dispatcher = dispatcher
         self._scheduler = scheduler
         self._timer: asyncio.TimerHandle | None = None
+        #: A look is due (a plain attribute: the hub reads it once per dispatch).
+        self.armed = False
         self._stopped = False
         #: Calls moved off blocked workers so far.
         self.handed_back = 0
 
-    @property
-    def armed(self) -> bool:
-        return self._timer is not None
-
     def arm(self) -> None:
-        """Look in ``stall_after`` seconds, unless a look is due already (calls are in
-        flight; this runs once per call, so it does nothing more when armed)."""
+        """Look in ``stall_after`` seconds, unless a look is due already."""
         if self._timer is None and not self._stopped:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.stall_after, self._look)
+            self.armed = True
 
     def stop(self) -> None:
         """For good: the hub is closing."""
@@ -66,6 +64,7 @@ class StallWatchdog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self.armed = False
 
     def _look(self) -> None:
         """Ask every worker whose loop has not run for a whole period, while it has calls
@@ -75,6 +74,7 @@ class StallWatchdog:
         busy to read for a while must not make healthy workers look stuck.
         """
         self._timer = None
+        self.armed = False
         busy = self._scheduler.has_queued
         for h in self._workers():
             tick = h.link.end.status[TICK]

@@ -39,7 +39,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..ipc import Channel, SlotTable, sweep
@@ -79,14 +79,16 @@ class Hub(Dispatcher):
         #: The pool's lease table (created at start, inherited by every worker).
         self.leases: SlotTable | None = None
         self.scheduler = Scheduler(
-            options.max_inflight, self._pending, self.send_call, on_queued=self._grow
+            options.max_inflight,
+            self._pending,  # read-only there; a view would cost a call per queued call
+            self.send_call,
+            self.fail_request,
+            on_queued=self._grow,
         )
         self.relay = Relay(self, self.submit, self.scheduler.send_queued)
-        self.watchdog = StallWatchdog(options.stall_after, self._workers_view, self, self.scheduler)
+        self.watchdog = StallWatchdog(options.stall_after, self.workers, self, self.scheduler)
         self.recycler = Recycler(self, options.limits, options.min_workers, options.recycle_grace)
-        self.monitor = Monitor(
-            self._workers_view, self._on_readings, interval=options.monitor_interval
-        )
+        self.monitor = Monitor(self.workers, self._on_readings, interval=options.monitor_interval)
         self._zygote: zygote.Zygote | None = None
         self._workers: dict[int, WorkerHandle] = {}
         self._spawning: dict[int, tuple[Channel, int, asyncio.Future[WorkerHandle]]] = {}
@@ -105,7 +107,8 @@ class Hub(Dispatcher):
         """Send ``pending`` to a worker now, or queue it; watch for stalls while any is
         in flight."""
         self.scheduler.submit(pending)
-        self.watchdog.arm()
+        if not self.watchdog.armed:
+            self.watchdog.arm()
 
     def on_answered(self, target: Target) -> None:
         self.scheduler.send_queued()
@@ -168,12 +171,11 @@ class Hub(Dispatcher):
             self._terminate()
 
     def _refuse(self, exc: BaseException) -> None:
-        """Take no more calls, and fail the queued ones, with ``exc``."""
+        """Closed: no more calls (new ones and queued ones fail), no more monitoring."""
         self.closed = True
         self.monitor.stop()
         self.watchdog.stop()
-        self.scheduler.refusal = exc
-        self.scheduler.fail_queued(exc)
+        self.scheduler.refuse(exc)
 
     async def _stop_workers(self) -> None:
         if self.broken is not None:
@@ -199,12 +201,8 @@ class Hub(Dispatcher):
 
     def _terminate(self) -> None:
         """Synchronous last resort: kill whatever is left, reap the zygote, free everything."""
-        self.closed = True
-        self.monitor.stop()
-        self.watchdog.stop()
         closed = PoolClosed("the pool is closed")
-        if self.scheduler.refusal is None:
-            self.scheduler.refusal = closed
+        self._refuse(closed)
         for handle in list(self._workers.values()):
             handle.stopping = True
             _signal(handle.pid, signal.SIGKILL)
@@ -234,11 +232,9 @@ class Hub(Dispatcher):
 
     # -- membership -------------------------------------------------------------
 
-    def workers(self) -> Iterator[WorkerHandle]:
-        """Every worker process the hub has (serving, retiring or stopping)."""
-        return iter(list(self._workers.values()))
-
-    def _workers_view(self) -> list[WorkerHandle]:
+    def workers(self) -> list[WorkerHandle]:
+        """Every worker process the hub has (serving, retiring or stopping), as a list
+        its callers may hold while workers come and go."""
         return list(self._workers.values())
 
     def worker(self, pid: int) -> WorkerHandle | None:
@@ -417,8 +413,7 @@ class Hub(Dispatcher):
         for _, _, fut in self._spawning.values():
             if not fut.done():
                 fut.set_exception(self.broken)
-        self.scheduler.refusal = self.broken
-        self.scheduler.fail_queued(self.broken)
+        self.scheduler.refuse(self.broken)
 
     # -- messages from workers --------------------------------------------------
 

@@ -26,6 +26,7 @@ class Membership(Protocol):
     """What the recycler asks of the hub."""
 
     def workers(self) -> Iterable[WorkerHandle]: ...
+    def worker(self, pid: int) -> WorkerHandle | None: ...
     def serving_count(self) -> int: ...
     def spawn_worker(self) -> None: ...
     def stop_worker(self, handle: WorkerHandle) -> None: ...
@@ -48,11 +49,11 @@ class Recycler:
 
     def apply(self, readings: dict[int, WorkerHealth]) -> None:
         """Act on one monitor round: at most one recycle and one idle retirement."""
-        workers = {h.pid: h for h in self._hub.workers()}
-        recycling = any(h.retiring not in (None, RecycleReason.IDLE) for h in workers.values())
+        hub = self._hub
+        recycling = any(h.retiring not in (None, RecycleReason.IDLE) for h in hub.workers())
         retired_idle = False
         for pid, health in readings.items():
-            handle = workers.get(pid)
+            handle = hub.worker(pid)
             if handle is None or handle.retiring is not None or handle.stopping:
                 continue
             reason = evaluate_recycle(health, self.limits)
@@ -60,7 +61,7 @@ class Recycler:
                 continue
             if reason is RecycleReason.IDLE:
                 # Keep min_workers warm; retire one idle worker per round.
-                if not retired_idle and self._hub.serving_count() > self.min_workers:
+                if not retired_idle and hub.serving_count() > self.min_workers:
                     retired_idle = True
                     self.retire(handle, reason, health)
             elif not recycling:
@@ -85,7 +86,7 @@ class Recycler:
             loop.call_later(self.recycle_grace, self._overdue, handle)
 
     def _overdue(self, handle: WorkerHandle) -> None:
-        if handle.alive and any(h is handle for h in self._hub.workers()):
+        if handle.alive and self._hub.worker(handle.pid) is handle:
             self._hub.kill(
                 handle,
                 f"it was being recycled ({handle.retiring}) and its calls did not finish "
