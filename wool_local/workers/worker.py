@@ -319,13 +319,18 @@ class WorkerService:
         """The one way a generator session ends: it leaves the table, gives its lease
         back, and its caller gets ``status``. With ``close``, the generator is closed
         first (its ``finally`` runs), in a task of its own, then the answer goes."""
+        session = self._drop_session(rid)
+        if close and session is not None:
+            self._spawn(-rid, self._close_then_reply(session.gen, rid, status, value))
+        else:
+            self._reply(rid, status, value, (), snapshot)
+
+    def _drop_session(self, rid: int) -> Session | None:
+        """Take session ``rid`` out of the table and give its lease back."""
         session = self._sessions.pop(rid, None)
         if session is not None:
             self._release(session.lease)
-            if close:
-                self._spawn(-rid, self._close_then_reply(session.gen, rid, status, value))
-                return
-        self._reply(rid, status, value, (), snapshot)
+        return session
 
     async def _close_then_reply(
         self, gen: AsyncGenerator[Any, Any], rid: int, status: int, value: bytes | None
@@ -428,9 +433,7 @@ class WorkerService:
     ) -> None:
         if first and not self.gate.start(rid):
             # Handed back before it started: nothing ran, and the hub runs it elsewhere.
-            session = self._sessions.pop(rid, None)
-            if session is not None:
-                self._release(session.lease)
+            self._drop_session(rid)
             return
         session = self._sessions.get(rid)
         if session is None:
