@@ -62,6 +62,11 @@ from .worker import WorkerConfig, worker_main
 
 log = logging.getLogger("wool_local")
 
+#: A pool whose zygote dies more often than this many times in this many seconds
+#: gives up (it is broken) rather than fork zygotes forever.
+ZYGOTE_RESTARTS = 3
+ZYGOTE_RESTART_WINDOW = 60.0
+
 
 class Hub(Dispatcher):
     """Worker processes forked from one zygote, and the scheduling of calls onto them.
@@ -90,6 +95,7 @@ class Hub(Dispatcher):
         self.recycler = Recycler(self, options.limits, options.min_workers, options.recycle_grace)
         self.monitor = Monitor(self.workers, self._on_readings, interval=options.monitor_interval)
         self._zygote: zygote.Zygote | None = None
+        self._zygote_started: list[float] = []  # when each zygote was forked
         self._workers: dict[int, WorkerHandle] = {}
         self._spawning: dict[int, tuple[Channel, int, asyncio.Future[WorkerHandle]]] = {}
         self._spawn_seq = itertools.count(1)
@@ -138,27 +144,31 @@ class Hub(Dispatcher):
     # -- starting and stopping ------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         sweep()
         # The lease table exists before the zygote, so every worker inherits it;
         # once the zygote has it, no name is needed any more.
         self.leases = SlotTable.create(
             slots=4096, holders_per_slot=max(16, 2 * self.options.size + 2)
         )
-        config = WorkerConfig(self.id, self.leases, self.options.proxy_retry_after)
-        self._zygote = zygote.Zygote(functools.partial(worker_main, config=config))
         try:
-            self._zygote.start()
+            self._start_zygote()
         finally:
             self.leases.unlink()
-        assert self._zygote.sock is not None
-        loop.add_reader(self._zygote.sock.fileno(), self._on_zygote)
         try:
             await asyncio.gather(*(self._spawn() for _ in range(self.options.size)))
         except BaseException:
             self._terminate()
             raise
         self.monitor.start()
+
+    def _start_zygote(self) -> None:
+        assert self.leases is not None
+        config = WorkerConfig(self.id, self.leases, self.options.proxy_retry_after)
+        self._zygote = zygote.Zygote(functools.partial(worker_main, config=config))
+        self._zygote.start()
+        self._zygote_started.append(time.monotonic())
+        assert self._zygote.sock is not None
+        asyncio.get_running_loop().add_reader(self._zygote.sock.fileno(), self._on_zygote)
 
     async def close(self) -> None:
         """Stop every worker and the zygote; nothing outlives this."""
@@ -385,34 +395,87 @@ class Hub(Dispatcher):
         # Out of the serving list first: the answers delivered next make room,
         # and the queued calls they let go must not go to this worker.
         self.changed_membership()
-        handle.link.pump()  # deliver answers it wrote before exiting
         if handle.stopping and not handle.kill_reason:
             exc: BaseException = PoolClosed("the worker stopped before this dispatch finished")
         else:
             exc = WorkerCrashed.from_wait_status(pid, status, handle.kill_reason)
             self.crashes += 1
             log.warning("wool_local: %s", exc)
-        self.fail_target(handle, exc)
-        self.relay.drop(handle)
-        handle.link.close()
-        os.close(handle.return_fd)
-        if self.leases is not None:
-            self.leases.reclaim(pid)  # whatever it held when it died
+        self._forget(handle, exc)
         if handle.retiring is None and not self.closed and self.broken is None:
             self.spawn_worker()  # replace a crashed worker
         else:
             self.scheduler.send_queued()
 
+    def _forget(self, handle: WorkerHandle, exc: BaseException) -> None:
+        """``handle``'s process is gone: its calls fail with ``exc``, its resources go."""
+        handle.link.pump()  # deliver answers it wrote before it died
+        self.fail_target(handle, exc)
+        self.relay.drop(handle)
+        handle.link.close()
+        os.close(handle.return_fd)
+        if self.leases is not None:
+            self.leases.reclaim(handle.pid)  # whatever it held when it died
+
     def _on_zygote_lost(self) -> None:
+        """The zygote died (the OOM killer, an operator): its workers died with it and
+        nobody will report their exits. Fail their calls now, and fork a new zygote,
+        unless zygotes keep dying."""
         if self.closed:
             return
-        assert self._zygote is not None and self._zygote.sock is not None
-        asyncio.get_running_loop().remove_reader(self._zygote.sock.fileno())
-        self.broken = PoolClosed("the pool's zygote process died; the pool cannot fork workers")
-        log.error("wool_local: %s", self.broken)
-        for _, _, fut in self._spawning.values():
+        old = self._zygote
+        assert old is not None and old.sock is not None
+        asyncio.get_running_loop().remove_reader(old.sock.fileno())
+        old.stop(0)  # reap it
+        self._zygote = None
+        log.error("wool_local: the pool's zygote process %d died, and its workers with it", old.pid)
+        for handle in self.workers():
+            # They die of PR_SET_PDEATHSIG; make sure, through the pidfd (the pid is
+            # no longer our grandchild, and may be reused once init reaps it).
+            handle.stopping = True
+            peer = handle.link.end.peer
+            if peer is not None and peer.fd >= 0:
+                try:
+                    signal.pidfd_send_signal(peer.fd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            del self._workers[handle.pid]
+            waiter = self._exits.pop(handle.pid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self.crashes += 1
+            self._forget(
+                handle,
+                WorkerCrashed(
+                    handle.pid,
+                    signal=signal.SIGKILL,
+                    detail="the pool's zygote process died, and its workers with it",
+                ),
+            )
+        for chan, return_fd, fut in self._spawning.values():
+            chan.close()
+            os.close(return_fd)
             if not fut.done():
-                fut.set_exception(self.broken)
+                fut.set_exception(SpawnFailed("the pool's zygote process died while forking"))
+        self._spawning.clear()
+        self.changed_membership()
+        now = time.monotonic()
+        recent = [t for t in self._zygote_started if now - t < ZYGOTE_RESTART_WINDOW]
+        if len(recent) >= ZYGOTE_RESTARTS:
+            window = ZYGOTE_RESTART_WINDOW
+            self._break(f"its zygote process died {len(recent)} times in {window:.0f}s")
+            return
+        try:
+            self._start_zygote()
+        except Exception as exc:
+            self._break(f"a new zygote could not be forked: {exc!r}")
+            return
+        for _ in range(self.options.size):
+            self.spawn_worker()
+
+    def _break(self, why: str) -> None:
+        self.broken = PoolClosed(f"the pool cannot fork workers any more: {why}")
+        log.error("wool_local: %s", self.broken)
         self.scheduler.refuse(self.broken)
 
     # -- messages from workers --------------------------------------------------
