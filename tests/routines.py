@@ -76,6 +76,9 @@ async def die(how: str, started_fd: int = -1) -> None:
     if how == "exit":
         os._exit(3)
     if how == "segfault":
+        import faulthandler
+
+        faulthandler.disable()  # inherited from pytest: a deliberate crash prints no dump
         ctypes.string_at(0)
     if how == "hang":
         await asyncio.sleep(3600)
