@@ -1,9 +1,11 @@
 """Worker limits, health readings, and the pure decision to recycle a worker.
 
-Limits are soft ceilings the hub's monitor checks every ``monitor_interval``
+Limits are ceilings the hub's monitor checks every ``monitor_interval``
 seconds; each is optional (``None`` switches it off) and accepts human units in
 the public API (``"1GiB"``, ``"512MB"``, ``"10m"``, ``"30s"``). A reading a
-platform cannot give is ``None`` and never trips a limit.
+platform cannot give is ``None`` and never trips a limit. Every limit but one
+is soft: the worker is retired and finishes what it runs. ``hard_rss`` alone
+kills.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import enum
 import re
 import resource
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any, TypeVar
 
 _N = TypeVar("_N", int, float)
@@ -73,8 +75,9 @@ def default_max_fds() -> int | None:
 
 
 class RecycleReason(enum.Enum):
-    """Why a worker is replaced (or, for IDLE, retired)."""
+    """Why a worker is replaced (or, for IDLE, retired; for HARD_MEMORY, killed)."""
 
+    HARD_MEMORY = "hard_memory"
     MEMORY = "memory"
     FDS = "fds"
     AGE = "age"
@@ -86,6 +89,7 @@ class RecycleReason(enum.Enum):
 
 
 _REASON_TEXT = {
+    RecycleReason.HARD_MEMORY: "memory above hard_rss",
     RecycleReason.MEMORY: "memory above max_rss",
     RecycleReason.FDS: "open files above max_fds",
     RecycleReason.AGE: "older than max_age",
@@ -105,14 +109,24 @@ class _Default(enum.Enum):
 
 @dataclass(frozen=True, init=False)
 class WorkerLimits:
-    """Soft ceilings for each worker; ``None`` turns one off.
+    """Ceilings for each worker; ``None`` turns one off.
 
     The constructor takes human units (``max_rss="1GiB"``, ``max_age="10m"``);
-    the fields hold plain numbers: bytes for ``max_rss``, seconds for
-    ``max_age`` and ``idle_ttl``, counts for ``max_fds`` and ``max_tasks``.
-    ``max_rss`` counts the worker's private memory: resident pages minus
-    shared ones, so the shared-memory rings and the pages it shares with the
-    zygote do not count against it.
+    the fields hold plain numbers: bytes for ``max_rss`` and ``hard_rss``,
+    seconds for ``max_age`` and ``idle_ttl``, counts for ``max_fds`` and
+    ``max_tasks``.
+
+    All but ``hard_rss`` are soft: a worker past one is retired at the end of
+    its work. It takes no new calls, a replacement is forked first, and it
+    stops once its last call and generator session end, however long they
+    take. ``hard_rss`` (off by default) is the one limit that kills: a worker
+    above it is SIGKILLed, and the calls it runs fail with a ``WorkerCrashed``
+    that names the ceiling and the reading. It must be above ``max_rss``.
+
+    Both memory limits judge :attr:`WorkerHealth.private_rss`, the memory the
+    worker alone maps: pages it shares, with the zygote and the hub it was
+    forked from (copy-on-write pages it has not written) or with the rings,
+    do not count.
     """
 
     max_rss: int | None  # bytes
@@ -120,6 +134,7 @@ class WorkerLimits:
     max_age: float | None  # seconds
     idle_ttl: float | None  # seconds
     max_tasks: int | None
+    hard_rss: int | None  # bytes
 
     def __init__(
         self,
@@ -128,6 +143,7 @@ class WorkerLimits:
         max_age: float | str | None = "10m",
         idle_ttl: float | str | None = "30s",
         max_tasks: int | None = None,
+        hard_rss: int | str | None = None,
     ) -> None:
         # Frozen: set the normalised values past the dataclass's __setattr__.
         set_ = object.__setattr__
@@ -139,6 +155,36 @@ class WorkerLimits:
         set_(self, "max_age", None if max_age is None else parse_duration(max_age, "max_age"))
         set_(self, "idle_ttl", None if idle_ttl is None else parse_duration(idle_ttl, "idle_ttl"))
         set_(self, "max_tasks", None if max_tasks is None else _whole(max_tasks, "max_tasks"))
+        set_(self, "hard_rss", None if hard_rss is None else parse_size(hard_rss, "hard_rss"))
+        if self.hard_rss is not None and self.max_rss is not None:
+            if self.hard_rss <= self.max_rss:
+                raise ValueError(
+                    f"hard_rss ({mib(self.hard_rss)}) must be above max_rss "
+                    f"({mib(self.max_rss)}): the soft limit would never act; "
+                    "lower max_rss or set it to None"
+                )
+
+    @classmethod
+    def unlimited(cls, **only: Any) -> WorkerLimits:
+        """Every limit off, but those given: ``WorkerLimits.unlimited(max_age="1s")``."""
+        off: dict[str, Any] = dict.fromkeys(
+            ("max_rss", "max_fds", "max_age", "idle_ttl", "max_tasks", "hard_rss")
+        )
+        unknown = only.keys() - off.keys()
+        if unknown:
+            raise TypeError(f"WorkerLimits has no limit {', '.join(sorted(unknown))}")
+        return cls(**{**off, **only})
+
+    @property
+    def memory_ceiling(self) -> int | None:
+        """The lowest memory limit set: below it in RSS, no memory limit can trip."""
+        set_ = [n for n in (self.max_rss, self.hard_rss) if n is not None]
+        return min(set_) if set_ else None
+
+
+def mib(n: int) -> str:
+    """``n`` bytes as MiB for messages: ``"300.0 MiB"``."""
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _whole(value: object, name: str) -> int:
@@ -149,22 +195,42 @@ def _whole(value: object, name: str) -> int:
 
 @dataclass
 class WorkerHealth:
-    """What the hub knows of one worker. Readings it could not take are None."""
+    """What the hub knows of one worker. Readings it could not take are None.
+
+    ``private_rss`` is the measure the memory limits judge: the worker's
+    private pages, ``Private_Clean + Private_Dirty`` of
+    ``/proc/<pid>/smaps_rollup`` (what psutil calls USS). Pages inherited at
+    fork count as shared, not private, until the worker writes them: a worker
+    of a hub holding 300 MiB reads rss 309 MiB and private_rss 0-3 MiB. Where
+    smaps_rollup cannot be read, psutil's USS stands in; without either,
+    the limits judge ``rss``. See :mod:`~wool_local.workers.monitor` for when
+    it is read.
+    """
 
     pid: int
     rss: int | None = None  # resident bytes, shared pages included
-    private_rss: int | None = None  # resident minus shared: what max_rss limits
-    uss: int | None = None  # unique set size: never sampled (an smaps read costs milliseconds)
+    private_rss: int | None = None  # bytes only this worker maps: what the memory limits judge
     fds: int | None = None
     age: float | None = None  # seconds since it was forked
     idle: float | None = None  # seconds with nothing in flight (0 when busy)
     tasks_completed: int = 0
     inflight: int = 0
+    # Accepted and ignored, for callers that still pass it: the one memory
+    # measure is private_rss (which is the USS). Goes once none passes it.
+    uss: InitVar[int | None] = None
+
+    @property
+    def memory(self) -> int | None:
+        """The reading the memory limits judge: ``private_rss``, else ``rss``."""
+        return self.private_rss if self.private_rss is not None else self.rss
 
 
 def evaluate_recycle(health: WorkerHealth, limits: WorkerLimits) -> RecycleReason | None:
-    """The most pressing limit ``health`` breaks: memory > fds > age > tasks > idle."""
-    mem = health.private_rss if health.private_rss is not None else health.rss
+    """The most pressing limit ``health`` breaks: hard memory > memory > fds > age >
+    tasks > idle."""
+    mem = health.memory
+    if limits.hard_rss is not None and mem is not None and mem > limits.hard_rss:
+        return RecycleReason.HARD_MEMORY
     if limits.max_rss is not None and mem is not None and mem > limits.max_rss:
         return RecycleReason.MEMORY
     if limits.max_fds is not None and health.fds is not None and health.fds > limits.max_fds:

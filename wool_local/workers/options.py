@@ -33,13 +33,14 @@ class PoolOptions:
     #: A worker with calls in flight whose loop has not run for this long is
     #: asked for the calls it has not started.
     stall_after: float = 0.05
-    #: Resource ceilings the monitor recycles workers on.
+    #: Resource ceilings the monitor recycles workers on (``hard_rss`` kills).
     limits: WorkerLimits = field(default_factory=WorkerLimits)
     #: Workers kept warm when idle ones retire.
     min_workers: int = 0
     #: Seconds between two readings of every worker's health.
     monitor_interval: float = 0.5
-    #: How long a worker being recycled may take to finish its calls.
+    #: Ignored: a recycled worker finishes its calls however long they take, and
+    #: only ``limits.hard_rss`` kills. Goes with ``WorkerPool``'s parameter.
     recycle_grace: float = 30.0
     #: How long a worker remembers a failed proxy start before retrying it.
     proxy_retry_after: float = 1.0

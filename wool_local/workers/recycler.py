@@ -1,23 +1,30 @@
 """Recycling workers on their limits, and retiring idle ones.
 
 The monitor hands every round of readings to :meth:`Recycler.apply`, which
-decides with :func:`~wool_local.workers.limits.evaluate_recycle`: at most one
-worker is recycled at a time (its replacement is forked first, so capacity
-holds), and at most one idle worker retires per round, never below
-``min_workers``. A retiring worker takes no new calls and stops when its
-last call ends; after ``recycle_grace`` it is killed.
+decides with :func:`~wool_local.workers.limits.evaluate_recycle`.
+
+Recycling happens at the end of a unit of work, never in its middle: a worker
+past a soft limit is retired. It takes no new calls, its replacement is forked
+first (capacity holds), and it is stopped when its last call or generator
+session ends, however long that takes; nothing it runs is cut short. At most
+one worker is recycled per round, and none while a worker is being forked, so
+replacements come one at a time. At most one idle worker retires per round,
+never below ``min_workers``.
+
+The one exception is the hard ceiling, ``WorkerLimits.hard_rss`` (off by
+default): a worker above it, retiring or not, is killed at once, and what it
+runs fails with a ``WorkerCrashed`` that names the ceiling and the reading.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
 
 from .handle import WorkerHandle
-from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle
+from .limits import RecycleReason, WorkerHealth, WorkerLimits, evaluate_recycle, mib
 
 log = logging.getLogger("wool_local")
 
@@ -28,6 +35,8 @@ class Membership(Protocol):
     def workers(self) -> Iterable[WorkerHandle]: ...
     def worker(self, pid: int) -> WorkerHandle | None: ...
     def serving_count(self) -> int: ...
+    @property
+    def spawning(self) -> int: ...  # workers being forked right now
     def spawn_worker(self) -> None: ...
     def stop_worker(self, handle: WorkerHandle) -> None: ...
     def kill(self, handle: WorkerHandle, reason: str) -> None: ...
@@ -37,40 +46,44 @@ class Membership(Protocol):
 class Recycler:
     """The hub's recycling policy."""
 
-    def __init__(
-        self, hub: Membership, limits: WorkerLimits, min_workers: int, recycle_grace: float
-    ) -> None:
+    def __init__(self, hub: Membership, limits: WorkerLimits, min_workers: int) -> None:
         self._hub = hub
         self.limits = limits
         self.min_workers = min_workers
-        self.recycle_grace = recycle_grace
-        #: Workers retired so far, by reason.
+        #: Workers retired (or, for HARD_MEMORY, killed) so far, by reason.
         self.recycles: Counter[RecycleReason] = Counter()
 
     def apply(self, readings: dict[int, WorkerHealth]) -> None:
-        """Act on one monitor round: at most one recycle and one idle retirement."""
+        """Act on one monitor round: hard-ceiling kills, at most one recycle and at
+        most one idle retirement."""
         hub = self._hub
-        recycling = any(h.retiring not in (None, RecycleReason.IDLE) for h in hub.workers())
+        # Staggered: no recycle while a replacement (or any worker) is being forked.
+        recycling = hub.spawning > 0
         retired_idle = False
         for pid, health in readings.items():
             handle = hub.worker(pid)
-            if handle is None or handle.retiring is not None or handle.stopping:
+            if handle is None or handle.stopping or handle.kill_reason:
                 continue
             reason = evaluate_recycle(health, self.limits)
-            if reason is None:
+            if reason is RecycleReason.HARD_MEMORY:
+                self.kill(handle, health)  # retiring or not: the one limit that kills
+            elif reason is None or handle.retiring is not None:
                 continue
-            if reason is RecycleReason.IDLE:
+            elif reason is RecycleReason.IDLE:
                 # Keep min_workers warm; retire one idle worker per round.
                 if not retired_idle and hub.serving_count() > self.min_workers:
                     retired_idle = True
                     self.retire(handle, reason, health)
             elif not recycling:
-                # Staggered: one worker at a time is replaced.
                 recycling = True
                 self.retire(handle, reason, health)
 
     def retire(self, handle: WorkerHandle, reason: RecycleReason, health: WorkerHealth) -> None:
-        """Take ``handle`` out of service; replace it first unless it is merely idle."""
+        """Take ``handle`` out of service; replace it first unless it is merely idle.
+
+        It stops now if it holds nothing, else when its last call or session
+        ends (the hub's ``on_finished``), never earlier.
+        """
         handle.retiring = reason
         self.recycles[reason] += 1
         self._hub.changed_membership()
@@ -81,23 +94,31 @@ class Recycler:
             self._hub.spawn_worker()  # capacity holds
         if handle.open == 0:
             self._hub.stop_worker(handle)
-        else:
-            loop = asyncio.get_running_loop()
-            loop.call_later(self.recycle_grace, self._overdue, handle)
 
-    def _overdue(self, handle: WorkerHandle) -> None:
-        if handle.alive and self._hub.worker(handle.pid) is handle:
-            self._hub.kill(
-                handle,
-                f"it was being recycled ({handle.retiring}) and its calls did not finish "
-                f"within recycle_grace={self.recycle_grace}s",
-            )
+    def kill(self, handle: WorkerHandle, health: WorkerHealth) -> None:
+        """Kill ``handle`` for passing ``hard_rss``; replace it unless it was retiring
+        (then its replacement exists already)."""
+        assert self.limits.hard_rss is not None
+        serving = handle.retiring is None
+        handle.retiring = RecycleReason.HARD_MEMORY  # no new calls until its exit is seen
+        self.recycles[RecycleReason.HARD_MEMORY] += 1
+        self._hub.changed_membership()
+        reason = (
+            f"it passed the hard memory ceiling hard_rss={mib(self.limits.hard_rss)}: "
+            f"{_reading(RecycleReason.HARD_MEMORY, health)}"
+        )
+        log.warning("wool_local: killing worker %d: %s", handle.pid, reason)
+        if serving:
+            self._hub.spawn_worker()  # the hub replaces only workers that were serving
+        self._hub.kill(handle, reason)
 
 
 def _reading(reason: RecycleReason, health: WorkerHealth) -> str:
-    """The reading that tripped ``reason``, for the log line."""
-    if reason is RecycleReason.MEMORY:
-        return f"private RSS {(health.private_rss or health.rss or 0) / 2**20:.0f} MiB"
+    """The reading that tripped ``reason``, for the log line and the kill reason."""
+    if reason in (RecycleReason.MEMORY, RecycleReason.HARD_MEMORY):
+        if health.private_rss is not None:
+            return f"private memory {mib(health.private_rss)}"
+        return f"resident memory {mib(health.rss or 0)}"
     if reason is RecycleReason.FDS:
         return f"{health.fds} open files"
     if reason is RecycleReason.AGE:
