@@ -6,7 +6,7 @@ import math
 import os
 from typing import Any
 
-from .workers import Hub, PoolOptions, PoolStats, WorkerLimits, __proxy__
+from .workers import Hub, PoolOptions, PoolStats, Token, WorkerLimits, __proxy__
 
 
 def available_cpus() -> int:
@@ -25,6 +25,10 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+#: Pools between enter and exit, in entering order (for out-of-order exits).
+_running: list[WorkerPool] = []
+
+
 class WorkerPool:
     """A pool of forked worker processes that routines called in its block run on.
 
@@ -38,6 +42,8 @@ class WorkerPool:
     worker is killed; ``recycle_grace`` how long a recycled worker may take to
     finish its calls. ``proxy_retry_after`` is how long a worker remembers that
     starting a ``__proxy__`` failed before the next dispatch through it retries.
+    ``stop_timeout`` is how long leaving the block waits for workers to stop
+    (cancelling what they run) before killing them.
     Defaults and checks: :class:`~wool_local.workers.PoolOptions`.
     """
 
@@ -53,6 +59,7 @@ class WorkerPool:
         monitor_interval: float = PoolOptions.monitor_interval,
         ring_capacity: int = PoolOptions.ring_capacity,
         proxy_retry_after: float = PoolOptions.proxy_retry_after,
+        stop_timeout: float = PoolOptions.stop_timeout,
     ) -> None:
         self.options = PoolOptions(
             size=available_cpus() if spawn is None else spawn,
@@ -64,9 +71,12 @@ class WorkerPool:
             monitor_interval=monitor_interval,
             ring_capacity=ring_capacity,
             proxy_retry_after=proxy_retry_after,
+            stop_timeout=stop_timeout,
         )
         self._hub: Hub | None = None
         self._proxy_token: Any = None
+        # The binding this pool's replaced, restored when it exits (see _unbind).
+        self._below: Any = None
 
     @property
     def spawn(self) -> int:
@@ -81,7 +91,9 @@ class WorkerPool:
         self._hub = hub
         # Routines called in this block dispatch through the hub's proxy;
         # binding it for this block takes a lease on it.
+        self._below = __proxy__.get(None)
         self._proxy_token = __proxy__.set(hub.proxy)
+        _running.append(self)
         assert hub.leases is not None
         hub.leases.acquire(hub.id)
         return self
@@ -89,15 +101,36 @@ class WorkerPool:
     async def __aexit__(self, *exc: Any) -> None:
         hub, self._hub = self._hub, None
         if self._proxy_token is not None:
-            try:
-                __proxy__.reset(self._proxy_token)
-            except ValueError:  # exited from another context: just unbind
-                __proxy__.set(None)
-            self._proxy_token = None
+            self._unbind(hub)
             if hub is not None and hub.leases is not None:
                 hub.leases.release(hub.id)
         if hub is not None:
             await hub.close()
+
+    def _unbind(self, hub: Hub | None) -> None:
+        """Give back the binding this pool made, even when pools nested in one another
+        exit out of order: bindings behave as a stack whatever the exit order.
+
+        A pool that exits while a pool entered after it still runs leaves the
+        binding alone (the later pool's routines keep working), and that pool
+        restores, when it exits, what this one had replaced.
+        """
+        token, self._proxy_token = self._proxy_token, None
+        below, self._below = self._below, None
+        _running.remove(self)
+        for other in _running:
+            if other._below is (hub.proxy if hub is not None else None):
+                other._below = below  # skip this pool: it is gone
+        if hub is None or __proxy__.get(None) is not hub.proxy:
+            return  # not the top binding here: a pool entered later owns it
+        old = None if token.old_value is Token.MISSING else token.old_value
+        if old is below:
+            try:
+                __proxy__.reset(token)
+                return
+            except ValueError:
+                pass  # exited from another context than it was entered in
+        __proxy__.set(below)
 
     @property
     def pids(self) -> list[int]:

@@ -46,8 +46,9 @@ def test_given_the_zygote_killed_then_calls_in_flight_fail_at_once_and_the_pool_
             hub = wp.hub
             old_zygote, old_pids = hub.zygote_pid, set(wp.pids)
             calls = [asyncio.ensure_future(park(pipe.w)) for _ in range(2)]
-            for _ in range(2):
-                await pipe.read()
+            seen = b""
+            while len(seen) < 2:
+                seen += await pipe.read()
             os.kill(old_zygote, signal.SIGKILL)
             start = time.monotonic()
             done, _ = await asyncio.wait(calls, timeout=5)
@@ -64,3 +65,144 @@ def test_given_the_zygote_killed_then_calls_in_flight_fail_at_once_and_the_pool_
         run(main)
     finally:
         pipe.close()
+
+
+@wool_local.routine
+async def numbers(n: int):
+    for i in range(n):
+        yield os.getpid() if i == 0 else i
+
+
+@pytest.mark.timeout(30)
+def test_given_a_worker_killed_between_generator_steps_then_the_next_step_raises_worker_crashed():
+    """Given a stream that yielded once and is idle, when its worker is SIGKILLed, then the
+    caller's next step raises WorkerCrashed (not a protocol error), and the pool serves on."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1) as wp:
+            stream = numbers(5)
+            worker = await stream.__anext__()
+            os.kill(worker, signal.SIGKILL)
+            while worker in wp.pids:
+                await wp.hub.changed()
+            with pytest.raises(wool_local.WorkerCrashed, match=f"process {worker} killed"):
+                await stream.__anext__()
+            assert await add(1, 1) == 2
+
+    run(main)
+
+
+def test_given_nested_pools_exited_out_of_order_then_the_inner_pool_still_serves():
+    """Given pool B entered inside pool A's block, when A exits first (tasks leaving in
+    any order), then routines keep dispatching to B until B exits, and afterwards no
+    pool is bound."""
+
+    async def main():
+        a, b = wool_local.WorkerPool(spawn=1), wool_local.WorkerPool(spawn=1)
+        await a.__aenter__()
+        await b.__aenter__()
+        b_pids = set(b.pids)
+        await a.__aexit__(None, None, None)
+        assert await pid() in b_pids
+        await b.__aexit__(None, None, None)
+        with pytest.raises(wool_local.NoPoolError):
+            await add(1, 2)
+
+    run(main)
+
+
+def test_given_nested_pools_exited_in_order_then_the_outer_pool_is_bound_again():
+    """Given pool B entered inside pool A's block, when B exits, then routines dispatch to A
+    again."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1) as a:
+            async with wool_local.WorkerPool(spawn=1) as b:
+                assert await pid() in b.pids
+            assert await pid() in a.pids
+
+    run(main)
+
+
+@wool_local.routine
+async def ticker(started_fd: int):
+    os.write(started_fd, b"s")
+    while True:
+        yield 1
+        await asyncio.sleep(0.01)
+
+
+@wool_local.routine
+async def block(started_fd: int, seconds: float) -> None:
+    os.write(started_fd, b"s")
+    time.sleep(seconds)
+
+
+@pytest.mark.timeout(30)
+def test_given_calls_in_flight_when_the_pool_exits_then_callers_get_pool_closed():
+    """Given ten parked calls and a stream between steps, when the block exits, then every
+    caller (none of them cancelled anything) gets PoolClosed, not CancelledError."""
+    pipe = Pipe()
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2):
+            calls = [asyncio.ensure_future(park(pipe.w)) for _ in range(10)]
+            stream = ticker(pipe.w)
+            assert await stream.__anext__() == 1
+            seen = b""
+            while len(seen) < 11:
+                seen += await pipe.read()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(o, wool_local.PoolClosed) for o in outcomes), outcomes
+        with pytest.raises(wool_local.PoolClosed):
+            await stream.__anext__()
+
+    try:
+        run(main)
+    finally:
+        pipe.close()
+
+
+@pytest.mark.timeout(30)
+def test_given_a_blocking_call_when_the_pool_exits_then_exit_takes_the_stop_timeout():
+    """Given a call blocking its worker's loop for 20 s, when the block exits with
+    stop_timeout=0.5, then the exit takes about that long (the worker is killed) and the
+    caller gets PoolClosed."""
+    pipe = Pipe()
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1, stop_timeout=0.5):
+            call = asyncio.ensure_future(block(pipe.w, 20))
+            await pipe.read()
+            start = time.monotonic()
+        assert time.monotonic() - start < 2.0
+        with pytest.raises(wool_local.PoolClosed):
+            await call
+
+    try:
+        run(main)
+    finally:
+        pipe.close()
+
+
+@wool_local.routine
+async def count_to(n: int):
+    for i in range(n):
+        yield i
+
+
+@pytest.mark.timeout(30)
+def test_given_a_thread_with_its_own_loop_then_its_calls_are_served_and_the_pool_stays_sound():
+    """Given a pool, when a thread running its own event loop (with the pool's context)
+    calls a routine and iterates a stream first, then its calls return, and the 20 calls
+    the owning loop makes afterwards all succeed."""
+
+    async def in_thread():
+        return await add(20, 22), [i async for i in count_to(3)]
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2):
+            assert await asyncio.to_thread(asyncio.run, in_thread()) == (42, [0, 1, 2])
+            assert await asyncio.gather(*(add(i, 1) for i in range(20))) == list(range(1, 21))
+
+    run(main)

@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from . import context, payload, protocol
+from . import context, crossloop, payload, protocol
 from .protocol import (
     CANCELLED,
     CLOSE,
@@ -69,7 +69,7 @@ class Pending:
     request whose Cancel was sent and whose final answer is still due.
     """
 
-    __slots__ = ("__weakref__", "buffers", "call", "cancelled", "future", "id", "target")
+    __slots__ = ("__weakref__", "buffers", "call", "cancelled", "error", "future", "id", "target")
 
     def __init__(
         self, rid: int, future: Any, call: Call | None = None, buffers: Sequence[Any] = ()
@@ -81,6 +81,9 @@ class Pending:
         # The call, kept until answered: a worker may hand it back unstarted.
         self.call = call
         self.buffers = buffers
+        # Why it failed while nobody waited (an idle generator session whose
+        # worker died): the caller's next step raises it.
+        self.error: BaseException | None = None
 
 
 class Dispatcher:
@@ -94,10 +97,9 @@ class Dispatcher:
         self._cancel_timers: dict[int, asyncio.TimerHandle] = {}  # escalation, by request
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._fn_cache: dict[int, tuple[Any, int]] = {}
-        # The loop's create_future, looked up once: a dispatcher serves one loop (its
-        # futures could not be awaited from another), and the lookup costs as much
-        # as the future.
-        self._new_future: Callable[[], asyncio.Future[Any]] | None = None
+        #: The loop this dispatcher's state lives on (set by its owner, or by the first
+        #: call); calls from other loops are run on it (see :mod:`.crossloop`).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._main_has = main_has
         #: Pickled callables by id, from this process or relayed from workers.
         self.fn_defs: dict[int, bytes] = {}
@@ -147,6 +149,8 @@ class Dispatcher:
         fut = pending.future
         if fut is not None and not fut.done():
             fut.set_exception(exc)
+        else:
+            pending.error = exc
 
     # -- sending -----------------------------------------------------------
 
@@ -290,26 +294,51 @@ class Dispatcher:
         fid = self.encode_fn(fn)
         data, buffers = payload.dumps_args(args, kwargs, fn)
         args = kwargs = None  # type: ignore[assignment]  # sent as a pickle: let go
-        rid = next(self._ids)
-        new_future = self._new_future
-        if new_future is None:
-            new_future = self._new_future = asyncio.get_running_loop().create_future
-        fut = new_future()
-        call = Call(rid, fid, None, data, context=context.snapshot())
+        loop = asyncio.get_running_loop()
+        if loop is self.loop:
+            fut = loop.create_future()
+            call = Call(next(self._ids), fid, None, data, context=context.snapshot())
+            pending = self._open(fut, call, buffers)
+            try:
+                answer = await fut
+            except asyncio.CancelledError:
+                self._gave_up(pending)
+                raise
+        else:
+            answer = await self._call_from(loop, fid, data, buffers)
+        if answer[0].context:  # what the routine set comes back, as in one process
+            context.apply(context.decode(answer[0].context), back=True)
+        return _outcome(answer, fn)
+
+    def _open(self, fut: asyncio.Future[Any], call: Call, buffers: Sequence[Any]) -> Pending:
+        """Record ``call`` as outstanding, with ``fut`` for its answers, and submit it."""
+        rid = call.id
         pending = self._pending[rid] = Pending(rid, fut, call, buffers)
         try:
             self.submit(pending)
         except BaseException:
             self._pending.pop(rid, None)
             raise
-        try:
-            answer = await fut
-        except asyncio.CancelledError:
-            self._gave_up(pending)
-            raise
-        if answer[0].context:  # what the routine set comes back, as in one process
-            context.apply(context.decode(answer[0].context), back=True)
-        return _outcome(answer, fn)
+        return pending
+
+    async def _call_from(
+        self, loop: asyncio.AbstractEventLoop, fid: int, data: bytes, buffers: Sequence[Any]
+    ) -> tuple[Reply, Sequence[bytes]]:
+        """A call made on another loop than this dispatcher's: the exchange runs on
+        this dispatcher's loop (its state is that loop's alone), the caller's context
+        travels with it, and the answer comes back to the caller's loop."""
+        snapshot = context.snapshot()
+        if self.loop is None:  # the first call binds the dispatcher to its loop
+            self.loop = loop
+            return await self._exchange(fid, data, buffers, snapshot)
+        return await crossloop.run_on(self.loop, self._exchange(fid, data, buffers, snapshot))
+
+    async def _exchange(
+        self, fid: int, data: bytes, buffers: Sequence[Any], snapshot: context.Snapshot | None
+    ) -> tuple[Reply, Sequence[bytes]]:
+        fut = asyncio.get_running_loop().create_future()
+        pending = self._open(fut, Call(next(self._ids), fid, None, data, context=snapshot), buffers)
+        return await self._answer(pending)
 
     async def _answer(self, pending: Pending) -> tuple[Reply, Sequence[bytes]]:
         """Await the answer to ``pending``; on cancellation, cancel the remote side too."""
@@ -351,10 +380,32 @@ class Dispatcher:
     def stream(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncGenerator:
         """Run the async generator function ``fn`` remotely, one step per pull."""
         fid = self.encode_fn(fn)
-        return self._stream(fn, fid, payload.dumps_args(args, kwargs, fn))
+        args_pickled = payload.dumps_args(args, kwargs, fn)
+        here = asyncio._get_running_loop()
+        if here is not None and self.loop is not None and here is not self.loop:
+            # Made on another loop: each step runs on this dispatcher's loop.
+            changes: list[dict[str, Any]] = []
+            steps = self._stream(fn, fid, args_pickled, back=changes.append)
+            return crossloop.relay_stream(self.loop, steps, changes)
+        return self._stream(fn, fid, args_pickled)
 
-    async def _stream(self, fn: Any, fid: int, args: payload.Pickled) -> AsyncGenerator:
+    async def _stream(
+        self,
+        fn: Any,
+        fid: int,
+        args: payload.Pickled,
+        back: Callable[[dict[str, Any]], None] | None = None,
+    ) -> AsyncGenerator:
+        """The stream's steps; ``back`` takes what the routine changed in its context
+        (by default it is applied here, as a call does)."""
         loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = loop
+        elif loop is not self.loop:
+            raise RuntimeError(
+                f"a stream of {payload.name_of(fn)} was made outside any event loop and "
+                "iterated on another loop than its pool's; make it where you iterate it"
+            )
         pending: Pending | None = None
         rid = 0
         op, value, buffers = NEXT, None, args[1]
@@ -371,13 +422,19 @@ class Dispatcher:
                 else:
                     target = pending.target
                     if target is None or not target.alive or self._pending.get(rid) is not pending:
+                        if pending.error is not None:
+                            raise pending.error  # its worker died between steps, say
                         raise protocol.ProtocolError("the remote generator session is gone")
                     pending.future = fut
                     self.send_step(target, Step(rid, op, value, snapshot), buffers)
                 answer = await self._answer(pending)
                 reply = answer[0]
                 if reply.context:
-                    context.apply(context.decode(reply.context), back=True)
+                    values = context.decode(reply.context)
+                    if back is None:
+                        context.apply(values, back=True)
+                    else:
+                        back(values)
                 if reply.status != YIELDED:
                     finished = True
                     if reply.status == EXHAUSTED:

@@ -144,6 +144,7 @@ class Hub(Dispatcher):
     # -- starting and stopping ------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()  # calls from other loops are run on it
         sweep()
         # The lease table exists before the zygote, so every worker inherits it;
         # once the zygote has it, no name is needed any more.
@@ -175,6 +176,9 @@ class Hub(Dispatcher):
         if self.closed:
             return
         self._refuse(PoolClosed("the pool is closed"))
+        # Calls still in flight will not finish: their workers cancel them as they
+        # stop. Their callers never cancelled anything, so they hear why, now.
+        self.fail_all(PoolClosed("the pool was closed while this dispatch was in flight"))
         try:
             await self._stop_workers()
         finally:
