@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 
 import posix_ipc
 import pytest
 
+import wool_local
 from tests.forking import fork, join
+from tests.helpers import run
 from wool_local.ipc import SegmentError, SlotTable
 from wool_local.ipc.segment import SHM_DIR, Segment, owned_leftovers
 
@@ -77,3 +80,35 @@ def test_given_a_segment_then_another_uid_gets_eacces():
     finally:
         seg.unlink()
         seg.close()
+
+
+@wool_local.routine
+async def answer_in_garbage() -> str:
+    """From here on this worker writes frames no decoder accepts (its answer included)."""
+    from wool_local.workers import protocol
+
+    protocol.encode = lambda message, buffers=(): b"\xc1 not a frame"
+    protocol.encode_body = lambda message: b"\xc1"
+    return "never seen"
+
+
+def test_given_a_worker_writing_corrupt_frames_then_it_is_killed_and_the_pool_serves():
+    """Given a worker whose frames are no valid message, when the hub reads its answer,
+    then the call fails with WorkerCrashed naming the failed channel, that worker is killed
+    (no one trusts it further), and the pool serves the next call on a new worker."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1) as wp:
+            (bad,) = wp.pids
+            with pytest.raises(wool_local.WorkerCrashed, match="channel failed") as info:
+                await answer_in_garbage()
+            assert info.value.pid == bad and info.value.signal == signal.SIGKILL
+            assert await ok() == "ok"
+            assert bad not in wp.pids and wp.stats().crashes == 1
+
+    run(main)
+
+
+@wool_local.routine
+async def ok() -> str:
+    return "ok"

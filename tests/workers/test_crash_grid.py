@@ -197,13 +197,11 @@ async def gen_nested(how: str):
 COROUTINE_PLACES = ("args", "running", "result", "hub_load", "nested")
 GENERATOR_PLACES = ("args", "running", "result", "hub_load", "step", "between", "nested")
 
-#: Cases that fail today because of a known defect, with the reason; strict, so that the
-#: fix turns them into failures until they are unmarked.
-KNOWN: dict[tuple[str, str, str], str] = {
-    ("gen", "between", how): "issue 10, item 7: a worker killed between generator steps gives "
-    "ProtocolError('the remote generator session is gone') instead of WorkerCrashed"
-    for how in DEATHS
-}
+#: Cases that fail because of a known defect, with the reason: marked xfail(strict=True), so
+#: that the fix turns them into failures until they are taken out of here. Empty: the last
+#: ones (a worker killed between generator steps gave ProtocolError('the remote generator
+#: session is gone') instead of WorkerCrashed, issue 10 item 7) pass since that fix.
+KNOWN: dict[tuple[str, str, str], str] = {}
 
 
 def _cases():
