@@ -39,8 +39,7 @@ class WorkerPool:
     count, checked every ``monitor_interval`` seconds. ``max_inflight`` bounds
     the dispatches in flight per worker (the rest queue in this process).
     ``cancel_grace`` is how long a cancelled task may take to stop before its
-    worker is killed; ``recycle_grace`` how long a recycled worker may take to
-    finish its calls. ``proxy_retry_after`` is how long a worker remembers that
+    worker is killed. ``proxy_retry_after`` is how long a worker remembers that
     starting a ``__proxy__`` failed before the next dispatch through it retries.
     ``stop_timeout`` is how long leaving the block waits for workers to stop
     (cancelling what they run) before killing them.
@@ -55,7 +54,6 @@ class WorkerPool:
         min_workers: int = PoolOptions.min_workers,
         max_inflight: int = PoolOptions.max_inflight,
         cancel_grace: float = PoolOptions.cancel_grace,
-        recycle_grace: float = PoolOptions.recycle_grace,
         monitor_interval: float = PoolOptions.monitor_interval,
         ring_capacity: int = PoolOptions.ring_capacity,
         proxy_retry_after: float = PoolOptions.proxy_retry_after,
@@ -67,7 +65,6 @@ class WorkerPool:
             min_workers=min_workers,
             max_inflight=max_inflight,
             cancel_grace=cancel_grace,
-            recycle_grace=recycle_grace,
             monitor_interval=monitor_interval,
             ring_capacity=ring_capacity,
             proxy_retry_after=proxy_retry_after,

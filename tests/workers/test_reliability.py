@@ -206,3 +206,84 @@ def test_given_a_thread_with_its_own_loop_then_its_calls_are_served_and_the_pool
             assert await asyncio.gather(*(add(i, 1) for i in range(20))) == list(range(1, 21))
 
     run(main)
+
+
+@wool_local.routine
+async def block_later(fd: int, after: float, seconds: float) -> None:
+    """Let the loop run for ``after`` seconds, then say so and block it."""
+    await asyncio.sleep(after)
+    os.write(fd, b"b")
+    time.sleep(seconds)
+
+
+async def _read_bytes(pipe: Pipe, n: int) -> bytes:
+    seen = b""
+    while len(seen) < n:
+        seen += await pipe.read()
+    return seen
+
+
+@pytest.mark.timeout(30)
+def test_given_a_worker_that_blocks_after_its_calls_started_then_new_calls_go_elsewhere():
+    """Given a worker whose calls have all started and one of which then blocks its loop
+    for 3 s, when 100 new calls arrive, then none waits for it: all finish well before
+    the block ends, on the other worker."""
+    pipe = Pipe()
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2):
+            blocker = asyncio.ensure_future(block_later(pipe.w, 0.2, 3))  # worker 1
+            other = asyncio.ensure_future(park(pipe.w))  # worker 2 (idle loop)
+            parked = asyncio.ensure_future(park(pipe.w))  # worker 1, started
+            assert sorted(await _read_bytes(pipe, 3)) == sorted(b"ssb")
+            start = time.monotonic()
+            assert await asyncio.gather(*(add(i, 0) for i in range(100))) == list(range(100))
+            assert time.monotonic() - start < 1.5
+            assert not blocker.done()
+            await blocker
+            for call in (other, parked):
+                call.cancel()
+            await asyncio.gather(other, parked, return_exceptions=True)
+
+    try:
+        run(main)
+    finally:
+        pipe.close()
+
+
+@wool_local.routine
+async def stubborn(fd: int, seconds: float) -> None:
+    """Block the loop, ignoring cancellation, for ``seconds``."""
+    os.write(fd, b"b")
+    time.sleep(seconds)
+
+
+@pytest.mark.timeout(30)
+def test_given_a_call_that_ignores_cancellation_then_only_calls_running_beside_it_fail():
+    """Given a call that blocks its worker's loop and ignores cancellation, a call running
+    beside it, and 40 calls sent after it blocked, when its caller times out and the
+    worker is killed after cancel_grace, then the 40 calls succeed, and the call running
+    beside it fails with WorkerCrashed saying another call's escalation killed it."""
+    pipe = Pipe()
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2, cancel_grace=0.3) as wp:
+            beside = asyncio.ensure_future(park(pipe.w))  # worker 1
+            elsewhere = asyncio.ensure_future(park(pipe.w))  # worker 2
+            await _read_bytes(pipe, 2)
+            hog = asyncio.ensure_future(stubborn(pipe.w, 10))  # worker 1
+            await _read_bytes(pipe, 1)
+            late = [asyncio.ensure_future(add(i, 1)) for i in range(40)]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(hog, 0.05)
+            assert await asyncio.gather(*late) == list(range(1, 41))
+            with pytest.raises(wool_local.WorkerCrashed, match="another call on it, stubborn"):
+                await beside
+            assert wp.hub.crashes == 1
+            elsewhere.cancel()
+            await asyncio.gather(elsewhere, return_exceptions=True)
+
+    try:
+        run(main)
+    finally:
+        pipe.close()

@@ -11,7 +11,7 @@ from wool_local.workers.scheduler import Scheduler
 
 
 def worker(name, load=0, limit=4, **state):
-    fields = {"cancelling": 0, "stalled": False, "alive": True, "nested": 0}
+    fields = {"cancelling": 0, "stalled": False, "asked": False, "alive": True, "nested": 0}
     fields["link"] = SimpleNamespace(lost=state.pop("lost", None))
     return SimpleNamespace(name=name, load=load, limit=limit, **{**fields, **state})
 
@@ -80,10 +80,12 @@ def test_given_a_queued_call_whose_caller_gave_up_then_it_is_skipped():
 
 
 def test_given_blocked_cancelling_or_dead_workers_then_none_of_them_is_picked():
-    """Given a stalled worker, one with a cancel outstanding, a dead one and one whose
-    link failed, a call waits rather than go to any of them."""
+    """Given a stalled worker, one whose loop has not answered the watchdog yet, one with
+    a cancel outstanding, a dead one and one whose link failed, a call waits rather than
+    go to any of them."""
     workers = [
         worker("stalled", stalled=True),
+        worker("asked", asked=True),
         worker("cancelling", cancelling=1),
         worker("dead", alive=False),
         worker("lost", lost=RuntimeError("its channel failed")),

@@ -69,7 +69,9 @@ class Pending:
     request whose Cancel was sent and whose final answer is still due.
     """
 
-    __slots__ = ("__weakref__", "buffers", "call", "cancelled", "error", "future", "id", "target")
+    __slots__ = (
+        "__weakref__", "buffers", "call", "cancelled", "error", "fn", "future", "id", "target"
+    )  # fmt: skip
 
     def __init__(
         self, rid: int, future: Any, call: Call | None = None, buffers: Sequence[Any] = ()
@@ -81,6 +83,7 @@ class Pending:
         # The call, kept until answered: a worker may hand it back unstarted.
         self.call = call
         self.buffers = buffers
+        self.fn = call.fn if call is not None else 0  # for messages: see fn_names
         # Why it failed while nobody waited (an idle generator session whose
         # worker died): the caller's next step raises it.
         self.error: BaseException | None = None
@@ -103,6 +106,8 @@ class Dispatcher:
         self._main_has = main_has
         #: Pickled callables by id, from this process or relayed from workers.
         self.fn_defs: dict[int, bytes] = {}
+        #: Names of the callables this process sent, by id (for messages).
+        self.fn_names: dict[int, str] = {}
 
     # -- hooks: what a subclass decides -------------------------------------
 
@@ -162,6 +167,7 @@ class Dispatcher:
         data = payload.dumps_callable(fn, self._main_has)
         fid = payload.callable_id(data)
         self.fn_defs[fid] = data
+        self.fn_names[fid] = payload.name_of(fn)
         self._fn_cache[id(fn)] = (fn, fid)
         return fid
 

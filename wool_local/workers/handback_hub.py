@@ -5,12 +5,14 @@ loop (plain CPU work) keeps the tasks behind it from starting. The worker's
 loop bumps a shared status word, ``TICK``, whenever it runs. Every
 ``stall_after`` seconds while calls are in flight, the :class:`StallWatchdog`
 looks at each worker's tick: a worker with two or more requests in flight
-whose tick has not moved is asked (its returner eventfd is rung) for every
-call it has not started. Its answer, ``Returned(ids)``, is
-:meth:`StallWatchdog.on_returned`: those calls go first in the queue, to run
-elsewhere, and the worker gets nothing until its loop runs again (it is
-pinged each period, and its tick moving clears it). The worker's half is
-:mod:`wool_local.workers.handback_worker`.
+whose tick has not moved gets no more calls until its loop answers a Ping,
+and is asked (its returner eventfd is rung) for every call it has not
+started. Its answer, ``Returned(ids)``, is :meth:`StallWatchdog.on_returned`:
+those calls go first in the queue, to run elsewhere. An idle loop answers
+the Ping at once and serves on; a blocked one is pinged each period until it
+answers or its tick moves. Before the hub kills a worker it evacuates it the
+same way (:meth:`StallWatchdog.evacuate`), so only the calls running there
+fail. The worker's half is :mod:`wool_local.workers.handback_worker`.
 """
 
 from __future__ import annotations
@@ -83,32 +85,57 @@ class StallWatchdog:
             if h.stopping:
                 continue
             if h.stalled or h.asked:
-                busy = busy or h.stalled
-                if moved:
-                    h.stalled = h.asked = False
-                    self._scheduler.send_queued()
-                elif h.stalled:
-                    _ping(h)
-                continue
-            if h.load >= 2 and not moved:
-                h.asked = True
                 busy = True
-                try:
-                    h.link.push()  # calls still queued here must be in its ring
-                except Exception:
-                    pass  # its link is gone: the exit report follows
-                try:
-                    os.eventfd_write(h.return_fd, 1)
-                except OSError:
-                    pass
+                if moved:
+                    self.on_heard(h)
+                else:
+                    _ping(h)
+            elif h.load >= 2 and not moved:
+                self._ask(h)
+                busy = True
             elif h.load > 0:
                 busy = True
         if busy:
             self.arm()
 
+    def _ask(self, handle: WorkerHandle) -> None:
+        """``handle``'s loop did not run for a period: it gets no more calls until it
+        shows that it runs (it answers a Ping, or its tick moves), and its returner
+        thread is asked for every call it has not started.
+
+        A loop that is merely idle (its calls all await something) answers the Ping
+        at once; one that is blocked cannot, and whatever it has not started runs
+        elsewhere meanwhile.
+        """
+        handle.asked = True
+        try:
+            handle.link.push()  # calls still queued here must be in its ring
+        except Exception:
+            pass  # its link is gone: the exit report follows
+        _ping(handle)
+        try:
+            os.eventfd_write(handle.return_fd, 1)
+        except OSError:
+            pass
+
+    def evacuate(self, handle: WorkerHandle, then: Callable[[], None], wait: float) -> None:
+        """Take back every call ``handle`` has not started, then call ``then`` (the hub
+        kills it); ``then`` runs after ``wait`` seconds if its returner does not answer."""
+        if handle.evacuating is not None:
+            return
+        handle.evacuating = then
+        self._ask(handle)
+        asyncio.get_running_loop().call_later(wait, self._evacuated, handle)
+
+    def _evacuated(self, handle: WorkerHandle) -> None:
+        then, handle.evacuating = handle.evacuating, None
+        if then is not None:
+            then()
+
     def on_heard(self, handle: WorkerHandle) -> None:
-        """``handle`` sent something: if it was taken for blocked, it serves again."""
-        if handle.stalled:
+        """``handle``'s loop runs (it answered a Ping, its tick moved, or it sent
+        something after handing calls back): it takes calls again."""
+        if (handle.stalled or handle.asked) and handle.evacuating is None:
             handle.stalled = handle.asked = False
             self._scheduler.send_queued()
 
@@ -126,6 +153,8 @@ class StallWatchdog:
             handle.stalled = True
             self._scheduler.requeue_first(back)
             log.info("wool_local: worker %d is blocked; %d calls moved", handle.pid, len(back))
+        if handle.evacuating is not None:
+            self._evacuated(handle)
         self._scheduler.send_queued()
 
 

@@ -132,11 +132,12 @@ class StartGate:
                     link.reader.drain(self._sort_unread(returned))
                 except Exception as exc:
                     link.failed = exc  # the loop ends the link at its next pump
-                if returned:
-                    # Answers the blocking task's loop iteration queued go first:
-                    # their callers need not wait for that task to end.
-                    link.push()
-                    link.send_now(Returned(returned))
+                # Answers the blocking task's loop iteration queued go first: their
+                # callers need not wait for that task to end. The hub hears back even
+                # when nothing was left to return (before killing this worker, it
+                # waits for that answer).
+                link.push()
+                link.send_now(Returned(returned))
 
     def stop_returner(self) -> None:
         os.eventfd_write(self._return_fd, QUIT)

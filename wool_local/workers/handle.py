@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from .dispatch import Target
 from .limits import RecycleReason
@@ -18,8 +19,9 @@ class WorkerHandle(Target):
         self.link = link
         self.return_fd = return_fd  # rung to ask for its unstarted calls back
         self.tick_seen = 0  # its loop's tick at the watchdog's last look
-        self.asked = False  # asked to hand calls back, no answer since
+        self.asked = False  # its loop seemed stuck: gets nothing until it answers a Ping
         self.stalled = False  # handed calls back: its loop is blocked
+        self.evacuating: Callable[[], None] | None = None  # what to do once it handed back
         self.started_at = time.monotonic()
         self.idle_since = self.started_at  # when it last went idle (see idle_for)
         self.completed = 0

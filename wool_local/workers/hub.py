@@ -52,7 +52,7 @@ from .limits import WorkerHealth
 from .link import Link, report
 from .monitor import Monitor
 from .options import PoolOptions
-from .protocol import Call, Cancel, Message, Reply, Returned, Step, Stop
+from .protocol import Call, Cancel, Message, Ping, Reply, Returned, Step, Stop
 from .proxy import WorkerProxy, __proxy_pool__
 from .recycler import Recycler
 from .relay import Relay
@@ -66,6 +66,9 @@ log = logging.getLogger("wool_local")
 #: gives up (it is broken) rather than fork zygotes forever.
 ZYGOTE_RESTARTS = 3
 ZYGOTE_RESTART_WINDOW = 60.0
+#: Seconds a worker about to be killed has to hand back the calls it has not
+#: started (its returner thread answers in microseconds unless the ring is locked).
+EVACUATE_WAIT = 0.5
 
 
 class Hub(Dispatcher):
@@ -92,8 +95,13 @@ class Hub(Dispatcher):
         )
         self.relay = Relay(self, self.submit, self.scheduler.send_queued)
         self.watchdog = StallWatchdog(options.stall_after, self.workers, self, self.scheduler)
-        self.recycler = Recycler(self, options.limits, options.min_workers, options.recycle_grace)
-        self.monitor = Monitor(self.workers, self._on_readings, interval=options.monitor_interval)
+        self.recycler = Recycler(self, options.limits, options.min_workers)
+        self.monitor = Monitor(
+            self.workers,
+            self._on_readings,
+            interval=options.monitor_interval,
+            limits=options.limits,
+        )
         self._zygote: zygote.Zygote | None = None
         self._zygote_started: list[float] = []  # when each zygote was forked
         self._workers: dict[int, WorkerHandle] = {}
@@ -130,12 +138,19 @@ class Hub(Dispatcher):
                 self.stop_worker(handle)
 
     def on_overdue(self, target: Target, request_id: int) -> None:
-        if isinstance(target, WorkerHandle) and target.alive:
-            self.kill(
-                target,
-                f"it did not stop a cancelled task within {self.cancel_grace}s "
-                "(blocking code that ignores cancellation)",
-            )
+        """A cancelled call ignores its cancellation: kill its worker, after taking back
+        every call there that has not started (they run elsewhere); only the calls
+        running there fail, and their error says why."""
+        if not isinstance(target, WorkerHandle) or not target.alive or target.kill_reason:
+            return
+        pending = self.request(request_id)
+        name = self.fn_names.get(pending.fn, "a call") if pending is not None else "a call"
+        reason = (
+            f"another call on it, {name}, did not stop within cancel_grace="
+            f"{self.cancel_grace}s of being cancelled (blocking code that ignores "
+            "cancellation), so the worker was killed"
+        )
+        self.watchdog.evacuate(target, lambda: self.kill(target, reason), EVACUATE_WAIT)
 
     def _on_readings(self, readings: dict[int, WorkerHealth]) -> None:
         if not self.closed and self.broken is None:
@@ -508,6 +523,9 @@ class Hub(Dispatcher):
         if kind is Returned:
             self.watchdog.on_returned(handle, msg.ids)  # type: ignore[union-attr]
             return
+        if kind is Ping:
+            self.watchdog.on_heard(handle)  # its loop runs
+            return
         if handle.stalled:
             self.watchdog.on_heard(handle)
         if kind is Reply:
@@ -532,7 +550,6 @@ class Hub(Dispatcher):
                     pid=h.pid,
                     rss=seen.rss if seen else None,
                     private_rss=seen.private_rss if seen else None,
-                    uss=seen.uss if seen else None,
                     fds=seen.fds if seen else None,
                     age=now - h.started_at,
                     idle=h.idle_for(now),

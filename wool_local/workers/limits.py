@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import re
 import resource
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 _N = TypeVar("_N", int, float)
@@ -215,9 +215,6 @@ class WorkerHealth:
     idle: float | None = None  # seconds with nothing in flight (0 when busy)
     tasks_completed: int = 0
     inflight: int = 0
-    # Accepted and ignored, for callers that still pass it: the one memory
-    # measure is private_rss (which is the USS). Goes once none passes it.
-    uss: InitVar[int | None] = None
 
     @property
     def memory(self) -> int | None:

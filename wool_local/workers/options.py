@@ -39,9 +39,6 @@ class PoolOptions:
     min_workers: int = 0
     #: Seconds between two readings of every worker's health.
     monitor_interval: float = 0.5
-    #: Ignored: a recycled worker finishes its calls however long they take, and
-    #: only ``limits.hard_rss`` kills. Goes with ``WorkerPool``'s parameter.
-    recycle_grace: float = 30.0
     #: How long a worker remembers a failed proxy start before retrying it.
     proxy_retry_after: float = 1.0
 
@@ -61,7 +58,6 @@ class PoolOptions:
             "stop_timeout",
             "stall_after",
             "monitor_interval",
-            "recycle_grace",
         ):
             seconds = getattr(self, name)
             if not seconds > 0:

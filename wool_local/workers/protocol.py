@@ -81,8 +81,8 @@ class Returned(msgspec.Struct, array_like=True, tag=6, gc=False):
 
 
 class Ping(msgspec.Struct, array_like=True, tag=7, gc=False):
-    """Hub to worker: wakes a worker's loop, whose run bumps :data:`TICK` for the hub's
-    stall watchdog to see."""
+    """Hub to worker, and back: the worker's loop answers it with a Ping, which
+    proves to the hub's stall watchdog that the loop runs."""
 
 
 class Batch(msgspec.Struct, array_like=True, tag=8, gc=False):

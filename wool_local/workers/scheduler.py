@@ -59,7 +59,7 @@ class Scheduler:
         best: WorkerHandle | None = None
         best_load = self.max_inflight
         for handle in self.serving:
-            if handle.cancelling or handle.stalled:
+            if handle.cancelling or handle.stalled or handle.asked:
                 continue  # its loop is (or may be) blocked
             if not handle.alive or handle.link.lost is not None:
                 continue  # dead: its exit report is on its way

@@ -47,6 +47,7 @@ from .protocol import (
     Call,
     Cancel,
     Message,
+    Ping,
     Reply,
     Step,
     Stop,
@@ -200,7 +201,10 @@ class WorkerService:
                 self._end_session(rid, CANCELLED, close=True)
         elif type(msg) is Stop:
             self._stop()
-        # Ping: handling it (the pump's tick) is the whole point
+        elif type(msg) is Ping:
+            # The answer proves this loop runs (a reply the returner thread flushes
+            # would not): the hub sends this worker calls again.
+            self.link.send(msg)
 
     def _spawn(self, rid: int, coro: Any, ctx: contextvars.Context | None = None) -> None:
         """Run a generator step (or, at ``-rid``, its close) as a task; a call's task is
