@@ -230,3 +230,50 @@ def test_given_runtime_context_then_nested_dispatches_inherit_the_timeout():
                 assert await r.inner_timeout() == 42.0
 
     run(main)
+
+
+# -- forward-only variables travel at dispatch, not at every step ------------------------------
+
+_OTHER_POOL = b"x" * 16
+
+
+@wool_local.routine
+async def proxy_of_each_step():
+    """Sets __proxy__ to another pool's proxy, then yields the id bound at each step."""
+    from wool_local.workers.proxy import restore_proxy
+
+    wool_local.__proxy__.set(restore_proxy(_OTHER_POOL))
+    while True:
+        yield wool_local.__proxy__.get().id
+
+
+def test_given_generator_sets_its_own_proxy_then_later_steps_keep_it():
+    """Given a generator routine that sets __proxy__ itself, its next steps still see its
+    own proxy (the caller's travelled at dispatch only), while the caller's binding is
+    untouched and its other variables still travel at each step."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1) as wp:
+            gen = proxy_of_each_step()
+            assert await gen.__anext__() == _OTHER_POOL
+            r.request_id.set("changed between steps")
+            assert await gen.__anext__() == _OTHER_POOL
+            assert await gen.asend(None) == _OTHER_POOL
+            await gen.aclose()
+            assert wool_local.__proxy__.get() is wp.hub.proxy
+
+    run(main)
+
+
+def test_given_a_step_snapshot_then_decode_leaves_forward_only_values_out():
+    """Given a snapshot with __proxy__ and an ordinary variable, decoding it for a step
+    keeps the ordinary one only; decoding it for a dispatch keeps both."""
+    from wool_local.workers import context
+    from wool_local.workers.proxy import PROXY_KEY, WorkerProxy
+
+    snapshot = {
+        PROXY_KEY: pickle.dumps(WorkerProxy(_OTHER_POOL)),
+        r.request_id.key: pickle.dumps("kept"),
+    }
+    assert context.decode(snapshot, step=True) == {r.request_id.key: "kept"}
+    assert set(context.decode(snapshot)) == {PROXY_KEY, r.request_id.key}

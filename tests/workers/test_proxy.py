@@ -213,3 +213,39 @@ def test_given_concurrent_first_dispatches_then_the_proxy_starts_once():
         assert proxy.attempts == 1 and len({id(x) for x in results}) == 1
 
     run(main)
+
+
+class CodedError(Exception):
+    """An exception whose __init__ does not take its own args."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"failed with code {code}", code)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"code {self.code}"
+
+
+class CodedFailure(FlakyProxy):
+    async def _connect(self):
+        self.attempts += 1
+        raise CodedError(7)
+
+
+def test_given_cached_start_failure_whose_init_differs_from_its_args_then_rebuilt_as_is():
+    """Given a start failing with an exception whose __init__ cannot take its own args,
+    callers in the back-off window get that exception class, with the same args and
+    plain attributes (not a TypeError from rebuilding it)."""
+
+    async def main():
+        proxy = CodedFailure(b"c" * 16, retry_after=30)
+        with pytest.raises(CodedError):
+            await proxy.start()
+        for _ in range(3):
+            with pytest.raises(CodedError) as again:
+                await proxy.start()
+            assert again.value.args == ("failed with code 7", 7)
+            assert again.value.code == 7 and str(again.value) == "code 7"
+        assert proxy.attempts == 1
+
+    run(main)

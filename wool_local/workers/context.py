@@ -24,7 +24,7 @@ import pickle
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from . import payload
 
@@ -50,6 +50,18 @@ _unbound: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 )
 
 
+class Binding(Protocol):
+    """What a :class:`Binder` makes of one set: released once, by the reset."""
+
+    def release(self) -> None: ...
+
+
+class Binder(Protocol):
+    """Follows the sets and resets of one variable (see ``ContextVar._binder``)."""
+
+    def bind(self, value: Any) -> Binding | None: ...
+
+
 class ContextDecodeWarning(RuntimeWarning):
     """A context variable's value could not be rebuilt here; the dispatch went on without it.
 
@@ -60,7 +72,7 @@ class ContextDecodeWarning(RuntimeWarning):
 class ContextVar(Generic[T]):
     """A :class:`contextvars.ContextVar` whose values propagate across dispatches."""
 
-    __slots__ = ("_default", "_inner", "forward_only", "key", "name")
+    __slots__ = ("_binder", "_default", "_inner", "forward_only", "key", "name")
 
     def __init__(
         self,
@@ -85,6 +97,9 @@ class ContextVar(Generic[T]):
         self.forward_only = forward_only
         self._default = default
         self._inner: contextvars.ContextVar[T] = contextvars.ContextVar(name)
+        # Told of every set() and of the reset() that undoes it (``__proxy__`` in a
+        # worker: a binding holds a lease); None for most variables.
+        self._binder: Binder | None = None
         _registry[key] = self
         _getters.append((key, self._inner.get))
         if not forward_only:
@@ -113,7 +128,16 @@ class ContextVar(Generic[T]):
 
     def set(self, value: T) -> Token[T]:
         """Set the value in the current context; the token undoes exactly this set."""
-        return Token(self, self._inner.set(value))
+        binder = self._binder
+        if binder is None:
+            return Token(self, self._inner.set(value))
+        binding = binder.bind(value)  # first: if it fails, nothing was set
+        try:
+            return Token(self, self._inner.set(value), binding)
+        except BaseException:
+            if binding is not None:
+                binding.release()
+            raise
 
     def reset(self, token: Token[T]) -> None:
         """Restore the value from before ``token``'s set (stdlib rules and errors)."""
@@ -122,6 +146,8 @@ class ContextVar(Generic[T]):
         if token.var is not self:
             raise ValueError(f"{token!r} was created by a different ContextVar")
         self._inner.reset(token._inner)
+        if token._binding is not None:
+            token._binding.release()
 
     @property
     def default(self) -> Any:
@@ -138,13 +164,16 @@ class ContextVar(Generic[T]):
 class Token(Generic[T]):
     """What :meth:`ContextVar.set` returns: undoes that one set, once, in its context."""
 
-    __slots__ = ("_inner", "var")
+    __slots__ = ("_binding", "_inner", "var")
 
     MISSING = MISSING
 
-    def __init__(self, var: ContextVar[T], inner: contextvars.Token[T]) -> None:
+    def __init__(
+        self, var: ContextVar[T], inner: contextvars.Token[T], binding: Binding | None = None
+    ) -> None:
         self.var = var
         self._inner = inner
+        self._binding = binding  # what the set holds until this token resets it
 
     @property
     def old_value(self) -> Any:
@@ -225,7 +254,7 @@ def _pickle(key: str, value: Any) -> bytes:
         except Exception as exc:
             raise TypeError(
                 f"cannot send context variable {key!r} (a {type(value).__name__}) to "
-                f"another process: {exc}"
+                f"another process: {payload.safe_str(exc)}"
             ) from None
     if _reusable(value):
         _last_pickled[key] = (value, data)
@@ -265,14 +294,14 @@ def encode_back(synced: dict[str, Any]) -> tuple[Snapshot | None, dict[str, Any]
         return None, values
     try:
         return encode(values), values
-    except TypeError:
+    except BaseException:  # a hostile __reduce__ may raise anything: sort them out below
         pass
     out = {}
     for key, value in values.items():
         try:
             out.update(encode({key: value}) or {})
-        except TypeError as exc:
-            stand_in = _Unsendable(key, type(value).__name__, str(exc.__cause__ or exc))
+        except BaseException as exc:
+            stand_in = _Unsendable(key, type(value).__name__, payload.safe_str(exc))
             out[key] = pickle.dumps(stand_in, 5)
     return out, values
 
@@ -282,12 +311,21 @@ def encode_back(synced: dict[str, Any]) -> tuple[Snapshot | None, dict[str, Any]
 _last_decoded: dict[str, tuple[bytes, Any]] = {}
 
 
-def decode(snapshot: Snapshot | None) -> dict[str, Any]:
-    """Rebuild each value; one that cannot be rebuilt is skipped with a ContextDecodeWarning."""
+def decode(snapshot: Snapshot | None, step: bool = False) -> dict[str, Any]:
+    """Rebuild each value; one that cannot be rebuilt is skipped with a ContextDecodeWarning.
+
+    ``step``: the snapshot came with a generator step, not a dispatch; forward-only
+    variables travel at dispatch only, so theirs are left out (a generator that set
+    ``__proxy__`` itself keeps its setting at its next step).
+    """
     if not snapshot:
         return {}
     values = {}
     for key, data in snapshot.items():
+        if step:
+            var = _registry.get(key)
+            if var is not None and var.forward_only:
+                continue
         last = _last_decoded.get(key)
         if last is not None and last[0] == data:
             rebuild = last[1]

@@ -540,7 +540,10 @@ class Hub(Dispatcher):
     # -- introspection ------------------------------------------------------------
 
     def stats(self) -> PoolStats:
-        """Per-worker health (latest OS readings, current counters), recycles and totals."""
+        """Per-worker health (latest OS readings, current counters), recycles, totals
+        and the leases held."""
+        from .proxy import lease_counts
+
         now = time.monotonic()
         workers = []
         for h in self._workers.values():
@@ -567,6 +570,7 @@ class Hub(Dispatcher):
             handed_back=self.watchdog.handed_back,
             monitor_cpu=self.monitor.cpu_seconds,
             monitor_rounds=self.monitor.rounds,
+            leases=lease_counts(self.leases) if self.leases is not None else {},
         )
 
 

@@ -68,7 +68,7 @@ def _by_value(obj: Any, what: str) -> bytes:
     try:
         return by_value_dumps(obj)
     except Exception as exc:
-        raise UnpicklableError(f"cannot send {what} between processes: {exc}") from exc
+        raise UnpicklableError(f"cannot send {what} between processes: {safe_str(exc)}") from exc
 
 
 def by_value_dumps(obj: Any) -> bytes:
@@ -208,21 +208,90 @@ def callable_id(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 
-def dumps_exception(exc: BaseException) -> bytes:
-    """Pickle an exception with its formatted traceback; never fails."""
-    text = "".join(traceback.format_exception(exc))
+def dumps_exception(exc: BaseException, of: Any = None) -> bytes:
+    """Pickle an exception with its formatted traceback; never fails.
+
+    ``of``, the routine that raised it (if known), is named in the stand-in
+    sent when the exception itself cannot travel.
+    """
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException as why:
+        text = f"(the traceback could not be formatted: {describe(why)})\n"
     try:
         return pickle.dumps((exc, text), PROTOCOL)
-    except Exception:
+    except BaseException:  # a hostile __reduce__ may raise anything; the caller still hears
         pass
     try:
         return by_value_dumps((exc, text))
-    except Exception as why:
-        stand_in = RemoteError(
-            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
-            f"(the original exception could not be pickled: {why})"
+    except BaseException as why:
+        raised = f" raised by {_name_or_unknown(of)}" if of is not None else ""
+        return _stand_in(
+            f"{_type_name(exc)}: {safe_str(exc)} (the exception{raised} could not be "
+            f"pickled: {describe(why)})",
+            text,
         )
-        return pickle.dumps((stand_in, text), PROTOCOL)
+
+
+def dumps_failure(what: str, of: Any, why: BaseException) -> bytes:
+    """The error sent instead of an answer that could not be encoded: names the
+    routine ``of`` and ``what`` of it failed ("the result"); never fails."""
+    if isinstance(why, UnpicklableError):
+        message = safe_str(why)
+    else:
+        message = f"cannot send {what} of {_name_or_unknown(of)} back: {describe(why)}"
+    try:
+        error = UnpicklableError(message)
+        return pickle.dumps((error, f"{_type_name(error)}: {message}\n"), PROTOCOL)
+    except BaseException:
+        return _stand_in(message, "")
+
+
+def _stand_in(message: str, text: str) -> bytes:
+    try:
+        return pickle.dumps((RemoteError(message), text), PROTOCOL)
+    except BaseException:
+        return _LAST_RESORT
+
+
+#: What is sent when not even a stand-in can be pickled (it cannot happen with str
+#: messages, but an answer must go whatever happens).
+_LAST_RESORT = pickle.dumps(
+    (RemoteError("a worker raised an exception that could not be described"), ""), PROTOCOL
+)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, for messages; never raises (``__str__``
+    and ``__repr__`` are user code and may)."""
+    return f"{_type_name(exc)}: {safe_str(exc)}"
+
+
+def _type_name(obj: Any) -> str:
+    try:
+        cls = type(obj)
+        return f"{cls.__module__}.{cls.__qualname__}"
+    except BaseException:
+        return "<unnamed type>"
+
+
+def safe_str(obj: Any) -> str:
+    """``str(obj)``, else its ``repr``, else a placeholder: never raises."""
+    for render in (str, repr):
+        try:
+            text = render(obj)
+            if type(text) is str:
+                return text
+        except BaseException:
+            pass
+    return "<unprintable>"
+
+
+def _name_or_unknown(fn: Any) -> str:
+    try:
+        return str(name_of(fn))
+    except BaseException:
+        return "<a routine>"
 
 
 def loads_exception(data: bytes | memoryview) -> BaseException:
@@ -230,8 +299,14 @@ def loads_exception(data: bytes | memoryview) -> BaseException:
     try:
         exc, text = pickle.loads(data)
     except Exception as why:
-        return RemoteError(f"a worker raised an exception that cannot be rebuilt here: {why!r}")
-    exc.__cause__ = RemoteTraceback(text)
+        return RemoteError(
+            f"a worker raised an exception that cannot be rebuilt here: {describe(why)}"
+        )
+    if not isinstance(exc, BaseException):
+        return RemoteError(
+            f"a worker raised an exception that was rebuilt as a {_type_name(exc)} here"
+        )
+    exc.__cause__ = RemoteTraceback(text if type(text) is str else "")
     return exc
 
 

@@ -12,15 +12,30 @@ locking, so a routine that never dispatches onward never starts a proxy.
 A start that fails is remembered as the exception's class and args only,
 never the live exception (whose traceback would grow with every re-raise),
 for ``retry_after`` seconds; callers in that window get fresh instances, and
-the first caller after it retries the start.
+the first caller after it retries the start. The exception is rebuilt from
+them with ``cls(*args)``, or, for a class whose ``__init__`` does not take its
+own ``args``, without calling ``__init__``.
+
+Leases: in a worker, every binding of a proxy in :data:`__proxy__` holds a
+lease on it: the binding a dispatch makes for its routine, and each
+``__proxy__.set(proxy)`` the routine's code makes. A binding gives its lease
+back when it is reset, or when its frame (the routine, or the generator
+session) ends. The worker counts its bindings in a :class:`LeaseBook`; the
+pool's shared table holds one count for the worker per proxy id while any
+binding of it is live. The registry keeps the proxies of the worker's own
+pool and the recently used ones; others are evicted once nothing uses them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
+import weakref
+from collections.abc import Collection
 from typing import Any
 
+from ..ipc import SlotTable
 from .context import ContextVar
 from .dispatch import Dispatcher
 from .options import PoolOptions
@@ -53,6 +68,8 @@ class WorkerProxy:
         self._lock: asyncio.Lock | None = None
         # A failed start, as (class, args, retry-at): never the live exception.
         self._failure: tuple[type[BaseException], tuple[Any, ...], float] | None = None
+        # The failure's plain attributes (str, numbers, ...), copied onto rebuilds.
+        self._failure_attrs: dict[str, Any] | None = None
 
     @property
     def started(self) -> bool:
@@ -80,13 +97,15 @@ class WorkerProxy:
                 return self._dispatcher
             failure = self._failure
             if failure is not None and time.monotonic() < failure[2]:
-                raise failure[0](*failure[1])
+                raise rebuild_exception(failure[0], failure[1], self._failure_attrs)
             try:
                 dispatcher = await self._connect()
             except Exception as exc:
                 self._failure = (type(exc), exc.args, time.monotonic() + self.retry_after)
+                self._failure_attrs = _plain_attributes(exc)
                 raise
             self._failure = None
+            self._failure_attrs = None
             self._dispatcher = dispatcher
             return dispatcher
 
@@ -107,47 +126,318 @@ class WorkerProxy:
         return f"<WorkerProxy pool={self.id.hex()[:12]} {state}>"
 
 
+#: Attribute values a rebuilt start failure may share with the original: they
+#: hold no traceback and cannot be changed through the copy.
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+def _plain_attributes(exc: BaseException) -> dict[str, Any] | None:
+    try:
+        attrs = {k: v for k, v in vars(exc).items() if type(v) in _PLAIN}
+    except TypeError:  # no __dict__
+        return None
+    return attrs or None
+
+
+def rebuild_exception(
+    cls: type[BaseException], args: tuple[Any, ...], attrs: dict[str, Any] | None = None
+) -> BaseException:
+    """A fresh ``cls`` exception with ``args`` (and the plain ``attrs`` of the
+    original): ``cls(*args)``, or, when that fails (an ``__init__`` that does not
+    take its own ``args``), ``cls.__new__(cls)`` with ``args`` set."""
+    try:
+        exc = cls(*args)
+    except Exception:
+        exc = cls.__new__(cls)
+        exc.args = args
+    for name, value in (attrs or {}).items():
+        try:
+            setattr(exc, name, value)
+        except Exception:
+            pass  # a read-only attribute: __init__ or __new__ set it already
+    return exc
+
+
 class ProxyRegistry:
-    """This process's proxies by pool id: the same id always gives the same instance."""
+    """This process's proxies by pool id: the same id always gives the same instance.
+
+    Bounded: past :attr:`capacity` proxies, those of other pools move to a weak
+    table, where they stay canonical while anything uses them (a binding, a
+    routine's variable) and vanish when nothing does.
+    """
+
+    #: How many proxies are kept whether used or not (the pinned ones come on top).
+    capacity = 32
 
     def __init__(self) -> None:
         self._proxies: dict[bytes, WorkerProxy] = {}
+        # Evicted, but canonical while something still refers to them.
+        self._spare: weakref.WeakValueDictionary[bytes, WorkerProxy] = weakref.WeakValueDictionary()
+        self._pinned: set[bytes] = set()  # registered: never evicted
         #: The back-off window given to proxies this pool creates.
         self.retry_after = DEFAULT_RETRY_AFTER
         self.acquisitions = 0  # how many lookups: tests check one per dispatch
         #: The pool this process can dispatch to and how (set in workers and hubs).
         self.local_id: bytes | None = None
         self.local_dispatcher: Dispatcher | None = None
+        #: The leases of this process's bindings (in a worker; None in a hub).
+        self.leases: LeaseBook | None = None
 
     def get_or_insert(self, pool_id: bytes) -> WorkerProxy:
         """The cached proxy for ``pool_id``, or a new lazy one (not started)."""
         self.acquisitions += 1
         proxy = self._proxies.get(pool_id)
         if proxy is None:
-            proxy = WorkerProxy(pool_id, retry_after=self.retry_after)
+            proxy = self._spare.pop(pool_id, None)
+            if proxy is None:
+                proxy = WorkerProxy(pool_id, retry_after=self.retry_after)
+            if len(self._proxies) >= self.capacity + len(self._pinned):
+                self._evict()
             self._proxies[pool_id] = proxy
         return proxy
+
+    def _evict(self) -> None:
+        keep = self._pinned
+        local = self.local_id
+        for key, proxy in list(self._proxies.items()):
+            if key not in keep and key != local:
+                del self._proxies[key]
+                self._spare[key] = proxy
+
+    def __len__(self) -> int:
+        """Proxies this process knows: kept ones, and evicted ones still in use."""
+        return len(self._proxies) + len(self._spare)
 
     def reset(
         self,
         local_id: bytes | None,
         dispatcher: Dispatcher | None,
         retry_after: float = DEFAULT_RETRY_AFTER,
+        leases: LeaseBook | None = None,
     ) -> None:
         """Start over in a forked worker: the hub's proxies (and their dispatchers,
-        which are the hub's objects) mean nothing here."""
+        which are the hub's objects) mean nothing here. ``leases``: where this
+        process's bindings of ``__proxy__`` count from now on."""
         self._proxies.clear()
+        self._spare.clear()
+        self._pinned.clear()
         self.retry_after = retry_after
         self.acquisitions = 0
         self.local_id = local_id
         self.local_dispatcher = dispatcher
+        self.leases = leases
+        __proxy__._binder = leases
 
     def register(self, proxy: WorkerProxy) -> None:
         """Make ``proxy`` the canonical one for its id (the hub's own pool)."""
         self._proxies[proxy.id] = proxy
+        self._pinned.add(proxy.id)
 
     def forget(self, pool_id: bytes) -> None:
         self._proxies.pop(pool_id, None)
+        self._spare.pop(pool_id, None)
+        self._pinned.discard(pool_id)
+
+
+# -- leases --------------------------------------------------------------------
+
+#: The bindings of ``__proxy__`` made in the running routine (or session) and not
+#: reset yet: its frame. The worker gives each one the frame's end.
+_frame: contextvars.ContextVar[list[Binding] | None] = contextvars.ContextVar(
+    "wool_local.proxy_frame", default=None
+)
+
+
+class Binding:
+    """One binding of a proxy in a worker: holds a lease on it until released."""
+
+    __slots__ = ("book", "frame", "key")
+
+    def __init__(self, book: LeaseBook, key: bytes, frame: list[Binding] | None) -> None:
+        self.book: LeaseBook | None = book
+        self.key = key
+        self.frame = frame
+
+    def release(self) -> None:
+        """The binding was reset: give its lease back now (once: later calls do nothing)."""
+        self._drop(True)
+
+    def _drop(self, prompt: bool) -> None:
+        book = self.book
+        if book is None:
+            return
+        self.book = None
+        frame = self.frame
+        if frame is not None:
+            self.frame = None
+            for i in range(len(frame) - 1, -1, -1):  # usually the last one
+                if frame[i] is self:
+                    del frame[i]
+                    break
+        book.give(self.key, prompt)
+
+
+class LeaseBook:
+    """A worker's leases: how many live bindings each proxy id has here.
+
+    The shared table holds one count per proxy id for this process from the
+    first binding on. When a binding is reset and was the last of its proxy,
+    that count goes back at once. When a routine's frame ends, it lingers: the
+    worker gives it back (:meth:`release_idle`) only once :attr:`linger`
+    seconds passed without a new binding, so a caller awaiting calls one after
+    another costs no cross-process lock (an acquire and release pair per call
+    would cost the round trip about 7 us).
+    """
+
+    #: How long a shared lease no binding uses is kept for the next call (seconds).
+    linger = 0.02
+
+    def __init__(self, table: SlotTable | None) -> None:
+        self.table = table
+        # Live bindings by proxy id; a key with 0 still holds the shared lease.
+        self._counts: dict[bytes, int] = {}
+        #: Frames opened with a proxy: unchanged over a linger period means unused.
+        self.takes = 0
+
+    def open_frame(self, proxy: WorkerProxy | None) -> list[Binding]:
+        """Start a routine's frame in the current context, with the binding of
+        ``proxy`` its dispatch made (if any); end it with :meth:`end_frame`."""
+        frame: list[Binding] = []
+        _frame.set(frame)
+        if proxy is not None:
+            key = proxy.id
+            n = self._counts.get(key)
+            if n is None:
+                self._acquire(key)
+                n = 0
+            self._counts[key] = n + 1
+            self.takes += 1
+            frame.append(Binding(self, key, frame))
+        return frame
+
+    @staticmethod
+    def end_frame(frame: list[Binding]) -> None:
+        """A routine (or session) ended: give back every binding it still has (their
+        shared leases linger)."""
+        while frame:
+            binding = frame.pop()
+            binding.frame = None
+            binding._drop(False)
+
+    def bind(self, value: Any) -> Binding | None:
+        """``__proxy__.set(value)`` in this process: ``value``'s lease, for its token
+        (whose reset releases it) and for the current frame (whose end does)."""
+        if not isinstance(value, WorkerProxy):
+            return None
+        key = value.id
+        n = self._counts.get(key)
+        if n is None:
+            self._acquire(key)
+            n = 0
+        self._counts[key] = n + 1
+        frame = _frame.get()
+        binding = Binding(self, key, frame)
+        if frame is not None:
+            frame.append(binding)
+        return binding
+
+    def give(self, key: bytes, prompt: bool = False) -> None:
+        """One binding of ``key`` ended; ``prompt``: if it was the last, give the
+        shared lease back now rather than when the worker is idle."""
+        n = self._counts.get(key)
+        if not n:
+            return  # the lease went already (release_all at the end of the worker)
+        if n == 1 and prompt:
+            del self._counts[key]
+            self._release(key)
+        else:
+            self._counts[key] = n - 1
+
+    def _acquire(self, key: bytes) -> None:
+        if self.table is not None:
+            self.table.acquire(key)
+
+    @property
+    def holding(self) -> bool:
+        """Whether this process holds any shared lease."""
+        return bool(self._counts)
+
+    def live(self) -> dict[bytes, int]:
+        """Live bindings by proxy id (those with at least one)."""
+        return {key: n for key, n in self._counts.items() if n > 0}
+
+    def held(self) -> set[bytes]:
+        """The proxy ids whose shared lease this process holds."""
+        return set(self._counts)
+
+    def release_idle(self) -> None:
+        """Give back the shared lease of every proxy with no live binding here."""
+        for key, n in list(self._counts.items()):
+            if n <= 0:
+                del self._counts[key]
+                self._release(key)
+
+    def release_all(self) -> dict[bytes, int]:
+        """Give back every shared lease (the worker is ending); returns the bindings
+        that were still live (their routines are gone with the worker)."""
+        live = self.live()
+        for key in list(self._counts):
+            del self._counts[key]
+            self._release(key)
+        return live
+
+    def _release(self, key: bytes) -> None:
+        if self.table is not None:
+            try:
+                self.table.release(key)
+            except Exception:
+                pass  # the table is gone with the pool
+
+
+def lease_holders(table: SlotTable, keep: Collection[int] = ()) -> dict[int, dict[bytes, int]]:
+    """Who holds leases in ``table``: ``{pid: {proxy id: count}}``, leaving out the
+    processes in ``keep``."""
+    out: dict[int, dict[bytes, int]] = {}
+    for key, holders in table.snapshot().items():
+        for pid, n in holders.items():
+            if pid not in keep:
+                out.setdefault(pid, {})[key] = n
+    return out
+
+
+def lease_counts(table: SlotTable) -> dict[int, int]:
+    """``{pid: leases held}`` over every proxy id in ``table`` (for ``pool.stats()``)."""
+    return {pid: sum(keys.values()) for pid, keys in lease_holders(table).items()}
+
+
+async def drain_leases(
+    table: SlotTable, timeout: float, keep: Collection[int] = ()
+) -> dict[int, dict[bytes, int]]:
+    """Wait, at most ``timeout`` seconds, until no process outside ``keep`` holds a
+    lease in ``table``; returns the holders left then (empty: drained).
+
+    Workers give leases back without telling the hub, so this polls the table,
+    every millisecond at first and backing off to every 50 ms.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.001
+    while True:
+        left = lease_holders(table, keep)
+        remaining = deadline - loop.time()
+        if not left or remaining <= 0:
+            return left
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.05)
+
+
+def describe_holders(holders: dict[int, dict[bytes, int]]) -> str:
+    """``holders`` (from :func:`drain_leases`) as one line for a log."""
+    return "; ".join(
+        f"process {pid} holds "
+        + ", ".join(f"{n} on pool {key.hex()[:12]}" for key, n in sorted(keys.items()))
+        for pid, keys in sorted(holders.items())
+    )
 
 
 #: This process's registry (the name is the one routines share with wool).

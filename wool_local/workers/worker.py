@@ -68,13 +68,13 @@ class WorkerConfig:
 
 @dataclass(eq=False)
 class Session:
-    """One remote async generator: the generator, the context its steps run in, the
-    proxy lease its binding holds, and the variable values both sides agree on (so
-    only what the generator changes travels back)."""
+    """One remote async generator: the generator, the context its steps run in, its
+    frame (the proxy bindings that hold leases until it ends), and the variable
+    values both sides agree on (so only what the generator changes travels back)."""
 
     gen: AsyncGenerator[Any, Any]
     context: contextvars.Context
-    lease: bytes | None
+    frame: list[proxy.Binding]
     synced: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,7 +88,6 @@ class WorkerService:
         config: WorkerConfig | None = None,
     ) -> None:
         self._config = config or WorkerConfig()
-        self._leases = self._config.leases
         self._lock = threading.RLock()
         # After answering, spin briefly for the next call only when idle (the
         # task that just replied may still be registered).
@@ -105,7 +104,8 @@ class WorkerService:
         self.gate = StartGate(self.link, return_fd, self._keep_definition)
         self._functions: dict[int, Any] = {}
         self._definitions: dict[int, bytes] = {}  # received, not unpickled yet
-        self._held: dict[bytes, int] = {}  # live proxy bindings here, by proxy id
+        self._book = proxy.LeaseBook(self._config.leases)  # proxy bindings and leases
+        self._linger: asyncio.TimerHandle | None = None  # gives back unused leases
         # Running tasks by request id: a call's, a generator step's, and (negative
         # id) a generator being closed.
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -127,7 +127,7 @@ class WorkerService:
         self._base_context = contextvars.copy_context()
         hubclient.process_dispatcher = self.client
         cfg = self._config
-        proxy.__proxy_pool__.reset(cfg.pool_id, self.client, cfg.proxy_retry_after)
+        proxy.__proxy_pool__.reset(cfg.pool_id, self.client, cfg.proxy_retry_after, self._book)
         context.forget_caches()  # the hub's cached objects mean nothing here
         returner = None
         if self._return_fd >= 0:
@@ -140,6 +140,11 @@ class WorkerService:
             await self._done
         finally:
             await self._cancel_everything()
+            # Every routine has ended: the worker leaves holding no lease (what a
+            # binding made outside any routine still held goes with it).
+            if self._linger is not None:
+                self._linger.cancel()
+            self._book.release_all()
             with self._lock:
                 self.link.close()
             if returner is not None:
@@ -241,7 +246,9 @@ class WorkerService:
             if status == RAISED and value is not None and not buffers:
                 log.exception("wool_local: cannot answer request %d", rid)
                 return
-            error = payload.UnpicklableError(f"the answer could not be sent back: {exc!r}")
+            error = payload.UnpicklableError(
+                f"the answer could not be sent back: {payload.describe(exc)}"
+            )
             self._reply(rid, RAISED, payload.dumps_exception(error))
 
     def _keep_definition(self, call: Call) -> None:
@@ -263,10 +270,11 @@ class WorkerService:
 
     # -- context and leases --------------------------------------------------
 
-    def _bind(self, call: Call) -> tuple[dict[str, Any], bytes | None]:
-        """Set the caller's variables in the current context and take the proxy's
-        lease: the values set (so only what the routine changes travels back), and
-        the lease to give back when the routine is done."""
+    def _bind(self, call: Call) -> tuple[dict[str, Any], list[proxy.Binding]]:
+        """Set the caller's variables in the current context and open the routine's
+        frame, whose first binding is the proxy the dispatch bound (holding its
+        lease): the values set (so only what the routine changes travels back), and
+        the frame to end when the routine is done."""
         values = context.decode(call.context)
         if proxy.PROXY_KEY not in values and call.proxy_id is not None:
             # An older caller: the proxy came in the deprecated dedicated fields.
@@ -274,42 +282,27 @@ class WorkerService:
         if values:
             context.apply(values)
         bound = values.get(proxy.PROXY_KEY)
-        lease = None
-        if isinstance(bound, proxy.WorkerProxy) and self._leases is not None:
-            lease = bound.id
-            held = self._held.get(lease)
-            if held is None:  # no binding, and the shared lease is not held either
-                self._leases.acquire(lease)
-                held = 0
-            self._held[lease] = held + 1
-        return values, lease
-
-    def _release(self, lease: bytes | None) -> None:
-        # Bindings are counted here; the shared table holds this process's lease
-        # while any is live, so a busy worker pays no cross-process lock per call.
-        # The last binding ending does not give the shared lease back yet: that
-        # happens when the loop goes idle (release_idle_leases), so a caller
-        # awaiting calls one after another costs no cross-process lock at all.
-        if lease is not None:
-            self._held[lease] = self._held.get(lease, 0) - 1
+        return values, self._book.open_frame(
+            bound if isinstance(bound, proxy.WorkerProxy) else None
+        )
 
     def release_idle_leases(self) -> None:
-        """Give back the shared lease of every proxy with no live binding here; the
-        link calls this after reading everything and after sending its answers, so
-        a worker about to sleep holds no lease it does not need. Not while calls wait
-        to start: they bind their proxy in a moment (a caller awaiting calls one
-        after another keeps the lease, and pays no cross-process lock)."""
-        if not self._held or self.gate.waiting:
+        """The link calls this after reading everything and after sending its answers:
+        while this process holds a shared lease, a timer gives back those no binding
+        uses once they have lingered unused (see LeaseBook). One check per call."""
+        if self._linger is None and self._book.holding and self._loop is not None:
+            self._linger = self._loop.call_later(
+                self._book.linger, self._end_linger, self._book.takes
+            )
+
+    def _end_linger(self, takes: int) -> None:
+        self._linger = None
+        book = self._book
+        if book.takes != takes or self.gate.waiting:
+            # Used meanwhile, or calls about to bind: keep the leases another period.
+            self.release_idle_leases()
             return
-        for lease, held in list(self._held.items()):
-            if held > 0:
-                continue
-            del self._held[lease]
-            if self._leases is not None:
-                try:
-                    self._leases.release(lease)
-                except Exception:
-                    pass  # the table is gone with the pool
+        book.release_idle()
 
     def _end_session(
         self,
@@ -333,7 +326,7 @@ class WorkerService:
         """Take session ``rid`` out of the table and give its lease back."""
         session = self._sessions.pop(rid, None)
         if session is not None:
-            self._release(session.lease)
+            proxy.LeaseBook.end_frame(session.frame)
         return session
 
     async def _close_then_reply(
@@ -359,7 +352,7 @@ class WorkerService:
             fn = self._resolve(call)
             args, kwargs = payload.loads(call.args, "the arguments", buffers)
             ctx = self._base_context.copy()
-            sent, lease = ctx.run(self._bind, call)
+            sent, frame = ctx.run(self._bind, call)
         except BaseException as exc:
             self._refuse(call, exc)
             return
@@ -368,22 +361,24 @@ class WorkerService:
             if not inspect.isasyncgen(gen):
                 raise TypeError(f"{fn!r} did not return an async generator")
         except BaseException as exc:
-            self._release(lease)
-            self._refuse(call, exc)
+            proxy.LeaseBook.end_frame(frame)
+            self._refuse(call, exc, fn)
             return
-        self._sessions[call.id] = Session(gen, ctx, lease, sent)
+        self._sessions[call.id] = Session(gen, ctx, frame, sent)
         self._spawn(call.id, self._step(call.id, call.op, call.value, [], first=True), ctx)
 
-    def _refuse(self, call: Call, exc: BaseException) -> None:
+    def _refuse(self, call: Call, exc: BaseException, fn: Any = None) -> None:
         """A generator call that cannot start: it is over (no first step will claim it)."""
         self.gate.discard(call.id)
-        self._reply(call.id, RAISED, payload.dumps_exception(exc))
+        self._reply(call.id, RAISED, payload.dumps_exception(exc, fn))
 
     def _next_step(self, step: Step, buffers: Sequence[bytes]) -> None:
         session = self._sessions.get(step.id)
         if session is not None and step.context:
             try:
-                values = context.decode(step.context)  # the caller's changes
+                # The caller's changes; not its __proxy__, which travelled at dispatch
+                # (the generator may have set its own since).
+                values = context.decode(step.context, step=True)
                 session.context.run(context.apply, values)
             except BaseException as exc:
                 self._end_session(step.id, RAISED, payload.dumps_exception(exc), close=True)
@@ -399,8 +394,8 @@ class WorkerService:
         return snapshot
 
     async def _run(self, call: Call, buffers: Sequence[bytes]) -> None:
-        """A call's task. Its proxy lease is given back before it answers, so a caller
-        that has the answer never sees the lease still held."""
+        """A call's task. Its frame ends (its bindings are given back) before it
+        answers, so a caller that has the answer never sees a binding still live."""
         rid = call.id
         try:
             if not self.gate.start(rid):
@@ -408,25 +403,26 @@ class WorkerService:
             try:
                 fn = self._resolve(call)
                 args, kwargs = payload.loads(call.args, "the arguments", buffers)
-                sent, lease = self._bind(call)
+                sent, frame = self._bind(call)
             except BaseException as exc:
                 self._reply(rid, RAISED, payload.dumps_exception(exc))
                 return
+            end_frame = proxy.LeaseBook.end_frame
             try:
                 result = await fn(*args, **kwargs)
             except asyncio.CancelledError:
-                self._release(lease)
+                end_frame(frame)
                 self._reply(rid, CANCELLED)
                 return
             except BaseException as exc:
-                self._release(lease)
-                self._reply(rid, RAISED, payload.dumps_exception(exc), (), self._back(sent))
+                end_frame(frame)
+                self._reply(rid, RAISED, payload.dumps_exception(exc, fn), (), self._back(sent))
                 return
-            self._release(lease)
+            end_frame(frame)
             try:
                 data, out = payload.dumps(result, "the result of", of=fn)
-            except payload.UnpicklableError as exc:
-                self._reply(rid, RAISED, payload.dumps_exception(exc))
+            except BaseException as exc:  # whatever pickling raised, the caller hears
+                self._reply(rid, RAISED, payload.dumps_failure("the result", fn, exc))
                 return
             self._reply(rid, RETURNED, data, out, self._back(sent))
         finally:
@@ -465,13 +461,14 @@ class WorkerService:
             self._end_session(rid, CANCELLED, close=True)
             return
         except BaseException as exc:
-            error = payload.dumps_exception(exc)
+            error = payload.dumps_exception(exc, gen)
             self._end_session(rid, RAISED, error, self._back(session.synced))
             return
         try:
             data, out = payload.dumps(item, "a value yielded by", of=gen)
-        except payload.UnpicklableError as exc:
-            self._end_session(rid, RAISED, payload.dumps_exception(exc), close=True)
+        except BaseException as exc:  # whatever pickling raised, the caller hears
+            error = payload.dumps_failure("a value yielded", gen, exc)
+            self._end_session(rid, RAISED, error, close=True)
             return
         self._reply(rid, YIELDED, data, out, self._back(session.synced))
 
