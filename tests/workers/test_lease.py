@@ -6,6 +6,7 @@ worker's ``__proxy_pool__`` stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 
 import pytest
@@ -246,30 +247,37 @@ def table():
 def test_given_bindings_then_the_book_counts_them_and_the_table_holds_one_per_proxy(table):
     """Given a frame with a dispatch binding and a set()/reset() pair, the table holds
     one count for this process while any binding lives; a reset of the last binding
-    gives it back at once, a frame's end leaves it for release_idle."""
+    gives it back at once, a frame's end leaves it for release_idle; a binding made
+    once its frame is closed stays until it is reset."""
     book = LeaseBook(table)
     p, q = proxy.WorkerProxy(b"a" * 16), proxy.WorkerProxy(b"b" * 16)
+    open_frames = {7}
+    book.frame_open = open_frames.__contains__
     saved = __proxy__._binder
     __proxy__._binder = book
     try:
 
-        def routine() -> list[proxy.Binding]:
-            frame = book.open_frame(p)
+        def routine() -> tuple[bytes | None, contextvars.Context]:
+            lease = book.open_frame(7, p)
             token = __proxy__.set(q)
             assert table.holders(q.id) == {os.getpid(): 1}
             __proxy__.reset(token)
             assert table.holders(q.id) == {}  # reset: given back now
             __proxy__.set(q)  # left for the frame's end
-            return frame
+            return lease, contextvars.copy_context()
 
-        import contextvars
-
-        frame = contextvars.Context().run(routine)
+        lease, orphan = contextvars.Context().run(routine)
         assert book.live() == {p.id: 1, q.id: 1}
-        LeaseBook.end_frame(frame)
+        book.end_frame(7, lease)
+        open_frames.clear()
         assert book.live() == {}
         assert table.holders(p.id) == {os.getpid(): 1}  # lingers for the next call
         book.release_idle()
         assert table.snapshot() == {}
+        token = orphan.run(__proxy__.set, q)  # a task that outlived its routine
+        book.end_frame(7, None)
+        assert book.live() == {q.id: 1}
+        orphan.run(__proxy__.reset, token)
+        assert book.live() == {} and table.snapshot() == {}
     finally:
         __proxy__._binder = saved

@@ -85,10 +85,10 @@ def test_given_many_dispatches_then_every_lease_is_returned_and_the_table_does_n
                 return_exceptions=True,
             )
             await asyncio.gather(*(r.square(1) for _ in range(8)))  # acknowledgements drain
-            # A worker gives its process lease back when its last binding has ended
-            # and its loop is about to go idle. That happens in the worker, after
-            # its answer went out, and is visible only in the shared table: poll
-            # it (bounded), there is no event to wait on from here.
+            # A worker gives its process lease back once it has lingered unused
+            # (LeaseBook.linger) after its last binding ended. That happens in the
+            # worker, after its answer went out, and is visible only in the shared
+            # table: poll it (bounded), there is no event to wait on from here.
             async with asyncio.timeout(5):
                 while _lease_state(pool) != baseline:
                     await asyncio.sleep(0.001)

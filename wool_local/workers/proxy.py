@@ -32,7 +32,7 @@ import asyncio
 import contextvars
 import time
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ..ipc import SlotTable
@@ -148,8 +148,11 @@ def rebuild_exception(
     try:
         exc = cls(*args)
     except Exception:
-        exc = cls.__new__(cls)
-        exc.args = args
+        try:
+            exc = cls.__new__(cls)
+            exc.args = args
+        except Exception:  # an exotic class: say what it was, at least
+            return ProxyUnreachable(f"starting the proxy failed: {cls.__qualname__}{args!r}")
     for name, value in (attrs or {}).items():
         try:
             setattr(exc, name, value)
@@ -241,19 +244,21 @@ class ProxyRegistry:
 
 # -- leases --------------------------------------------------------------------
 
-#: The bindings of ``__proxy__`` made in the running routine (or session) and not
-#: reset yet: its frame. The worker gives each one the frame's end.
-_frame: contextvars.ContextVar[list[Binding] | None] = contextvars.ContextVar(
+#: The frame of the code running in this context: the request id of the routine
+#: (or generator session) it belongs to, which the worker sets for each call;
+#: tasks the routine starts inherit it.
+_frame: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "wool_local.proxy_frame", default=None
 )
 
 
 class Binding:
-    """One binding of a proxy in a worker: holds a lease on it until released."""
+    """One ``__proxy__.set(proxy)`` in a worker: holds a lease on the proxy until it
+    is reset or its frame ends."""
 
     __slots__ = ("book", "frame", "key")
 
-    def __init__(self, book: LeaseBook, key: bytes, frame: list[Binding] | None) -> None:
+    def __init__(self, book: LeaseBook, key: bytes, frame: int | None) -> None:
         self.book: LeaseBook | None = book
         self.key = key
         self.frame = frame
@@ -267,26 +272,23 @@ class Binding:
         if book is None:
             return
         self.book = None
-        frame = self.frame
-        if frame is not None:
-            self.frame = None
-            for i in range(len(frame) - 1, -1, -1):  # usually the last one
-                if frame[i] is self:
-                    del frame[i]
-                    break
+        if self.frame is not None:
+            book._forget(self)
         book.give(self.key, prompt)
 
 
 class LeaseBook:
     """A worker's leases: how many live bindings each proxy id has here.
 
-    The shared table holds one count per proxy id for this process from the
-    first binding on. When a binding is reset and was the last of its proxy,
-    that count goes back at once. When a routine's frame ends, it lingers: the
-    worker gives it back (:meth:`release_idle`) only once :attr:`linger`
-    seconds passed without a new binding, so a caller awaiting calls one after
-    another costs no cross-process lock (an acquire and release pair per call
-    would cost the round trip about 7 us).
+    A binding is the one a dispatch makes for its routine (counted here, no
+    object) or a :class:`Binding` the routine's own ``__proxy__.set`` made. The
+    shared table holds one count per proxy id for this process from the first
+    binding on. When a reset ends the last binding of a proxy, that count goes
+    back at once. When a routine's frame ends, it lingers: the worker gives it
+    back (:meth:`release_idle`) only once :attr:`linger` seconds passed without
+    a new call, so a caller awaiting calls one after another costs no
+    cross-process lock (an acquire and release pair per call would cost the
+    round trip about 7 us).
     """
 
     #: How long a shared lease no binding uses is kept for the next call (seconds).
@@ -296,33 +298,46 @@ class LeaseBook:
         self.table = table
         # Live bindings by proxy id; a key with 0 still holds the shared lease.
         self._counts: dict[bytes, int] = {}
+        # The Bindings of open frames, by request id (only frames that made one).
+        self._frames: dict[int, list[Binding]] = {}
+        #: Whether a frame is still open (the worker tells): a binding made in a
+        #: task that outlived its routine belongs to no frame.
+        self.frame_open: Callable[[int], bool] = lambda rid: True
         #: Frames opened with a proxy: unchanged over a linger period means unused.
         self.takes = 0
 
-    def open_frame(self, proxy: WorkerProxy | None) -> list[Binding]:
-        """Start a routine's frame in the current context, with the binding of
-        ``proxy`` its dispatch made (if any); end it with :meth:`end_frame`."""
-        frame: list[Binding] = []
-        _frame.set(frame)
-        if proxy is not None:
-            key = proxy.id
-            n = self._counts.get(key)
-            if n is None:
-                self._acquire(key)
-                n = 0
-            self._counts[key] = n + 1
-            self.takes += 1
-            frame.append(Binding(self, key, frame))
-        return frame
+    # -- frames (the worker, per call) -----------------------------------------
 
-    @staticmethod
-    def end_frame(frame: list[Binding]) -> None:
-        """A routine (or session) ended: give back every binding it still has (their
-        shared leases linger)."""
-        while frame:
-            binding = frame.pop()
-            binding.frame = None
-            binding._drop(False)
+    def open_frame(self, rid: int, proxy: WorkerProxy | None) -> bytes | None:
+        """Start routine ``rid``'s frame in the current context, with the binding of
+        ``proxy`` its dispatch made (if any): the lease to pass to :meth:`end_frame`."""
+        _frame.set(rid)
+        if proxy is None:
+            return None
+        key = proxy.id
+        n = self._counts.get(key)
+        if n is None:
+            self._acquire(key)
+            n = 0
+        self._counts[key] = n + 1
+        self.takes += 1
+        return key
+
+    def end_frame(self, rid: int, lease: bytes | None) -> None:
+        """Routine (or session) ``rid`` ended: give back its dispatch's binding and
+        every binding it made and did not reset (their shared leases linger)."""
+        if lease is not None:
+            n = self._counts.get(lease)
+            if n:
+                self._counts[lease] = n - 1
+        if self._frames:
+            bindings = self._frames.pop(rid, None)
+            while bindings:
+                binding = bindings.pop()
+                binding.frame = None
+                binding._drop(False)
+
+    # -- the routine's own sets (ContextVar's binder) --------------------------
 
     def bind(self, value: Any) -> Binding | None:
         """``__proxy__.set(value)`` in this process: ``value``'s lease, for its token
@@ -335,11 +350,25 @@ class LeaseBook:
             self._acquire(key)
             n = 0
         self._counts[key] = n + 1
-        frame = _frame.get()
-        binding = Binding(self, key, frame)
-        if frame is not None:
-            frame.append(binding)
+        rid = _frame.get()
+        if rid is not None and not self.frame_open(rid):
+            rid = None  # a task that outlived its routine: until reset, or the worker's end
+        binding = Binding(self, key, rid)
+        if rid is not None:
+            self._frames.setdefault(rid, []).append(binding)
         return binding
+
+    def _forget(self, binding: Binding) -> None:
+        """Take a reset binding out of its frame."""
+        rid, binding.frame = binding.frame, None
+        bindings = self._frames.get(rid) if rid is not None else None
+        if bindings:
+            for i in range(len(bindings) - 1, -1, -1):  # usually the last one
+                if bindings[i] is binding:
+                    del bindings[i]
+                    break
+            if not bindings:
+                del self._frames[rid]  # type: ignore[arg-type]
 
     def give(self, key: bytes, prompt: bool = False) -> None:
         """One binding of ``key`` ended; ``prompt``: if it was the last, give the
@@ -352,6 +381,8 @@ class LeaseBook:
             self._release(key)
         else:
             self._counts[key] = n - 1
+
+    # -- the shared table ---------------------------------------------------------
 
     def _acquire(self, key: bytes) -> None:
         if self.table is not None:
@@ -381,6 +412,7 @@ class LeaseBook:
         """Give back every shared lease (the worker is ending); returns the bindings
         that were still live (their routines are gone with the worker)."""
         live = self.live()
+        self._frames.clear()
         for key in list(self._counts):
             del self._counts[key]
             self._release(key)

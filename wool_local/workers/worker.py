@@ -68,13 +68,14 @@ class WorkerConfig:
 
 @dataclass(eq=False)
 class Session:
-    """One remote async generator: the generator, the context its steps run in, its
-    frame (the proxy bindings that hold leases until it ends), and the variable
-    values both sides agree on (so only what the generator changes travels back)."""
+    """One remote async generator: the generator, the context its steps run in, the
+    proxy lease its dispatch's binding holds (its own bindings are in the LeaseBook,
+    under its request id, until it ends), and the variable values both sides agree
+    on (so only what the generator changes travels back)."""
 
     gen: AsyncGenerator[Any, Any]
     context: contextvars.Context
-    frame: list[proxy.Binding]
+    lease: bytes | None
     synced: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,6 +106,7 @@ class WorkerService:
         self._functions: dict[int, Any] = {}
         self._definitions: dict[int, bytes] = {}  # received, not unpickled yet
         self._book = proxy.LeaseBook(self._config.leases)  # proxy bindings and leases
+        self._book.frame_open = lambda rid: rid in self._tasks or rid in self._sessions
         self._linger: asyncio.TimerHandle | None = None  # gives back unused leases
         # Running tasks by request id: a call's, a generator step's, and (negative
         # id) a generator being closed.
@@ -270,11 +272,11 @@ class WorkerService:
 
     # -- context and leases --------------------------------------------------
 
-    def _bind(self, call: Call) -> tuple[dict[str, Any], list[proxy.Binding]]:
+    def _bind(self, call: Call) -> tuple[dict[str, Any], bytes | None]:
         """Set the caller's variables in the current context and open the routine's
-        frame, whose first binding is the proxy the dispatch bound (holding its
-        lease): the values set (so only what the routine changes travels back), and
-        the frame to end when the routine is done."""
+        frame with the binding of the proxy the dispatch bound (holding its lease):
+        the values set (so only what the routine changes travels back), and the
+        lease to give back, with the frame, when the routine is done."""
         values = context.decode(call.context)
         if proxy.PROXY_KEY not in values and call.proxy_id is not None:
             # An older caller: the proxy came in the deprecated dedicated fields.
@@ -283,7 +285,7 @@ class WorkerService:
             context.apply(values)
         bound = values.get(proxy.PROXY_KEY)
         return values, self._book.open_frame(
-            bound if isinstance(bound, proxy.WorkerProxy) else None
+            call.id, bound if isinstance(bound, proxy.WorkerProxy) else None
         )
 
     def release_idle_leases(self) -> None:
@@ -326,7 +328,7 @@ class WorkerService:
         """Take session ``rid`` out of the table and give its lease back."""
         session = self._sessions.pop(rid, None)
         if session is not None:
-            proxy.LeaseBook.end_frame(session.frame)
+            self._book.end_frame(rid, session.lease)
         return session
 
     async def _close_then_reply(
@@ -352,7 +354,7 @@ class WorkerService:
             fn = self._resolve(call)
             args, kwargs = payload.loads(call.args, "the arguments", buffers)
             ctx = self._base_context.copy()
-            sent, frame = ctx.run(self._bind, call)
+            sent, lease = ctx.run(self._bind, call)
         except BaseException as exc:
             self._refuse(call, exc)
             return
@@ -361,10 +363,10 @@ class WorkerService:
             if not inspect.isasyncgen(gen):
                 raise TypeError(f"{fn!r} did not return an async generator")
         except BaseException as exc:
-            proxy.LeaseBook.end_frame(frame)
+            self._book.end_frame(call.id, lease)
             self._refuse(call, exc, fn)
             return
-        self._sessions[call.id] = Session(gen, ctx, frame, sent)
+        self._sessions[call.id] = Session(gen, ctx, lease, sent)
         self._spawn(call.id, self._step(call.id, call.op, call.value, [], first=True), ctx)
 
     def _refuse(self, call: Call, exc: BaseException, fn: Any = None) -> None:
@@ -403,22 +405,22 @@ class WorkerService:
             try:
                 fn = self._resolve(call)
                 args, kwargs = payload.loads(call.args, "the arguments", buffers)
-                sent, frame = self._bind(call)
+                sent, lease = self._bind(call)
             except BaseException as exc:
                 self._reply(rid, RAISED, payload.dumps_exception(exc))
                 return
-            end_frame = proxy.LeaseBook.end_frame
+            end_frame = self._book.end_frame
             try:
                 result = await fn(*args, **kwargs)
             except asyncio.CancelledError:
-                end_frame(frame)
+                end_frame(rid, lease)
                 self._reply(rid, CANCELLED)
                 return
             except BaseException as exc:
-                end_frame(frame)
+                end_frame(rid, lease)
                 self._reply(rid, RAISED, payload.dumps_exception(exc, fn), (), self._back(sent))
                 return
-            end_frame(frame)
+            end_frame(rid, lease)
             try:
                 data, out = payload.dumps(result, "the result of", of=fn)
             except BaseException as exc:  # whatever pickling raised, the caller hears
