@@ -164,25 +164,29 @@ def test_given_calls_in_flight_when_the_pool_exits_then_callers_get_pool_closed(
 
 
 @pytest.mark.timeout(30)
-def test_given_a_blocking_call_when_the_pool_exits_then_exit_takes_the_stop_timeout():
+def test_given_a_blocking_call_when_the_pool_exits_then_exit_takes_the_stop_timeout(caplog):
     """Given a call blocking its worker's loop for 20 s, when the block exits with
-    stop_timeout=0.5, then the exit takes about that long (the worker is killed) and the
-    caller gets PoolClosed."""
+    stop_timeout=0.5, then the exit takes about that long (the worker is killed), the
+    caller gets PoolClosed, and the log names the worker that kept its lease."""
     pipe = Pipe()
 
     async def main():
-        async with wool_local.WorkerPool(spawn=1, stop_timeout=0.5):
+        async with wool_local.WorkerPool(spawn=1, stop_timeout=0.5) as wp:
+            (worker,) = wp.pids
             call = asyncio.ensure_future(block(pipe.w, 20))
             await pipe.read()
             start = time.monotonic()
         assert time.monotonic() - start < 2.0
         with pytest.raises(wool_local.PoolClosed):
             await call
+        return worker
 
     try:
-        run(main)
+        worker = run(main)
     finally:
         pipe.close()
+    held = [r.getMessage() for r in caplog.records if "still held" in r.getMessage()]
+    assert len(held) == 1 and f"process {worker} holds 1" in held[0]
 
 
 @wool_local.routine

@@ -53,7 +53,7 @@ from .link import Link, report
 from .monitor import Monitor
 from .options import PoolOptions
 from .protocol import Call, Cancel, Message, Ping, Reply, Returned, Step, Stop
-from .proxy import WorkerProxy, __proxy_pool__
+from .proxy import WorkerProxy, __proxy_pool__, describe_holders, drain_leases, lease_counts
 from .recycler import Recycler
 from .relay import Relay
 from .scheduler import Scheduler
@@ -220,13 +220,26 @@ class Hub(Dispatcher):
             self._exits[handle.pid] = loop.create_future()
             if not handle.stopping:  # else already told (retiring, or joined after close)
                 self.stop_worker(handle)
+        # Workers give their leases back as their calls end (and the hub reclaims
+        # what a dead one held): watch them drain, meanwhile, and say who did not.
+        drained = None
+        if self.leases is not None:
+            drained = asyncio.ensure_future(drain_leases(self.leases, timeout, (os.getpid(),)))
         pending = list(self._exits.values())
         if pending:
             _, late = await asyncio.wait(pending, timeout=timeout)
             if late:
                 for handle in list(self._workers.values()):
-                    self.kill(handle, "it did not stop in time")
+                    self.kill(handle, f"it did not stop within stop_timeout={timeout}s")
                 await asyncio.wait(late, timeout=timeout)
+        if drained is not None:
+            left = await drained
+            if left:
+                log.warning(
+                    "wool_local: leases on this pool still held after %ss: %s",
+                    timeout,
+                    describe_holders(left),
+                )
 
     def _terminate(self) -> None:
         """Synchronous last resort: kill whatever is left, reap the zygote, free everything."""
@@ -542,8 +555,6 @@ class Hub(Dispatcher):
     def stats(self) -> PoolStats:
         """Per-worker health (latest OS readings, current counters), recycles, totals
         and the leases held."""
-        from .proxy import lease_counts
-
         now = time.monotonic()
         workers = []
         for h in self._workers.values():
