@@ -291,3 +291,48 @@ def test_given_a_call_that_ignores_cancellation_then_only_calls_running_beside_i
         run(main)
     finally:
         pipe.close()
+
+
+def _slow_rebuild(fd: int, seconds: float) -> int:
+    os.write(fd, b"b")
+    time.sleep(seconds)
+    return seconds
+
+
+class SlowToUnpickle:
+    """An argument whose unpickling, in the worker, blocks for ``seconds``."""
+
+    def __init__(self, fd: int, seconds: float) -> None:
+        self.fd, self.seconds = fd, seconds
+
+    def __reduce__(self):
+        return (_slow_rebuild, (self.fd, self.seconds))
+
+
+@wool_local.routine
+async def repeat(value, times: int):
+    for _ in range(times):
+        yield value
+
+
+@pytest.mark.timeout(30)
+def test_given_a_stream_argument_that_blocks_while_unpickling_then_other_calls_go_elsewhere():
+    """Given a stream whose argument blocks its worker for 3 s while being unpickled, when
+    100 calls are made as it blocks, then all of them finish well before it unblocks."""
+    pipe = Pipe()
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2):
+            stream = repeat(SlowToUnpickle(pipe.w, 3), 2)
+            first = asyncio.ensure_future(stream.__anext__())
+            await _read_bytes(pipe, 1)
+            start = time.monotonic()
+            assert await asyncio.gather(*(add(i, 0) for i in range(100))) == list(range(100))
+            assert time.monotonic() - start < 1.5
+            assert await first == 3
+            assert [x async for x in stream] == [3]
+
+    try:
+        run(main)
+    finally:
+        pipe.close()

@@ -128,6 +128,7 @@ class WorkerService:
         self._done = self._loop.create_future()
         self._base_context = contextvars.copy_context()
         hubclient.process_dispatcher = self.client
+        self.client.loop = self._loop  # nested calls from other loops run on this one
         cfg = self._config
         proxy.__proxy_pool__.reset(cfg.pool_id, self.client, cfg.proxy_retry_after, self._book)
         context.forget_caches()  # the hub's cached objects mean nothing here
@@ -344,35 +345,44 @@ class WorkerService:
     # -- running -------------------------------------------------------------
 
     def _start(self, call: Call, buffers: Sequence[bytes]) -> None:
+        # Everything else happens in the task, once it passed the start gate: the
+        # pump (which holds the lock the returner needs) runs no code of the caller's,
+        # not even unpickling its arguments, which may block.
+        loop = self._loop or asyncio.get_running_loop()
+        ctx = self._base_context.copy()
         if call.kind == COROUTINE:
-            # Everything else happens in the task, once it passed the start gate.
-            loop = self._loop or asyncio.get_running_loop()
-            ctx = self._base_context.copy()
             self._tasks[call.id] = loop.create_task(self._run(call, buffers), context=ctx)
-            return
-        try:
-            fn = self._resolve(call)
-            args, kwargs = payload.loads(call.args, "the arguments", buffers)
-            ctx = self._base_context.copy()
-            sent, lease = ctx.run(self._bind, call)
-        except BaseException as exc:
-            self._refuse(call, exc)
-            return
-        try:
-            gen = ctx.run(fn, *args, **kwargs)
-            if not inspect.isasyncgen(gen):
-                raise TypeError(f"{fn!r} did not return an async generator")
-        except BaseException as exc:
-            self._book.end_frame(call.id, lease)
-            self._refuse(call, exc, fn)
-            return
-        self._sessions[call.id] = Session(gen, ctx, lease, sent)
-        self._spawn(call.id, self._step(call.id, call.op, call.value, [], first=True), ctx)
+        else:
+            self._tasks[call.id] = loop.create_task(self._open(call, buffers, ctx), context=ctx)
 
-    def _refuse(self, call: Call, exc: BaseException, fn: Any = None) -> None:
-        """A generator call that cannot start: it is over (no first step will claim it)."""
-        self.gate.discard(call.id)
-        self._reply(call.id, RAISED, payload.dumps_exception(exc, fn))
+    async def _open(self, call: Call, buffers: Sequence[bytes], ctx: contextvars.Context) -> None:
+        """A generator call's first task (it runs in ``ctx``): start the generator and
+        take its first step."""
+        rid = call.id
+        try:
+            if not self.gate.start(rid):
+                return  # handed back before it started: the hub runs it elsewhere
+            fn = None
+            try:
+                fn = self._resolve(call)
+                args, kwargs = payload.loads(call.args, "the arguments", buffers)
+                sent, lease = self._bind(call)
+            except BaseException as exc:
+                self._reply(rid, RAISED, payload.dumps_exception(exc))
+                return
+            try:
+                gen = fn(*args, **kwargs)
+                if not inspect.isasyncgen(gen):
+                    raise TypeError(f"{fn!r} did not return an async generator")
+            except BaseException as exc:
+                self._book.end_frame(rid, lease)
+                self._reply(rid, RAISED, payload.dumps_exception(exc, fn))
+                return
+            self._sessions[rid] = Session(gen, ctx, lease, sent)
+            await self._step(rid, call.op, call.value, [])
+        finally:
+            if self._tasks.get(rid) is asyncio.current_task():
+                del self._tasks[rid]
 
     def _next_step(self, step: Step, buffers: Sequence[bytes]) -> None:
         session = self._sessions.get(step.id)
@@ -430,13 +440,7 @@ class WorkerService:
         finally:
             self._tasks.pop(rid, None)
 
-    async def _step(
-        self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes], first: bool = False
-    ) -> None:
-        if first and not self.gate.start(rid):
-            # Handed back before it started: nothing ran, and the hub runs it elsewhere.
-            self._drop_session(rid)
-            return
+    async def _step(self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes]) -> None:
         session = self._sessions.get(rid)
         if session is None:
             self._reply(rid, EXHAUSTED)
