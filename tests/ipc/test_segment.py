@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import stat
 
+import psutil
 import pytest
 
 from tests.forking import Rendezvous, fork, join, kill
@@ -107,3 +109,30 @@ def test_given_bad_size_when_creating_then_value_error():
     """Given a non-positive size, when creating a segment, then ValueError."""
     with pytest.raises(ValueError, match="positive"):
         Segment.create(0)
+
+
+def test_given_segment_of_an_unreaped_zombie_when_sweeping_then_it_is_removed():
+    """Given a leftover whose creator exited but was not reaped yet (a zombie, as workers
+    killed with their hub are until someone waits for them), when sweeping, then the
+    leftover is removed: a zombie is dead."""
+    r, w = os.pipe()
+
+    def child():
+        seg = Segment.create(4096)
+        os.write(w, seg.name.encode().ljust(64))
+        seg.close()  # exits without unlinking: a leftover
+
+    pid = fork(child)
+    pidfd = os.pidfd_open(pid)
+    try:
+        name = os.read(r, 64).decode().strip()
+        # Readable once the child has exited; not reaped, so it stays a zombie.
+        assert select.select([pidfd], [], [], 10)[0], "the child did not exit"
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert name in sweep()
+        assert not os.path.exists(_path(name))
+    finally:
+        os.close(pidfd)
+        os.close(r)
+        os.close(w)
+        assert join(pid) == 0

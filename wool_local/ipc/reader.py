@@ -1,4 +1,12 @@
-"""The consuming end of a ring: zero-copy frames, released in order, or drained in batches."""
+"""The consuming end of a ring: zero-copy frames, released in order, or drained in batches.
+
+Everything read from the ring's memory comes from another process and is checked
+before it is used: ``head`` against what the writer may have written, each frame
+header against the ring's size, pads against where a writer puts them, and each
+spill record's name against the form of this pool's names. Any inconsistency is a
+:class:`FrameError` that breaks the ring for good; no input makes a read loop for
+longer than one lap of the ring, or map or unlink a file of anyone else's.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ from collections.abc import Callable
 from .doorbell import Doorbell, PeerWatch
 from .errors import FrameError, ProtocolVersionError, RingClosed
 from .ring import (
+    BULK_MAX,
     DEFAULT_SPIN,
     FRAME_MAGIC,
     FRAME_VERSION,
@@ -27,7 +36,11 @@ from .ring import (
     RingEnd,
     align8,
 )
-from .segment import Segment, unlink_name
+from .segment import NAME_MAX, Segment, name_creator, unlink_name
+
+# A spill record: payload size (u64), flags (u8), then the segment's name.
+_SPILL_MIN = 9 + 1
+_SPILL_MAX = 9 + NAME_MAX
 
 
 class Frame:
@@ -80,10 +93,15 @@ class RingReader(RingEnd):
         peer: PeerWatch | None = None,
     ) -> None:
         super().__init__(buf, offset, bell, peer_bell, peer)
-        self._pos: int = self._hdr[H_TAIL]
+        # The release position we last published; the writer never gets more than one
+        # capacity ahead of it, which bounds every head we accept.
+        self._tail: int = self._hdr[H_TAIL]
+        self._pos: int = self._tail
         self._pending: deque[Frame | int] = deque()
         self._broken: FrameError | None = None
         self._bulk: Segment | None = None  # the writer's reusable bulk segment, once seen
+        if self._tail % 8:
+            self._fail(FrameError(f"ring tail {self._tail} is not on a frame boundary"))
 
     def try_read(self) -> Frame | None:
         """The next frame, or None if the ring is empty right now."""
@@ -175,9 +193,19 @@ class RingReader(RingEnd):
         return hdr[H_HEAD] == pos
 
     def _header(self, pos: int, head: int) -> tuple[int, int, int, int]:
-        """Validate the frame header at ``pos``: (offset, length, kind, size)."""
+        """Validate ``head`` (not ``pos``) and the frame header at ``pos``: (offset,
+        length, kind, size). The frame lies within the ring and before ``head``."""
         self._fence.publish()  # head load before frame loads (no-op on x86-64)
         cap = self.capacity
+        if not pos < head <= self._tail + cap:
+            # Behind us, or more than a lap ahead of what we released: no writer put it
+            # there, and trusting it would re-read stale frames lap after lap.
+            raise self._fail(
+                FrameError(
+                    f"impossible ring head {head}: read position {pos}, released up to "
+                    f"{self._tail}, capacity {cap}"
+                )
+            )
         off = pos % cap
         word = self._words[off >> 3]
         length = word & LEN_MASK
@@ -199,22 +227,36 @@ class RingReader(RingEnd):
                 )
             )
         kind = word >> 56
-        if kind not in (KIND_DATA, KIND_PAD, KIND_SPILL):
+        if kind == KIND_PAD:
+            # A writer pads only the rest of the ring, from past its start: so a pad is
+            # always followed by a frame at offset 0, never by another pad.
+            if off == 0 or off + size != cap:
+                raise self._fail(FrameError(f"corrupt pad at ring position {pos}: {length} bytes"))
+        elif kind != KIND_DATA and kind != KIND_SPILL:
             raise self._fail(FrameError(f"corrupt frame at ring position {pos}: kind {kind}"))
         return off, length, kind, size
 
     def _open_spill(self, pos: int, off: int, length: int) -> tuple[Segment, memoryview]:
-        if length < 11:
+        """Map the segment a spill record names: only a name of this pool's form, and
+        only a segment the size the writer makes for that record."""
+        if not _SPILL_MIN <= length <= _SPILL_MAX:
             raise self._fail(FrameError(f"corrupt spill frame at ring position {pos}"))
         record = bytes(self._data[off + 8 : off + 8 + length])
         size = int.from_bytes(record[:8], "little")
-        bulk = record[8] & SPILL_BULK
+        flags = record[8]
+        bulk = flags & SPILL_BULK
         name = record[9:].decode("ascii", "replace")
+        if flags & ~SPILL_BULK or name_creator(name) is None:
+            raise self._fail(
+                FrameError(f"corrupt spill frame at ring position {pos}: {record[8:]!r}")
+            )
         if bulk and self._bulk is not None and self._bulk.name == name:
             seg = self._bulk
         else:
+            # A one-off segment is exactly the frame's size; a bulk one at most BULK_MAX.
+            limit = BULK_MAX if bulk else max(size, 1)
             try:
-                seg = Segment.attach(name, unlink=True, populate=True)
+                seg = Segment.attach(name, unlink=True, populate=True, max_size=limit)
             except Exception as exc:
                 raise self._fail(
                     FrameError(f"spill segment {name} of frame at position {pos} is gone: {exc}")
@@ -230,20 +272,22 @@ class RingReader(RingEnd):
         return seg, seg.buf[:size]
 
     def _unread_spills(self) -> list[str]:
-        """Names of spill segments in frames not read yet (best effort, never raises)."""
+        """Names of spill segments in frames not read yet (best effort, never raises).
+
+        Checked as a read checks them (this ends the reader: a failure here marks it
+        broken), so a forged record cannot get a file unlinked that is not ours.
+        """
         names = []
-        hdr, cap = self._hdr, self.capacity
-        pos, head = self._pos, hdr[H_HEAD]
+        pos, head = self._pos, self._hdr[H_HEAD]
         try:
-            while pos < head:
-                off = pos % cap
-                word = self._words[off >> 3]
-                length = word & LEN_MASK
-                if (word >> 32) & 0xFFFF != FRAME_MAGIC:
-                    break
-                if word >> 56 == KIND_SPILL and length >= 11:
-                    names.append(bytes(self._data[off + 17 : off + 8 + length]).decode())
-                pos += 8 + align8(length)
+            while pos != head:
+                off, length, kind, size = self._header(pos, head)
+                if kind == KIND_SPILL and _SPILL_MIN <= length <= _SPILL_MAX:
+                    raw = bytes(self._data[off + 17 : off + 8 + length])
+                    name = raw.decode("ascii", "replace")
+                    if name_creator(name) is not None:
+                        names.append(name)
+                pos += size
         except Exception:
             pass
         return names
@@ -270,7 +314,7 @@ class RingReader(RingEnd):
     def _advance_tail(self, tail: int) -> None:
         self._fence.publish()  # frame loads before the tail store (aarch64 load-store)
         hdr = self._hdr
-        hdr[H_TAIL] = tail
+        hdr[H_TAIL] = self._tail = tail
         self._fence.full()
         if hdr[H_WRITER_WAITING]:
             self.peer_bell.ring()

@@ -161,7 +161,12 @@ class RingEnd:
             raise ProtocolVersionError(
                 f"ring layout version {word >> 32}, this build speaks {RING_VERSION}"
             )
-        self.capacity: int = hdr[H_CAPACITY]
+        capacity = hdr[H_CAPACITY]
+        if capacity < 64 or capacity % 8 or offset + ring_size(capacity) > len(buf):
+            # Every index the ends compute is taken modulo this: it must be a real size.
+            hdr.release()
+            raise FrameError(f"ring at offset {offset} claims an impossible capacity {capacity}")
+        self.capacity: int = capacity
         self._hdr = hdr
         self._data = buf[offset + HEADER_SIZE : offset + HEADER_SIZE + self.capacity]
         self._words = self._data.cast("Q")

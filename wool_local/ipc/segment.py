@@ -21,14 +21,38 @@ from .errors import SegmentError
 
 SHM_DIR = "/dev/shm"
 PREFIX = "wl"
-# Semaphores made by posix_ipc show up in /dev/shm as "sem.<name>".
-_NAME_RE = re.compile(rf"^(sem\.)?{PREFIX}-(\d+)-(\d+)-[0-9a-f]{{16}}$")
+# The form of every name make_name() gives: ASCII digits only (a str pattern's \d
+# would take any Unicode digit), and fullmatch (a "$" would let a trailing newline in).
+_NAME_RE = re.compile(rf"/{PREFIX}-([0-9]{{1,10}})-([0-9]{{1,10}})-[0-9a-f]{{16}}", re.ASCII)
+#: The longest name :func:`make_name` gives (uid and pid of up to 10 digits).
+NAME_MAX = len(PREFIX) + 2 * 10 + 16 + 4
 
 
 def make_name(pid: int | None = None) -> str:
     """A fresh, unguessable segment name owned by this uid and ``pid``."""
     pid = os.getpid() if pid is None else pid
     return f"/{PREFIX}-{os.getuid()}-{pid}-{secrets.token_hex(8)}"
+
+
+def name_creator(name: str) -> int | None:
+    """The creating pid if ``name`` has the form :func:`make_name` gives for this uid,
+    else None.
+
+    The one test of "a name of ours": a name read from memory another process can
+    write (a spill record in a ring) is opened or unlinked only if it passes, so a
+    forged one can neither remove an unrelated file nor reach ``posix_ipc`` with a
+    NUL byte (which crashes it).
+    """
+    m = _NAME_RE.fullmatch(name)
+    if m is None or int(m.group(1)) != os.getuid():
+        return None
+    return int(m.group(2))
+
+
+def _check_name(name: str) -> None:
+    # posix_ipc segfaults on a name with a NUL byte instead of raising.
+    if "\0" in name:
+        raise SegmentError(f"invalid shared memory name {name!r}")
 
 
 class Segment:
@@ -53,6 +77,7 @@ class Segment:
         if size <= 0:
             raise ValueError(f"segment size must be positive, got {size}")
         name = make_name() if name is None else name
+        _check_name(name)
         try:
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
         except (posix_ipc.Error, OSError) as exc:
@@ -77,8 +102,20 @@ class Segment:
         return cls(name, mapping)
 
     @classmethod
-    def attach(cls, name: str, *, unlink: bool = False, populate: bool = False) -> Segment:
-        """Map an existing segment by name; with ``unlink=True`` remove its name at once."""
+    def attach(
+        cls,
+        name: str,
+        *,
+        unlink: bool = False,
+        populate: bool = False,
+        max_size: int | None = None,
+    ) -> Segment:
+        """Map an existing segment by name; with ``unlink=True`` remove its name at once.
+
+        A segment larger than ``max_size`` is refused before it is mapped (and before
+        ``populate`` would fault in all of it).
+        """
+        _check_name(name)
         try:
             shm = posix_ipc.SharedMemory(name)
         except posix_ipc.ExistentialError as exc:
@@ -88,6 +125,11 @@ class Segment:
         try:
             if shm.size <= 0:
                 raise SegmentError(f"shared memory {name} is empty")
+            if max_size is not None and shm.size > max_size:
+                raise SegmentError(
+                    f"shared memory {name} holds {shm.size} bytes, more than the "
+                    f"{max_size} expected"
+                )
             mapping = _map(shm.fd, shm.size, populate)
         finally:
             shm.close_fd()
@@ -150,17 +192,18 @@ def unlink_name(name: str) -> None:
 
 def owned_leftovers() -> list[tuple[str, int, bool]]:
     """``(name, creator pid, is_semaphore)`` of every entry in ``/dev/shm`` made by this uid."""
-    uid = os.getuid()
     found = []
     try:
         entries = os.listdir(SHM_DIR)
     except OSError:
         return []
     for entry in entries:
-        m = _NAME_RE.match(entry)
-        if m and int(m.group(2)) == uid:
-            name = "/" + (entry[4:] if m.group(1) else entry)
-            found.append((name, int(m.group(3)), bool(m.group(1))))
+        # Semaphores made by posix_ipc show up in /dev/shm as "sem.<name>".
+        is_sem = entry.startswith("sem.")
+        name = "/" + (entry[4:] if is_sem else entry)
+        pid = name_creator(name)
+        if pid is not None:
+            found.append((name, pid, is_sem))
     return found
 
 
@@ -169,6 +212,10 @@ def _creator_gone(path: str, pid: int) -> bool:
     try:
         proc = psutil.Process(pid)
         started = proc.create_time()
+        # An unreaped zombie has exited: only its parent's wait() is missing (a
+        # worker killed together with its hub stays one until someone reaps it).
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return True
     except psutil.Error:

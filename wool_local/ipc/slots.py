@@ -47,7 +47,7 @@ from typing import NamedTuple
 import posix_ipc
 
 from .errors import LockTimeout, SlotTableError
-from .segment import Segment, make_name
+from .segment import Segment, make_name, name_creator
 
 _MAGIC = 0x534C_4F54_5731  # "SLOTW1"
 KEY_SIZE = 16
@@ -162,9 +162,13 @@ class SlotTable:
     @classmethod
     def attach(cls, name: str, **kw: float) -> SlotTable:
         seg = Segment.attach(name)
-        raw = bytes(seg.buf[_NAME_OFF : _NAME_OFF + _NAME_SIZE]).rstrip(b"\0").decode()
+        raw = bytes(seg.buf[_NAME_OFF : _NAME_OFF + _NAME_SIZE]).rstrip(b"\0")
+        sem_name = raw.decode("ascii", "replace")
+        if name_creator(sem_name) is None:  # posix_ipc crashes on a NUL byte
+            seg.close()
+            raise SlotTableError(f"slot table {name} names no lock of ours: {raw!r}")
         try:
-            sem = posix_ipc.Semaphore(raw)
+            sem = posix_ipc.Semaphore(sem_name)
         except posix_ipc.ExistentialError as exc:
             seg.close()
             raise SlotTableError(f"the lock of slot table {name} is gone") from exc

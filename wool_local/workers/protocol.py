@@ -159,10 +159,16 @@ def decode(data: memoryview | bytes) -> tuple[Message, Sequence[bytes]]:
                 return env.message, ()
         else:
             end = 5 + int.from_bytes(data[1:5], "little")
+            if end > len(data):
+                raise ProtocolError("a frame ends inside its envelope")
             env = _decoder.decode(data[5:end])
             for size in env.oob:
-                if end + size > len(data):
-                    raise ProtocolError("a frame ends inside its out-of-band buffers")
+                # A negative size would slice backwards: wrong bytes, no error.
+                if size < 0 or end + size > len(data):
+                    raise ProtocolError(
+                        f"a frame of {len(data)} bytes cannot hold an out-of-band buffer "
+                        f"of {size} bytes at {end}"
+                    )
                 buffers.append(bytes(data[end : end + size]))
                 end += size
     except (msgspec.DecodeError, IndexError) as exc:
