@@ -336,3 +336,38 @@ def test_given_a_stream_argument_that_blocks_while_unpickling_then_other_calls_g
         run(main)
     finally:
         pipe.close()
+
+
+@wool_local.routine
+async def garbage_after(fd: int, seconds: float) -> str:
+    """Say so, block the loop for ``seconds``, then answer in frames no decoder accepts."""
+    from wool_local.workers import protocol
+
+    os.write(fd, b"b")
+    time.sleep(seconds)
+    protocol.encode = lambda message, buffers=(): b"\xc1 not a frame"
+    protocol.encode_body = lambda message: b"\xc1"
+    return "never seen"
+
+
+@pytest.mark.timeout(30)
+def test_given_a_stopping_worker_whose_channel_is_corrupt_then_it_is_killed():
+    """Given a worker told to stop while its call runs, when it answers in corrupt frames,
+    then the hub kills it (corruption is no orderly close) and the call fails with
+    WorkerCrashed naming the failed channel."""
+    pipe = Pipe()
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2) as wp:
+            call = asyncio.ensure_future(garbage_after(pipe.w, 0.3))
+            await _read_bytes(pipe, 1)
+            (handle,) = [h for h in wp.hub.workers() if h.load]
+            wp.hub.stop_worker(handle)
+            with pytest.raises(wool_local.WorkerCrashed, match="channel failed"):
+                await call
+            assert await add(1, 2) == 3
+
+    try:
+        run(main)
+    finally:
+        pipe.close()

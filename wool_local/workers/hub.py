@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ..ipc import Channel, SlotTable, sweep
+from ..ipc import Channel, FrameError, SlotTable, sweep
 from . import zygote
 from .dispatch import Dispatcher, Pending, Target
 from .errors import PoolClosed, SpawnFailed, WorkerCrashed
@@ -52,7 +52,7 @@ from .limits import WorkerHealth
 from .link import Link, report
 from .monitor import Monitor
 from .options import PoolOptions
-from .protocol import Call, Cancel, Message, Ping, Reply, Returned, Step, Stop
+from .protocol import Call, Cancel, Message, Ping, ProtocolError, Reply, Returned, Step, Stop
 from .proxy import WorkerProxy, __proxy_pool__, describe_holders, drain_leases, lease_counts
 from .recycler import Recycler
 from .relay import Relay
@@ -394,8 +394,11 @@ class Hub(Dispatcher):
 
         def on_lost(exc: BaseException) -> None:
             # The zygote's exit report does the bookkeeping; a corrupt channel
-            # means the worker cannot be trusted, so make sure it does exit.
-            if handle is not None and not handle.stopping and not isinstance(exc, PoolClosed):
+            # means the worker cannot be trusted, so make sure it does exit, even
+            # one already stopping (an orderly close of a stopping one is no news).
+            if handle is None or isinstance(exc, PoolClosed):
+                return
+            if not handle.stopping or isinstance(exc, FrameError | ProtocolError):
                 self.kill(handle, f"its channel failed: {exc}")
 
         def expects_answer() -> bool:
