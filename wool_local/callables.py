@@ -1,0 +1,67 @@
+"""What a worker runs for a callable that is not a routine: plain functions as call bodies.
+
+A worker awaits ``fn(*args, **kwargs)``. A routine's body, and any ``async
+def`` function, can be sent as it is; a plain function (a ``def``, a builtin,
+a lambda, a closure) is wrapped in a :class:`SyncBody` whose call runs it
+and returns its result. The wrapper keeps the function's name (for error
+messages) and is cached per function, so a function is pickled once per
+pool, not once per call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .routine import Routine
+
+#: Wrappers made so far, by ``id(fn)`` (the entry keeps ``fn`` alive, so the id
+#: stays its own); cleared when it grows past this many.
+_CACHE_MAX = 1024
+_wrappers: dict[int, tuple[Any, Any]] = {}
+
+
+class SyncBody:
+    """Runs the plain function ``fn`` as a call body (in the worker's loop)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.__qualname__ = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        self.__module__ = getattr(fn, "__module__", None) or "builtins"
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> Any:
+        return (SyncBody, (self.fn,))
+
+    def __repr__(self) -> str:
+        return f"<SyncBody {self.__qualname__}>"
+
+
+def body_of(fn: Any) -> Any:
+    """What a worker awaits for ``fn``: a routine's body, an ``async def`` function
+    itself, or ``fn`` wrapped in a :class:`SyncBody`. Raises TypeError for an async
+    generator function (stream it with ``async for`` over the routine instead) and
+    for what is not callable."""
+    if isinstance(fn, Routine):
+        if fn._streams:
+            raise TypeError(
+                f"{fn.__qualname__} is an async generator routine; iterate it with "
+                "'async for' instead of submitting it"
+            )
+        return fn._body
+    if not callable(fn):
+        raise TypeError(f"{fn!r} is not callable")
+    if inspect.isasyncgenfunction(fn):
+        raise TypeError(f"{fn!r} is an async generator function; it cannot be submitted")
+    if inspect.iscoroutinefunction(fn):
+        return fn
+    entry = _wrappers.get(id(fn))
+    if entry is not None and entry[0] is fn:
+        return entry[1]
+    if len(_wrappers) >= _CACHE_MAX:
+        _wrappers.clear()
+    body = SyncBody(fn)
+    _wrappers[id(fn)] = (fn, body)
+    return body
