@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from .workers import Hub, PoolOptions, PoolStats, Token, WorkerLimits, __proxy__
@@ -128,6 +129,38 @@ class WorkerPool:
             except ValueError:
                 pass  # exited from another context than it was entered in
         __proxy__.set(below)
+
+    def map(
+        self,
+        fn: Any,
+        *iterables: Iterable[Any],
+        chunksize: int | str = "auto",
+        ordered: bool = True,
+        progress: bool | Callable[[int, int | None], None] = False,
+    ) -> AsyncIterator[Any]:
+        """``fn(*args)`` for each argument tuple of ``zip(*iterables)``, run on the workers
+        in chunks; an async iterator of the results, in input order (``ordered=False``:
+        as they come).
+
+        ``fn`` is a plain function, an ``async def`` function or a routine. The input is
+        read lazily, a bounded window ahead; ``chunksize="auto"`` sizes chunks from the
+        measured cost per item. An item that raises ends the iteration with its
+        exception, noted with the item's index, after the results before it.
+        ``progress=True`` draws a tqdm bar (``pip install 'wool-local[progress]'``); a
+        callable gets ``(done, total)`` (``total`` None when unknown) as chunks finish.
+        """
+        from .mapping import map_over
+
+        hub = self.hub
+        return map_over(
+            hub,
+            hub.options.size,
+            fn,
+            iterables,
+            chunksize=chunksize,
+            ordered=ordered,
+            progress=progress,
+        )
 
     @property
     def pids(self) -> list[int]:
