@@ -185,6 +185,8 @@ def test_given_a_blocking_call_when_the_pool_exits_then_exit_takes_the_stop_time
         worker = run(main)
     finally:
         pipe.close()
+    killed = [r.getMessage() for r in caplog.records if "stop_timeout" in r.getMessage()]
+    assert any("it was running block" in m for m in killed), killed
     held = [r.getMessage() for r in caplog.records if "still held" in r.getMessage()]
     assert len(held) == 1 and f"process {worker} holds 1" in held[0]
 

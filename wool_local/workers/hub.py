@@ -192,10 +192,16 @@ class Hub(Dispatcher):
             return
         self._refuse(PoolClosed("the pool is closed"))
         # Calls still in flight will not finish: their workers cancel them as they
-        # stop. Their callers never cancelled anything, so they hear why, now.
+        # stop. Their callers never cancelled anything, so they hear why, now. What
+        # each worker was running is kept, to name it if that worker must be killed.
+        running: dict[int, list[str]] = {}
+        for pending in self._pending.values():
+            if isinstance(pending.target, WorkerHandle):
+                names = running.setdefault(pending.target.pid, [])
+                names.append(self.fn_names.get(pending.fn, f"request {pending.id}"))
         self.fail_all(PoolClosed("the pool was closed while this dispatch was in flight"))
         try:
-            await self._stop_workers()
+            await self._stop_workers(running)
         finally:
             self._terminate()
 
@@ -206,7 +212,7 @@ class Hub(Dispatcher):
         self.watchdog.stop()
         self.scheduler.refuse(exc)
 
-    async def _stop_workers(self) -> None:
+    async def _stop_workers(self, running: dict[int, list[str]]) -> None:
         if self.broken is not None:
             return
         timeout = self.options.stop_timeout
@@ -230,7 +236,9 @@ class Hub(Dispatcher):
             _, late = await asyncio.wait(pending, timeout=timeout)
             if late:
                 for handle in list(self._workers.values()):
-                    self.kill(handle, f"it did not stop within stop_timeout={timeout}s")
+                    names = ", ".join(sorted(set(running.get(handle.pid, ()))))
+                    what = f"; it was running {names}" if names else ""
+                    self.kill(handle, f"it did not stop within stop_timeout={timeout}s{what}")
                 await asyncio.wait(late, timeout=timeout)
         if drained is not None:
             left = await drained
