@@ -53,11 +53,12 @@ from .link import Link, report
 from .monitor import Monitor
 from .options import PoolOptions
 from .protocol import Call, Cancel, Message, Ping, ProtocolError, Reply, Returned, Step, Stop
-from .proxy import WorkerProxy, __proxy_pool__, describe_holders, drain_leases, lease_counts
+from .proxy import WorkerProxy, __proxy_pool__, describe_holders, drain_leases
 from .recycler import Recycler
 from .relay import Relay
 from .scheduler import Scheduler
-from .stats import PoolStats
+from .stats import PoolStats, collect_stats
+from .status import StatusServer, snapshot_of
 from .worker import WorkerConfig, worker_main
 
 log = logging.getLogger("wool_local")
@@ -110,6 +111,8 @@ class Hub(Dispatcher):
         self._exits: dict[int, asyncio.Future[None]] = {}
         self._changed: asyncio.Event | None = None
         self.closed = False
+        #: Where ``wool-local status`` reaches this pool, once started.
+        self.status: StatusServer | None = None
         #: Why the hub can no longer serve (its zygote died), or None.
         self.broken: BaseException | None = None
         self.crashes = 0
@@ -176,6 +179,17 @@ class Hub(Dispatcher):
             self._terminate()
             raise
         self.monitor.start()
+        await self._listen()
+
+    async def _listen(self) -> None:
+        """Answer ``wool-local status``; a pool that cannot listen still serves."""
+        try:
+            server = StatusServer(self.id, lambda: snapshot_of(self.stats(), pool=self.id.hex()))
+            await server.start()
+        except Exception as exc:
+            log.warning("wool_local: the pool serves no status (wool-local status): %s", exc)
+            return
+        self.status = server
 
     def _start_zygote(self) -> None:
         assert self.leases is not None
@@ -209,6 +223,8 @@ class Hub(Dispatcher):
         """Closed: no more calls (new ones and queued ones fail), no more monitoring."""
         self.closed = True
         self.monitor.stop()
+        if self.status is not None:
+            self.status.close()
         self.watchdog.stop()
         self.scheduler.refuse(exc)
 
@@ -564,36 +580,9 @@ class Hub(Dispatcher):
     # -- introspection ------------------------------------------------------------
 
     def stats(self) -> PoolStats:
-        """Per-worker health (latest OS readings, current counters), recycles, totals
-        and the leases held."""
-        now = time.monotonic()
-        workers = []
-        for h in self._workers.values():
-            seen = self.monitor.latest.get(h.pid)
-            workers.append(
-                WorkerHealth(
-                    pid=h.pid,
-                    rss=seen.rss if seen else None,
-                    private_rss=seen.private_rss if seen else None,
-                    fds=seen.fds if seen else None,
-                    age=now - h.started_at,
-                    idle=h.idle_for(now),
-                    tasks_completed=h.completed,
-                    inflight=h.load,
-                )
-            )
-        return PoolStats(
-            size=self.options.size,
-            workers=workers,
-            recycles={reason.value: n for reason, n in self.recycler.recycles.items()},
-            completed=self.completed,
-            crashes=self.crashes,
-            queued=self.scheduler.queued(),
-            handed_back=self.watchdog.handed_back,
-            monitor_cpu=self.monitor.cpu_seconds,
-            monitor_rounds=self.monitor.rounds,
-            leases=lease_counts(self.leases) if self.leases is not None else {},
-        )
+        """Per-worker health (latest OS readings, current counters, state), recycles,
+        totals and the leases held."""
+        return collect_stats(self)
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -215,6 +215,8 @@ class WorkerHealth:
     idle: float | None = None  # seconds with nothing in flight (0 when busy)
     tasks_completed: int = 0
     inflight: int = 0
+    #: idle, busy, blocked (its loop does not answer), retiring (<reason>) or stopping.
+    state: str = ""
 
     @property
     def memory(self) -> int | None:
