@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .workers import ContextVar, Token
+from .workers.context import ContextVar, Token
 
 # A wool_local context variable: it travels with each dispatch, so routines
 # that dispatch onward from a worker inherit the timeout of their caller.

@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
 import sys
-from collections.abc import AsyncGenerator
-from typing import Any
 
-from .context import _dispatch_timeout
-from .workers import __proxy__, get_dispatcher, zygote_main_has
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import AsyncGenerator, Callable
+    from typing import Any
 
-# The two wool_local variables every call reads: both are declared in every process
-# (this package is imported there), so their raw getters are exact, and save a call.
-_proxy_value = __proxy__.raw_get
-_timeout_value = _dispatch_timeout.raw_get
+    from .workers import get_dispatcher, zygote_main_has
+
+# Importing this module (it runs when ``import wool_local`` does) and decorating a
+# function import nothing of the runtime: asyncio, the hub and the ipc layer come in
+# at the first call of any routine, through _load_runtime, which rebinds the names
+# below to the real things (so later calls pay nothing for the laziness).
+
+
+def _load_runtime() -> None:
+    """Import the runtime and bind what calls use: the two wool_local variables every
+    call reads (declared in every process that runs the runtime, so their raw getters
+    are exact and save a call), asyncio, and the dispatcher lookups."""
+    global asyncio, get_dispatcher, zygote_main_has, _proxy_value, _timeout_value
+    import asyncio
+
+    from .context import _dispatch_timeout
+    from .workers import __proxy__, get_dispatcher, zygote_main_has
+
+    _proxy_value = __proxy__.raw_get
+    _timeout_value = _dispatch_timeout.raw_get
+
+
+def _loading(name: str) -> Callable[..., Any]:
+    """A stand-in for the runtime function ``name``: loads the runtime, then calls it."""
+
+    def first_call(*args: Any) -> Any:
+        _load_runtime()
+        return globals()[name](*args)
+
+    return first_call
+
+
+_proxy_value: Callable[[Any], Any] = _loading("_proxy_value")
+_timeout_value: Callable[[Any], Any] = _loading("_timeout_value")
+if not TYPE_CHECKING:
+    get_dispatcher = _loading("get_dispatcher")
+    zygote_main_has = _loading("zygote_main_has")
 
 
 class NoPoolError(RuntimeError):
@@ -42,16 +74,12 @@ class Routine:
             kind, fn = "staticmethod", fn.__func__
         elif isinstance(fn, classmethod):
             kind, fn = "classmethod", fn.__func__
-        if not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
-            raise TypeError(
-                f"@routine needs an 'async def' function or async generator, got {fn!r}; "
-                "make it 'async def' (blocking code in it still runs in the worker)"
-            )
+        streams = _is_stream_function(fn)
         if dispatch_timeout is not None and dispatch_timeout <= 0:
             raise ValueError(f"dispatch_timeout must be positive, got {dispatch_timeout}")
         functools.update_wrapper(self, fn)
         self._kind = kind
-        self._streams = inspect.isasyncgenfunction(fn)
+        self._streams = streams
         self.dispatch_timeout = dispatch_timeout
         self._body = _Body(self)
 
@@ -67,13 +95,21 @@ class Routine:
             # The first dispatch through this proxy in this process: start it first.
             if self._streams:
                 return _started_stream(proxy, self, args, kwargs)
-            return _started_call(proxy, self, args, kwargs)
+            coro: Any = _started_call(proxy, self, args, kwargs)
+            coro.__qualname__ = self.__qualname__
+            return coro
         timeout = self.dispatch_timeout or _timeout_value(None)
         if self._streams:
-            return _timed_stream(dispatcher.stream(self._body, args, kwargs), timeout)
+            gen = dispatcher.stream(self._body, args, kwargs)
+            return gen if timeout is None else _relay(self, lambda: gen, timeout=timeout)
         if timeout is None:
-            return dispatcher.call(self._body, args, kwargs)
-        return _timed_call(dispatcher.call(self._body, args, kwargs), timeout)
+            coro = dispatcher.call(self._body, args, kwargs)
+        else:
+            coro = _timed_call(self, dispatcher, args, kwargs, timeout)
+        # Named like the routine: a forgotten await warns "coroutine 'scale' was
+        # never awaited", not about the dispatcher's method.
+        coro.__qualname__ = self.__qualname__
+        return coro
 
     def __get__(self, obj: Any, cls: type | None = None) -> Any:
         if self._kind == "staticmethod":
@@ -158,46 +194,93 @@ def _lookup_top(module: str, qualname: str) -> Any:
     return vars(sys.modules[module]).get(qualname.split(".")[0])
 
 
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE and CO_ASYNC_GENERATOR, without inspect
+_CO_ASYNC_GENERATOR = 0x200
+_FUNCTION = type(_load_runtime)
+
+
+def _is_stream_function(fn: Any) -> bool:
+    """Whether ``fn`` is an async generator function (False: an ``async def``); a
+    TypeError for anything else. A plain function is told by its code flags; other
+    callables (partials, methods, marked functions) by inspect, imported only then."""
+    if type(fn) is _FUNCTION:
+        flags = fn.__code__.co_flags
+        if flags & _CO_COROUTINE:
+            return False
+        if flags & _CO_ASYNC_GENERATOR:
+            return True
+    import inspect
+
+    if inspect.iscoroutinefunction(fn):
+        return False
+    if inspect.isasyncgenfunction(fn):
+        return True
+    raise TypeError(
+        f"@routine needs an 'async def' function or async generator, got {fn!r}; "
+        "make it 'async def' (blocking code in it still runs in the worker)"
+    )
+
+
+def _timed_out(routine: Routine, timeout: float, what: str = "") -> TimeoutError:
+    """The TimeoutError of a dispatch past its limit, naming the routine and the limit."""
+    return TimeoutError(f"{routine.__qualname__}() exceeded dispatch_timeout={timeout} s{what}")
+
+
 async def _started_call(proxy: Any, routine: Routine, args: Any, kwargs: Any) -> Any:
     await proxy.start()
     return await routine(*args, **kwargs)
 
 
 def _started_stream(proxy: Any, routine: Routine, args: Any, kwargs: Any) -> AsyncGenerator:
-    return _relay(lambda: routine(*args, **kwargs), start=proxy.start())
+    return _relay(routine, lambda: routine(*args, **kwargs), start=proxy.start())
 
 
-async def _timed_call(coro: Any, timeout: float) -> Any:
-    async with asyncio.timeout(timeout):
-        return await coro
+async def _timed_call(
+    routine: Routine, dispatcher: Any, args: Any, kwargs: Any, timeout: float
+) -> Any:
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await dispatcher.call(routine._body, args, kwargs)
+    except TimeoutError:
+        if deadline.expired():  # this limit, not a TimeoutError the routine raised
+            raise _timed_out(routine, timeout) from None
+        raise
 
 
-def _timed_stream(gen: AsyncGenerator, timeout: float | None) -> AsyncGenerator:
+async def _step(routine: Routine, step: Any, timeout: float | None) -> Any:
+    """Await one step of a stream, bounded by ``timeout`` if given."""
     if timeout is None:
-        return gen
-    return _relay(lambda: gen, timeout=timeout)
+        return await step
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await step
+    except TimeoutError:
+        if deadline.expired():
+            raise _timed_out(routine, timeout, " waiting for its next item") from None
+        raise
 
 
-async def _relay(make: Any, *, start: Any = None, timeout: float | None = None) -> AsyncGenerator:
+async def _relay(
+    routine: Routine, make: Any, *, start: Any = None, timeout: float | None = None
+) -> AsyncGenerator:
     """Forward the stream ``make()`` returns, step by step (asend, athrow and aclose
     pass through): after awaiting ``start`` if given, each step bounded by ``timeout``."""
     if start is not None:
         await start
     gen = make()
     try:
-        async with asyncio.timeout(timeout):
-            item = await gen.__anext__()
+        item = await _step(routine, gen.__anext__(), timeout)
         while True:
             try:
                 sent = yield item
             except GeneratorExit:
                 raise
             except BaseException as exc:
-                async with asyncio.timeout(timeout):
-                    item = await gen.athrow(exc)
+                item = await _step(routine, gen.athrow(exc), timeout)
             else:
-                async with asyncio.timeout(timeout):
-                    item = await gen.asend(sent)
+                item = await _step(routine, gen.asend(sent), timeout)
     except StopAsyncIteration:
         return
     finally:

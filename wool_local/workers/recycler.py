@@ -87,8 +87,12 @@ class Recycler:
         handle.retiring = reason
         self.recycles[reason] += 1
         self._hub.changed_membership()
-        log.info(
-            "wool_local: retiring worker %d: %s (%s)", handle.pid, reason, _reading(reason, health)
+        log.log(
+            logging.DEBUG if reason is RecycleReason.IDLE else logging.INFO,  # idle: routine
+            "wool_local: retiring worker %d: %s (%s)",
+            handle.pid,
+            reason,
+            _reading(reason, health),
         )
         if reason is not RecycleReason.IDLE:
             self._hub.spawn_worker()  # capacity holds
