@@ -17,6 +17,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ContextDecodeWarning",
     "ContextVar",
+    "Executor",
     "NoPoolError",
     "PoolClosed",
     "PoolStats",
@@ -41,6 +42,7 @@ __all__ = [
 
 #: The public names resolved on first use, and the submodule each comes from.
 _LAZY = {
+    "Executor": "executor",
     "RuntimeContext": "context",
     "WorkerPool": "pool",
     "available_cpus": "pool",
@@ -70,6 +72,7 @@ _LAZY = {
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .context import RuntimeContext
+    from .executor import Executor
     from .pool import WorkerPool, available_cpus
     from .workers import (
         ContextDecodeWarning,
