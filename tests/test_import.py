@@ -169,7 +169,9 @@ def pickled_without_runtime():
 
 
 async def main():
-    async with wool_local.WorkerPool(1):
+    pool = wool_local.WorkerPool(1)
+    assert "wool_local.context" in sys.modules  # declared before the workers fork
+    async with pool:
         assert await double(21) == 42
         # RuntimeContext is first touched here, after the workers were forked.
         with wool_local.RuntimeContext(dispatch_timeout=0.3):
@@ -195,6 +197,26 @@ def test_given_lazy_import_when_pool_runs_then_routines_pickle_and_timeouts_trav
         tmp_path,
     )
     assert done.stdout.splitlines() == ["True", "inner() exceeded dispatch_timeout=0.3 s"]
+
+
+def test_given_timeout_variable_declared_after_a_value_arrived_then_routines_still_see_it():
+    """Given a fresh process where a dispatch_timeout value arrives before wool_local.context
+    is imported (a worker forked by a pool that did not declare it),
+    When a routine is first called there (which imports it),
+    Then the ambient timeout the routine calls read is that value."""
+    done = python(
+        """
+        import sys
+        import wool_local
+        from wool_local.workers import context
+        context.apply({"wool_local:dispatch_timeout": 0.5})  # what a dispatch brings
+        assert "wool_local.context" not in sys.modules
+        routine_module = sys.modules["wool_local.routine"]
+        routine_module._load_runtime()
+        print(routine_module._timeout_value(None))
+        """
+    )
+    assert done.stdout.strip() == "0.5"
 
 
 def test_given_this_process_then_lazy_names_are_the_real_objects():

@@ -7,6 +7,8 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+# Declares the dispatch_timeout variable before a pool forks its workers.
+from . import context as _context  # noqa: F401
 from .workers import Hub, PoolOptions, PoolStats, Token, WorkerLimits, __proxy__
 
 

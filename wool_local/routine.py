@@ -26,11 +26,14 @@ def _load_runtime() -> None:
     global asyncio, get_dispatcher, zygote_main_has, _proxy_value, _timeout_value
     import asyncio
 
+    declared = "wool_local.context" in sys.modules
     from .context import _dispatch_timeout
     from .workers import __proxy__, get_dispatcher, zygote_main_has
 
     _proxy_value = __proxy__.raw_get
-    _timeout_value = _dispatch_timeout.raw_get
+    # WorkerPool declares the timeout before it forks workers. Declared only now, a
+    # value received before (kept aside as unbound) is visible to get(), not raw_get.
+    _timeout_value = _dispatch_timeout.raw_get if declared else _dispatch_timeout.get
 
 
 def _loading(name: str) -> Callable[..., Any]:

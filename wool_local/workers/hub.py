@@ -42,8 +42,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-# Declares the dispatch_timeout variable in the process workers are forked from.
-from .. import context as _declared  # noqa: F401
 from ..ipc import Channel, FrameError, SlotTable, sweep
 from . import zygote
 from .dispatch import Dispatcher, Pending, Target
