@@ -87,7 +87,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def _show(snaps: list[dict[str, Any]], args: argparse.Namespace) -> int:
     if args.json:
-        print(json.dumps(snaps if args.pid is None else (snaps or [None])[0], indent=2))
+        one: dict[str, Any] | None = snaps[0] if snaps else None
+        print(json.dumps(snaps if args.pid is None else one, indent=2))
         return 0 if snaps or args.pid is None else 1
     if not snaps:
         who = f"pool with hub pid {args.pid}" if args.pid is not None else "running pool"
