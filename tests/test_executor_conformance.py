@@ -242,9 +242,7 @@ def test_given_a_running_call_then_cancel_returns_false_and_it_finishes(ex, gate
     assert blockers[0].result(WAIT) == 0
 
 
-def test_given_a_cancelled_pending_future_then_only_wool_local_wait_sees_it_at_once(
-    ex, kind, gate
-):
+def test_given_a_cancelled_pending_future_then_only_wool_local_wait_sees_it_at_once(ex, kind, gate):
     """Given busy workers and a pending call, when it is cancelled, then wait() on it
     returns at once with it done: wool_local tells its waiters now. (The stdlib's
     executor tells them only when the call reaches the head of its queue, so wait()
@@ -343,8 +341,13 @@ def test_given_shutdown_wait_false_then_submitted_calls_still_finish(ex):
     """Given submitted calls, when shutdown(wait=False) returns, then the calls still
     finish with their results."""
     futures = [ex.submit(square, i) for i in range(20)]
+    # The stdlib's executor forgets its manager thread at shutdown(wait=False), so a
+    # later shutdown(wait=True) does not wait for it to close its pipes: join it here.
+    manager = getattr(ex, "_executor_manager_thread", None)
     ex.shutdown(wait=False)
     assert [f.result(WAIT) for f in futures] == [i * i for i in range(20)]
+    if manager is not None:
+        manager.join(WAIT)
 
 
 def test_given_shutdown_cancel_futures_then_pending_calls_are_cancelled(ex, gate):

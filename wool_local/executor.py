@@ -59,6 +59,8 @@ LEAD_PER_WORKER = 16
 #: Results of a ``map`` buffered for the caller before the map pauses; it goes
 #: on when the caller has taken half of them.
 MAP_BUFFER = 8192
+#: Most results of a ``map`` handed to the caller at once.
+MAP_BATCH = 1024
 
 _MP_CONTEXT = (
     "wool_local.Executor forks its workers from a zygote process of its own; it takes "
@@ -293,7 +295,9 @@ class _Core:
             )
             relay = _Relay(self, steps)
             self.soon(self.start_map, relay, contextvars.copy_context())
-        return _MapIterator(relay, deadline)
+        results = _results(relay, deadline)
+        weakref.finalize(results, relay.stop).atexit = False
+        return results
 
     def check_open(self) -> None:
         if self.broken is not None:
@@ -557,16 +561,22 @@ def _is_async(fn: Any) -> bool:
 
 
 class _Relay:
-    """A map's results on their way from the loop (``produce``) to the caller
-    (:class:`_MapIterator`): a deque both use, a condition the caller waits on when it
-    is empty, an asyncio event the producer waits on when it is full."""
+    """A map's results on their way from the loop (:meth:`produce`) to the caller
+    (:func:`_results`): batches in a deque both use, a condition the caller waits on
+    when it is empty, an asyncio event the producer waits on when it is full.
+
+    Results go over in batches (what came in one loop turn, at most ``MAP_BATCH``),
+    so a handful of cross-thread operations is paid per chunk, not per item.
+    """
 
     def __init__(self, core: _Core, steps: Any) -> None:
         self.core = core
         self.steps = steps
-        self.buf: deque[Any] = deque()
+        self.buf: deque[list[Any]] = deque()
         self.cond = threading.Condition(threading.Lock())
         self.high = MAP_BUFFER
+        self.produced = 0  # items put in buf (written by the producer only)
+        self.taken = 0  # items taken from buf (written by the caller only)
         self.waiting = False  # the caller waits on cond
         self.paused = False  # the producer waits on room
         self.finished = False  # no more results will come (error: why)
@@ -578,19 +588,36 @@ class _Relay:
     async def produce(self) -> None:
         import asyncio
 
+        loop = asyncio.get_running_loop()
         self.room = room = asyncio.Event()
-        buf = self.buf
-        try:
-            async for value in self.steps:
-                buf.append(value)
+        batch: list[Any] = []
+        scheduled = False
+
+        def flush() -> None:
+            nonlocal batch, scheduled
+            scheduled = False
+            if batch:
+                self.buf.append(batch)
+                self.produced += len(batch)
+                batch = []
                 if self.waiting:
                     self.wake()
-                if len(buf) >= self.high:
-                    room.clear()
-                    self.paused = True
-                    if len(buf) >= self.high:
-                        await room.wait()
-                    self.paused = False
+
+        try:
+            async for value in self.steps:
+                batch.append(value)
+                n = len(batch)
+                if n >= MAP_BATCH or self.produced + n - self.taken >= self.high:
+                    flush()
+                    if self.produced - self.taken >= self.high:  # full: wait for room
+                        room.clear()
+                        self.paused = True
+                        if self.produced - self.taken >= self.high:
+                            await room.wait()
+                        self.paused = False
+                elif not scheduled:
+                    scheduled = True
+                    loop.call_soon(flush)  # when this task next waits: what came so far
         except asyncio.CancelledError:
             self.error = concurrent.futures.CancelledError("the map was cancelled")
         except BaseException as exc:
@@ -600,9 +627,9 @@ class _Relay:
                 await self.steps.aclose()
             except BaseException:
                 pass  # cancelled again while closing: its chunks are cancelled already
+            flush()
             self.finished = True
-            with self.cond:
-                self.cond.notify()
+            self.wake()
             core = self.core
             core.maps.discard(self)
             if core.closing:
@@ -619,6 +646,34 @@ class _Relay:
         if room is not None:
             self.core.soon(room.set)
 
+    def wait(self, deadline: float | None) -> None:
+        """Caller side: wait until a batch or the end is there (TimeoutError past
+        ``deadline``)."""
+        if threading.get_ident() == self.core.thread_id:
+            raise RuntimeError(_BLOCKING.format("iterating Executor.map()"))
+        buf = self.buf
+        with self.cond:
+            self.waiting = True
+            try:
+                while not buf and not self.finished:
+                    if self.paused:
+                        self.give_room()
+                    if deadline is None:
+                        self.cond.wait()
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("Executor.map(): the next result was not ready in time")
+                    self.cond.wait(left)
+            finally:
+                self.waiting = False
+
+    def stop(self) -> None:
+        """Caller side: the results are no longer wanted; cancel what still runs."""
+        self.buf.clear()
+        if not self.finished:
+            self.core.soon(self.cancel)
+
     def unbounded(self) -> None:
         """Loop side: buffer every result (the executor is shutting down)."""
         self.high = sys.maxsize
@@ -632,65 +687,28 @@ class _Relay:
             self.task.cancel()
 
 
-class _MapIterator:
+def _results(relay: _Relay, deadline: float | None) -> Iterator[Any]:
     """What ``Executor.map`` returns: the results, in the caller's thread. Closing it
-    (or dropping it) cancels what the map still runs."""
-
-    def __init__(self, relay: _Relay, deadline: float | None) -> None:
-        self._relay = relay
-        self._deadline = deadline
-        self._over = False
-
-    def __iter__(self) -> _MapIterator:
-        return self
-
-    def __next__(self) -> Any:
-        relay = self._relay
-        buf = relay.buf
-        if buf:
-            value = buf.popleft()
-            if relay.paused and len(buf) <= relay.high // 2:
-                relay.give_room()
-            return value
-        if self._over:
-            raise StopIteration
-        if threading.get_ident() == relay.core.thread_id:
-            raise RuntimeError(_BLOCKING.format("iterating Executor.map()"))
-        with relay.cond:
-            relay.waiting = True
-            try:
-                while not buf and not relay.finished:
-                    if relay.paused:
-                        relay.give_room()
-                    if self._deadline is None:
-                        relay.cond.wait()
-                        continue
-                    left = self._deadline - time.monotonic()
-                    if left <= 0 or (not relay.cond.wait(left) and not buf and not relay.finished):
-                        self.close()
-                        raise TimeoutError("Executor.map(): the next result was not ready in time")
-            finally:
-                relay.waiting = False
-        if buf:
-            return self.__next__()
-        self._over = True
+    (or dropping it, even unstarted: see :meth:`_Core.map`) cancels what still runs."""
+    buf = relay.buf
+    try:
+        while True:
+            if buf:
+                batch = buf.popleft()
+                relay.taken += len(batch)
+                if relay.paused and relay.produced - relay.taken <= relay.high // 2:
+                    relay.give_room()
+                yield from batch
+            elif relay.finished:  # (its last batch was put before: check buf again)
+                if not buf:
+                    break
+            else:
+                relay.wait(deadline)
         if relay.error is not None:
             error, relay.error = relay.error, None
             raise error
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop the map: results not yet taken are dropped, running chunks cancelled."""
-        if self._over:
-            return
-        self._over = True
-        relay = self._relay
-        relay.buf.clear()
-        relay.core.soon(relay.cancel)
-
-    def __del__(self) -> None:
-        if not self._over and not self._relay.finished:
-            self.close()
+    finally:
+        relay.stop()
 
 
 # -- initializer --------------------------------------------------------------------
