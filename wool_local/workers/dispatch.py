@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -70,7 +71,8 @@ class Pending:
     """
 
     __slots__ = (
-        "__weakref__", "buffers", "call", "cancelled", "error", "fn", "future", "id", "target"
+        "__weakref__", "buffers", "call", "cancelled", "error", "fn", "future", "id", "owed",
+        "target",
     )  # fmt: skip
 
     def __init__(
@@ -87,6 +89,9 @@ class Pending:
         # Why it failed while nobody waited (an idle generator session whose
         # worker died): the caller's next step raises it.
         self.error: BaseException | None = None
+        # Answers still due to a generator's steps, those granted ahead included
+        # (counted in its target's load until they come or the session ends).
+        self.owed = 0
 
 
 class Dispatcher:
@@ -189,9 +194,19 @@ class Dispatcher:
         target.open += 1
         target.load += 1
 
-    def send_step(self, target: Target, step: Step, buffers: Sequence[Any] = ()) -> None:
+    def send_step(
+        self,
+        target: Target,
+        step: Step,
+        buffers: Sequence[Any] = (),
+        pending: Pending | None = None,
+    ) -> None:
+        """Send a generator step; it and the steps it grants ahead count as load until
+        answered (or until the session ends: see ``_settle``)."""
         target.send(step, buffers)
-        target.load += 1
+        target.load += 1 + step.ahead
+        if pending is not None:
+            pending.owed += 1 + step.ahead
 
     # -- receiving ---------------------------------------------------------
 
@@ -212,9 +227,14 @@ class Dispatcher:
         pending.call = None  # answered: it started, it can no longer be handed back
         pending.buffers = ()
         final = reply.status != YIELDED
+        if pending.owed:
+            pending.owed -= 1
         if final:
             del self._pending[reply.id]
             target.open -= 1
+            if pending.owed:  # steps granted ahead that the session's end left unanswered
+                target.load -= pending.owed
+                pending.owed = 0
             if pending.cancelled:
                 target.cancelling -= 1
                 self._drop_timer(reply.id)
@@ -403,7 +423,15 @@ class Dispatcher:
         back: Callable[[dict[str, Any]], None] | None = None,
     ) -> AsyncGenerator:
         """The stream's steps; ``back`` takes what the routine changed in its context
-        (by default it is applied here, as a call does)."""
+        (by default it is applied here, as a call does).
+
+        From the second item on, while the caller only pulls (``__anext__``) and its
+        context variables stay as the generator has them, the stream *prefetches*:
+        it grants the worker a window of ``NEXT`` steps ahead (``Step.ahead``), the
+        answers queue in an :class:`_Inbox`, and a pull takes the next one. The first
+        ``asend``/``athrow`` or changed variable ends prefetching for good; see
+        docs/architecture.md, "Streams".
+        """
         loop = asyncio.get_running_loop()
         if self.loop is None:
             self.loop = loop
@@ -416,29 +444,72 @@ class Dispatcher:
         rid = 0
         op, value, buffers = NEXT, None, args[1]
         finished = False
+        inbox: _Inbox | None = None  # once it prefetched: where answers queue
+        # Prefetching is over (or never starts): an asend/athrow, a changed variable,
+        # or a stream relayed from another loop (its caller's context is elsewhere).
+        lockstep = PREFETCH_ITEMS <= 1 or back is not None
+        # The caller's variables as the generator has them (what a step need not carry).
+        expected: context.Snapshot | None = None
+        item_size = 0.0  # moving average of a yielded value's size, in bytes
         try:
             while True:
-                fut = loop.create_future()
                 snapshot = context.snapshot()
                 if pending is None:  # the first step starts the remote generator
+                    fut = loop.create_future()
                     rid = next(self._ids)
                     call = Call(rid, fid, None, args[0], GENERATOR, op, value, snapshot)
                     pending = self._pending[rid] = Pending(rid, fut, call, buffers)
                     self.submit(pending)
+                    expected = snapshot
+                    answer = await self._answer(pending)
                 else:
-                    target = pending.target
-                    if target is None or not target.alive or self._pending.get(rid) is not pending:
-                        if pending.error is not None:
-                            raise pending.error  # its worker died between steps, say
-                        raise protocol.ProtocolError("the remote generator session is gone")
-                    pending.future = fut
-                    self.send_step(target, Step(rid, op, value, snapshot), buffers)
-                answer = await self._answer(pending)
+                    if not lockstep and (op != NEXT or snapshot != expected):
+                        lockstep = True  # for good: the exchange is one step per pull now
+                    if inbox is None and lockstep:
+                        target = self._live_target(rid, pending)
+                        pending.future = loop.create_future()
+                        self.send_step(target, Step(rid, op, value, snapshot), buffers, pending)
+                        answer = await self._answer(pending)
+                    else:
+                        if inbox is None:
+                            inbox = _Inbox()
+                            pending.future = inbox
+                        if op != NEXT:
+                            # Delivered at the yield the generator stopped at, once it
+                            # has stopped running ahead; its answer follows the items
+                            # it yielded before (none is dropped or reordered).
+                            await self._settled(pending, inbox)
+                            if self._pending.get(rid) is pending:
+                                target = self._live_target(rid, pending)
+                                changes = _changes(snapshot, expected)
+                                self.send_step(
+                                    target, Step(rid, op, value, changes), buffers, pending
+                                )
+                                expected = snapshot
+                        elif lockstep:
+                            if not inbox.answers and not pending.owed:
+                                target = self._live_target(rid, pending)
+                                changes = _changes(snapshot, expected)
+                                self.send_step(target, Step(rid, NEXT, None, changes), (), pending)
+                                expected = snapshot
+                        else:
+                            window = PREFETCH_ITEMS
+                            if item_size * window > PREFETCH_BYTES:
+                                window = max(2, int(PREFETCH_BYTES // item_size))
+                            room = window - pending.owed - len(inbox.answers)
+                            if 2 * room >= window and self._pending.get(rid) is pending:
+                                target = self._live_target(rid, pending)
+                                self.send_step(target, Step(rid, NEXT, ahead=room - 1), (), pending)
+                        if not inbox.answers and self._pending.get(rid) is not pending:
+                            self._live_target(rid, pending)  # raises why it is gone
+                        answer = await self._take(pending, inbox)
                 reply = answer[0]
                 if reply.context:
                     values = context.decode(reply.context)
                     if back is None:
                         context.apply(values, back=True)
+                        if not lockstep or inbox is not None:
+                            expected = context.snapshot()
                     else:
                         back(values)
                 if reply.status != YIELDED:
@@ -447,7 +518,11 @@ class Dispatcher:
                         return
                     _outcome(answer, fn)
                     return
-                item = payload.loads(reply.value or b"", "a value yielded by", answer[1], of=fn)
+                data = reply.value or b""
+                if not lockstep:
+                    size = len(data) + sum(len(b) for b in answer[1])
+                    item_size += (size - item_size) * 0.125
+                item = payload.loads(data, "a value yielded by", answer[1], of=fn)
                 try:
                     sent = yield item
                 except GeneratorExit:
@@ -467,24 +542,129 @@ class Dispatcher:
             if pending is not None and not finished and self._pending.get(rid) is pending:
                 await self._close_remote(rid, pending)
 
+    def _live_target(self, rid: int, pending: Pending) -> Target:
+        """The target of open stream ``rid``, to send its next step to; raises why the
+        session is gone if it is."""
+        target = pending.target
+        if target is None or not target.alive or self._pending.get(rid) is not pending:
+            if pending.error is not None:
+                raise pending.error  # its worker died between steps, say
+            raise protocol.ProtocolError("the remote generator session is gone")
+        return target
+
+    async def _take(self, pending: Pending, inbox: _Inbox) -> tuple[Reply, Sequence[bytes]]:
+        """The next answer of a prefetching stream; on cancellation, cancel the remote
+        side too."""
+        try:
+            return await inbox.get()
+        except asyncio.CancelledError:
+            self._gave_up(pending)
+            raise
+
+    async def _settled(self, pending: Pending, inbox: _Inbox) -> None:
+        """Wait until every answer a prefetching stream is owed has come (the worker has
+        stopped running ahead)."""
+        try:
+            while pending.owed and self._pending.get(pending.id) is pending:
+                await inbox.wait()
+        except asyncio.CancelledError:
+            self._gave_up(pending)
+            raise
+
     async def _close_remote(self, rid: int, pending: Pending) -> None:
         """Close an idle remote generator (its ``finally`` runs there); bounded wait.
 
         A step cancelled mid-flight needs nothing: the worker closes the
-        generator itself and answers CANCELLED.
+        generator itself and answers CANCELLED. A generator running ahead of a
+        prefetching stream gets a ``Cancel``: the worker cancels the step it
+        takes, closes the generator, and answers CANCELLED.
         """
         target = pending.target
-        if target is None or not target.alive or pending.future is None:
+        fut = pending.future
+        if target is None or not target.alive or fut is None:
             return
-        if not pending.future.done():
+        if type(fut) is _Inbox:
+            if pending.owed:
+                self.cancel_remote(pending, rid)
+                try:
+                    async with asyncio.timeout(self.cancel_grace):
+                        while self._pending.get(rid) is pending:
+                            await fut.wait()
+                except Exception:
+                    pass
+                return
+        elif not fut.done():
             return
         pending.future = asyncio.get_running_loop().create_future()
         try:
-            self.send_step(target, Step(rid, CLOSE))
+            self.send_step(target, Step(rid, CLOSE), (), pending)
             async with asyncio.timeout(self.cancel_grace):
                 await self._answer(pending)
         except Exception:
             pass
+
+
+#: A stream prefetches up to this many items ahead of its caller, and no more than
+#: about ``PREFETCH_BYTES`` of them (by the average size of the items so far).
+PREFETCH_ITEMS = 64
+PREFETCH_BYTES = 1 << 20
+
+
+class _Inbox:
+    """Stands in for a stream's step future while it prefetches: the answers (or the
+    error that ended the session) queue in order, and a caller waiting is woken."""
+
+    __slots__ = ("answers", "waiter")
+
+    def __init__(self) -> None:
+        self.answers: deque[Any] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, answer: tuple[Reply, Sequence[bytes]]) -> None:
+        self.answers.append(answer)
+        self._wake()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.answers.append(exc)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the next answer comes."""
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    async def get(self) -> tuple[Reply, Sequence[bytes]]:
+        while not self.answers:
+            await self.wait()
+        answer = self.answers.popleft()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+
+def _changes(
+    now: context.Snapshot | None, before: context.Snapshot | None
+) -> context.Snapshot | None:
+    """The variables the caller set since ``before`` (what the generator has): once a
+    stream has prefetched, the generator is ahead of what the caller has seen, so a
+    step carries only the caller's own changes, never stale values of the others."""
+    if not now:
+        return None
+    if not before:
+        return now
+    changed = {key: data for key, data in now.items() if before.get(key) != data}
+    return changed or None
 
 
 def _outcome(answer: tuple[Reply, Sequence[bytes]], fn: Any) -> Any:

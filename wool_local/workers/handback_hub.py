@@ -30,6 +30,10 @@ from .scheduler import Scheduler
 
 log = logging.getLogger("wool_local")
 
+#: While hand-backs go on, an INFO summary at most this often (seconds); each
+#: hand-back is logged at DEBUG.
+SUMMARY_PERIOD = 10.0
+
 
 class StallWatchdog:
     """Watches workers' ticks while calls are in flight; takes back what a blocked
@@ -46,12 +50,18 @@ class StallWatchdog:
         self._workers = workers
         self._dispatcher = dispatcher
         self._scheduler = scheduler
+        scheduler.steady_within = stall_after
         self._timer: asyncio.TimerHandle | None = None
         #: A look is due (a plain attribute: the hub reads it once per dispatch).
         self.armed = False
         self._stopped = False
         #: Calls moved off blocked workers so far.
         self.handed_back = 0
+        #: Of those moves, ones of a call that had been moved before (a moved call is
+        #: sent with ``keep``: its next worker never hands it back, so this stays 0).
+        self.moved_again = 0
+        # Hand-backs since the last INFO summary: moves, hand-backs, workers, since when.
+        self._told: tuple[int, int, set[int], float] | None = None
 
     def arm(self) -> None:
         """Look in ``stall_after`` seconds, unless a look is due already."""
@@ -63,6 +73,7 @@ class StallWatchdog:
     def stop(self) -> None:
         """For good: the hub is closing."""
         self._stopped = True
+        self._summarise()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -97,6 +108,10 @@ class StallWatchdog:
                 busy = True
         if busy:
             self.arm()
+            if self._told is not None and time.monotonic() - self._told[3] >= SUMMARY_PERIOD:
+                self._summarise()
+        else:
+            self._summarise()  # the batch is over
 
     def _ask(self, handle: WorkerHandle) -> None:
         """``handle``'s loop did not run for a period: it gets no more calls until it
@@ -146,16 +161,52 @@ class StallWatchdog:
             handle.idle_since = time.monotonic()
         if back:
             self.handed_back += len(back)
+            again = 0
+            for pending in back:
+                call = pending.call
+                assert call is not None  # take_back returns unstarted calls only
+                again += call.keep
+                # It moves once: the next worker runs it, blocked or not (moving it
+                # again would only trade one busy worker for another).
+                call.keep = True
+            self.moved_again += again
             # Its calls block its loop: from now on it gets one at a time (the rest
             # wait here, for whichever worker is free first), until it shows again
             # that it can take more.
             self._scheduler.throttle(handle)
             handle.stalled = True
             self._scheduler.requeue_first(back)
-            log.info("wool_local: worker %d is blocked; %d calls moved", handle.pid, len(back))
+            log.debug(
+                "wool_local: worker %d is blocked; %d calls moved (%d of them moved before)",
+                handle.pid,
+                len(back),
+                again,
+            )
+            if self._told is None:
+                self._told = (0, 0, set(), time.monotonic())
+            n, events, pids, since = self._told
+            pids.add(handle.pid)
+            self._told = (n + len(back), events + 1, pids, since)
         if handle.evacuating is not None:
             self._evacuated(handle)
         self._scheduler.send_queued()
+
+
+    def _summarise(self) -> None:
+        """One INFO line for the hand-backs since the last one (each is logged at DEBUG)."""
+        if self._told is None:
+            return
+        n, events, pids, since = self._told
+        self._told = None
+        log.info(
+            "wool_local: %d calls moved off blocked workers in %.1f s "
+            "(%d hand-backs, from %d workers; a call blocking its worker's loop "
+            "keeps the calls behind it from starting)",
+            n,
+            time.monotonic() - since,
+            events,
+            len(pids),
+        )
 
 
 def _ping(handle: WorkerHandle) -> None:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import threading
+from time import perf_counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .link import Link
+from .link import HOLD_BOUND, Link
 from .protocol import TICK, Batch, Call, Message, Returned, decode
 
 _GONE = object()
@@ -81,34 +82,75 @@ class StartGate:
         self._return_fd = return_fd
         self._keep_definition = keep_definition
         self._unstarted: dict[int, None] = {}
+        self._kept: dict[int, None] = {}  # unstarted, never handed back (moved once already)
+        self._last_start = 0.0  # when the last call passed the gate (perf_counter)
 
-    def admit(self, rid: int) -> None:
+    def admit(self, rid: int, keep: bool = False) -> None:
         """A task for ``rid`` is created: it starts at its first step, unless handed back
-        first. Called from the pump, which holds the lock the returner takes."""
-        self._unstarted[rid] = None
+        first (never, with ``keep``). Called from the pump, which holds the lock the
+        returner takes."""
+        if keep:
+            self._kept[rid] = None
+        else:
+            self._unstarted[rid] = None
 
     def start(self, rid: int) -> bool:
-        """At a task's first step: True to run it, False if it was handed back.
+        """At a task's first step: True to run it, False if it was handed back (or
+        cancelled, or the worker is stopping).
 
-        No lock: ``dict.pop`` is one atomic step under the GIL, and the returner
-        revokes with ``pop`` too, so exactly one of them gets each call.
+        Between two calls the loop does not poll its ring (it runs every ready task
+        first), so the gate does: messages that wait are handled before the call
+        starts, and a ``Cancel`` or ``Stop`` among them refuses it here (the
+        message handler claims it, see :meth:`claim`). Output held back for
+        batching longer than ``HOLD_BOUND`` goes out first, so a finished result
+        never waits behind this call.
+
+        No lock for the decision: ``dict.pop`` is one atomic step under the GIL,
+        and the returner revokes with ``pop`` too, so exactly one of them gets
+        each call.
         """
-        if self._unstarted.pop(rid, _GONE) is _GONE:
+        link = self._link
+        now = perf_counter()
+        held = link.held_since
+        if held and (now - held > HOLD_BOUND or now - self._last_start > HOLD_BOUND):
+            link.push()  # it waited long enough, or the call before ran long: send it
+        self._last_start = now
+        if link.has_input():
+            link.pump()  # never re-entered: message handlers start no task's step
+        if self._unstarted.pop(rid, _GONE) is _GONE and self._kept.pop(rid, _GONE) is _GONE:
             return False
         # A task starting is the loop making progress, even when it reads nothing
         # for a while (a run of CPU-bound calls, all sent at once): without this
         # tick the hub would take it for blocked and move its calls back and forth.
-        self._link.tick()
+        link.tick()
         return True
+
+    def claim(self, rid: int) -> bool:
+        """Take ``rid`` from the unstarted calls, so it never starts (a Cancel for it
+        came first): True if it was still unstarted here, False if it was handed back
+        or had started."""
+        return (
+            self._unstarted.pop(rid, _GONE) is not _GONE or self._kept.pop(rid, _GONE) is not _GONE
+        )
+
+    def holds(self, rid: int) -> bool:
+        """``rid`` has not started: its task is created, or in :meth:`start` pumping."""
+        return rid in self._unstarted or rid in self._kept
+
+    def revoke_all(self) -> None:
+        """The worker stops: no call that has not started yet will."""
+        self._unstarted.clear()
+        self._kept.clear()
 
     def discard(self, rid: int) -> None:
         """``rid`` will never start (refused, or its task is gone)."""
         self._unstarted.pop(rid, None)
+        self._kept.pop(rid, None)
 
     @property
     def waiting(self) -> bool:
         """Admitted calls wait to start (they bind their proxy in a moment)."""
-        return bool(self._unstarted)
+        return bool(self._unstarted or self._kept)
 
     def run_returner(self) -> None:
         """Thread: when the hub asks, hand back every call not started yet."""
@@ -144,7 +186,7 @@ class StartGate:
 
     def _sort_unread(self, returned: list[int]) -> Any:
         def sort(msg: Message, buffers: Sequence[bytes]) -> None:
-            if type(msg) is Call:
+            if type(msg) is Call and not msg.keep:
                 self._keep_definition(msg)  # the hub now counts on us having it
                 returned.append(msg.id)
             else:

@@ -35,6 +35,7 @@ class WorkerHandle(Target):
         # doubled again after as many answers as the limit, without another cut.
         self.limit = limit
         self.answered_since_cut = 0
+        self.run_since = 0.0  # when its limit was last cut or judged (see Scheduler.on_finished)
         self.send = link.send  # type: ignore[method-assign]  # the hot path: no extra frame
 
     def idle_for(self, now: float) -> float:

@@ -44,15 +44,21 @@ class Call(msgspec.Struct, array_like=True, tag=1, gc=False):
     context: dict[str, bytes] | None = None  # the caller's context variables, by key
     proxy: bytes | None = None  # deprecated: the proxy now travels in ``context``
     proxy_id: bytes | None = None  # deprecated, with ``proxy``; removed at the next major
+    keep: bool = False  # handed back once already: the receiver never hands it back
 
 
 class Step(msgspec.Struct, array_like=True, tag=2, gc=False):
-    """Advance a remote async generator one step: next, send, throw or close."""
+    """Advance a remote async generator one step: next, send, throw or close.
+
+    ``ahead`` (with ``NEXT``): after answering this step, take up to this many more
+    ``NEXT`` steps unasked, answering each with its own ``Reply``, while the
+    generator yields (a stream's prefetch window; see docs/protocol.md)."""
 
     id: int
     op: int
     value: bytes | None = None
     context: dict[str, bytes] | None = None  # the caller's context variables now
+    ahead: int = 0
 
 
 class Cancel(msgspec.Struct, array_like=True, tag=3, gc=False):

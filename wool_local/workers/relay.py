@@ -87,8 +87,8 @@ class Relay:
             gone = RuntimeError("the remote generator session is gone")
             asker.send(Reply(step.id, RAISED, payload.dumps_exception(gone)))
             return
-        relayed = Step(pending.id, step.op, step.value, step.context)
-        self._dispatcher.send_step(pending.target, relayed, buffers)
+        relayed = Step(pending.id, step.op, step.value, step.context, step.ahead)
+        self._dispatcher.send_step(pending.target, relayed, buffers, pending)
 
     def cancel(self, asker: WorkerHandle, call_id: int) -> None:
         pending = self._relayed(asker, call_id)

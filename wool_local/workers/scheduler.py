@@ -12,6 +12,7 @@ the nested calls themselves: no deadlock.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
@@ -42,6 +43,11 @@ class Scheduler:
         self.refusal: BaseException | None = None
         #: Workers that take new calls; the hub replaces the list when they change.
         self.serving: list[WorkerHandle] = []
+        #: A throttled worker's limit doubles only if it answered as many calls as its
+        #: limit within this many seconds (the stall watchdog's period): a worker whose
+        #: calls are long keeps a short queue, so calls do not wait behind them (and
+        #: get moved) again. 0: no condition.
+        self.steady_within = 0.0
 
     def submit(self, pending: Pending) -> None:
         """Send ``pending`` to the best worker now, or queue it (behind older calls)."""
@@ -120,11 +126,17 @@ class Scheduler:
         """``handle`` runs calls that block its loop: one call at a time from now on."""
         handle.limit = 1
         handle.answered_since_cut = 0
+        handle.run_since = time.monotonic()
 
     def on_finished(self, handle: WorkerHandle) -> None:
         """A call on ``handle`` is over: a throttled worker earns its room back."""
         if handle.limit < self.max_inflight:
             handle.answered_since_cut += 1
             if handle.answered_since_cut >= handle.limit:
-                handle.limit = min(self.max_inflight, 2 * handle.limit)
                 handle.answered_since_cut = 0
+                if self.steady_within:
+                    now = time.monotonic()
+                    since, handle.run_since = handle.run_since, now
+                    if now - since >= self.steady_within:
+                        return  # its calls are long: keep its queue short
+                handle.limit = min(self.max_inflight, 2 * handle.limit)

@@ -21,6 +21,7 @@ import inspect
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -77,6 +78,12 @@ class Session:
     context: contextvars.Context
     lease: bytes | None
     synced: dict[str, Any] = field(default_factory=dict)
+    #: A task is taking its steps; steps that come meanwhile wait for it (in order).
+    busy: bool = False
+    #: ``NEXT`` steps the caller granted beyond the one being taken (its prefetch).
+    ahead: int = 0
+    #: Other steps that came while it was busy: ``(op, value, buffers, ahead)``.
+    queued: deque[tuple[int, bytes | None, Sequence[bytes], int]] = field(default_factory=deque)
 
 
 class WorkerService:
@@ -115,6 +122,7 @@ class WorkerService:
         self._base_context = contextvars.copy_context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
+        self._halted = False  # stopping: tasks cancelled, unstarted calls revoked
         self._return_fd = return_fd
 
     @property
@@ -163,10 +171,19 @@ class WorkerService:
         self.client.fail_all(exc)
         self._stop()
 
-    async def _cancel_everything(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
+    def _halt(self) -> None:
+        """Stopping: calls that have not started never will, the others are cancelled
+        (once: a routine that catches it may await its cleanup)."""
+        if self._halted:
+            return
+        self._halted = True
+        self.gate.revoke_all()
+        for task in self._tasks.values():
             task.cancel()
+
+    async def _cancel_everything(self) -> None:
+        self._halt()
+        tasks = list(self._tasks.values())
         if tasks:
             await asyncio.wait(tasks, timeout=5)
         sessions = list(self._sessions.values())
@@ -185,7 +202,7 @@ class WorkerService:
         if type(msg) is Call:
             if msg.fn_def is not None:
                 self._keep_definition(msg)  # even if it is handed back unstarted
-            self.gate.admit(msg.id)
+            self.gate.admit(msg.id, msg.keep)
             self._start(msg, buffers)
         elif type(msg) is Reply:
             self.client.on_reply(msg, buffers)
@@ -196,12 +213,13 @@ class WorkerService:
             task = self._tasks.get(rid)
             if task is not None:
                 task.cancel()
-                if rid not in self._sessions and _not_started(task):
+                if rid not in self._sessions and (_not_started(task) or self.gate.holds(rid)):
                     # Its body never runs now (a task cancelled before its first step
-                    # ends at once, skipping even its finally): it leaves the table
+                    # ends at once, skipping even its finally; one whose gate is
+                    # reading this very message is refused by it): it leaves the table
                     # here, and is answered here unless the returner handed it back.
                     del self._tasks[rid]
-                    if self.gate.start(rid):
+                    if self.gate.claim(rid):
                         self._reply(rid, CANCELLED)
             elif rid in self._sessions:
                 # An idle generator session (its last step already answered):
@@ -209,6 +227,7 @@ class WorkerService:
                 self._end_session(rid, CANCELLED, close=True)
         elif type(msg) is Stop:
             self._stop()
+            self._halt()  # now: the loop may have hundreds of calls ready to start
         elif type(msg) is Ping:
             # The answer proves this loop runs (a reply the returner thread flushes
             # would not): the hub sends this worker calls again.
@@ -396,8 +415,48 @@ class WorkerService:
                 self._end_session(step.id, RAISED, payload.dumps_exception(exc), close=True)
                 return
             session.synced.update(values)
+        if session is not None and session.busy:
+            # A step is being taken (the caller prefetches, or granted more while
+            # the worker runs ahead): this one follows it, in the same task.
+            if step.op == NEXT and not session.queued:
+                session.ahead += 1 + step.ahead
+            else:
+                session.queued.append((step.op, step.value, buffers, step.ahead))
+            return
         ctx = session.context if session is not None else None
-        self._spawn(step.id, self._step(step.id, step.op, step.value, buffers), ctx)
+        self._spawn(step.id, self._steps(step.id, step.op, step.value, buffers, step.ahead), ctx)
+
+    async def _steps(
+        self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes], ahead: int
+    ) -> None:
+        """Take a step, then the ``NEXT`` steps granted ahead and the steps that came
+        meanwhile, in order, while the generator yields: a stream the caller prefetches
+        costs no task per item."""
+        session = self._sessions.get(rid)
+        if session is None:
+            await self._step(rid, op, value, buffers)  # answers EXHAUSTED
+            return
+        session.busy = True
+        session.ahead = ahead
+        task = asyncio.current_task()
+        try:
+            while await self._step(rid, op, value, buffers):
+                if task is not None and task.cancelling():
+                    # Cancelled, and the generator caught it and yielded: it runs
+                    # ahead no further; it is closed (its finally runs), as asked.
+                    self._end_session(rid, CANCELLED, close=True)
+                    return
+                if session.ahead > 0:
+                    session.ahead -= 1
+                    op, value, buffers = NEXT, None, ()
+                elif session.queued:
+                    op, value, buffers, session.ahead = session.queued.popleft()
+                else:
+                    return
+        finally:
+            session.busy = False
+            session.ahead = 0
+            session.queued.clear()
 
     def _back(self, synced: dict[str, Any]) -> dict[str, bytes] | None:
         """What the routine changed in its context, for the caller (and now in sync)."""
@@ -440,11 +499,12 @@ class WorkerService:
         finally:
             self._tasks.pop(rid, None)
 
-    async def _step(self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes]) -> None:
+    async def _step(self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes]) -> bool:
+        """Take one step and answer it; True if it yielded (the session goes on)."""
         session = self._sessions.get(rid)
         if session is None:
             self._reply(rid, EXHAUSTED)
-            return
+            return False
         gen = session.gen
         try:
             if op == NEXT:
@@ -462,21 +522,22 @@ class WorkerService:
                 raise ValueError(f"unknown generator step {op}")
         except StopAsyncIteration:
             self._end_session(rid, EXHAUSTED, None, self._back(session.synced))
-            return
+            return False
         except asyncio.CancelledError:
             self._end_session(rid, CANCELLED, close=True)
-            return
+            return False
         except BaseException as exc:
             error = payload.dumps_exception(exc, gen)
             self._end_session(rid, RAISED, error, self._back(session.synced))
-            return
+            return False
         try:
             data, out = payload.dumps(item, "a value yielded by", of=gen)
         except BaseException as exc:  # whatever pickling raised, the caller hears
             error = payload.dumps_failure("a value yielded", gen, exc)
             self._end_session(rid, RAISED, error, close=True)
-            return
+            return False
         self._reply(rid, YIELDED, data, out, self._back(session.synced))
+        return True
 
 
 def _not_started(task: asyncio.Task[Any]) -> bool:
