@@ -486,3 +486,16 @@ def test_given_the_python_docs_example_ported_by_its_constructor_then_it_runs():
         "1099726899285419 is prime: False",
     ]
     assert done.stderr == ""
+
+
+def test_given_the_readme_section_from_processpoolexecutor_then_its_snippet_runs():
+    """Given the README's "From ProcessPoolExecutor" section, when its Python snippet
+    runs as a program, then it prints what it promises."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## From `ProcessPoolExecutor`", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["ba7816bf8f01cfea", "20000", "42"]

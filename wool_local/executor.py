@@ -247,6 +247,7 @@ class _Core:
         self.inbox: deque[Future] = deque()  # submitted, not yet seen by the loop
         self.waking = False  # a drain of the inbox is scheduled
         self.wrapped: dict[int, tuple[Any, Any]] = {}
+        self.bodies: dict[int, tuple[Any, Any, bool]] = {}
         # -- the loop thread's alone --
         self.waiting: deque[Future] = deque()  # plain calls held back: pending
         self.tasks: dict[Future, tuple[asyncio.Task[None], bool]] = {}  # and: plain?
@@ -259,10 +260,11 @@ class _Core:
     # -- the callers' side (any thread) -------------------------------------------
 
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future:
-        from .callables import SyncBody, body_of
-
-        body = body_of(self.wrap(fn))
-        sync = type(body) is SyncBody
+        entry = self.bodies.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            body, sync = entry[1], entry[2]
+        else:
+            body, sync = self.body_for(fn)
         with self.lock:
             self.check_open()
             if self.loop is None:
@@ -306,6 +308,18 @@ class _Core:
             ) from self.broken
         if self.shut:
             raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def body_for(self, fn: Any) -> tuple[Any, bool]:
+        """What a worker awaits for ``fn``, and whether it is a plain function (cached:
+        working that out costs more than the rest of a submit)."""
+        from .callables import SyncBody, body_of
+
+        body = body_of(self.wrap(fn))
+        sync = type(body) is SyncBody
+        if len(self.bodies) >= 1024:
+            self.bodies.clear()
+        self.bodies[id(fn)] = (fn, body, sync)  # (keeps fn alive: its id stays its own)
+        return body, sync
 
     def wrap(self, fn: Any) -> Any:
         """``fn``, or with an initializer ``fn`` behind a wrapper that runs it first."""
