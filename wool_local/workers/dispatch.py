@@ -223,12 +223,14 @@ class Dispatcher:
             return None
         target = pending.target
         assert target is not None
-        target.load -= 1
+        more = reply.more
+        answered = 1 if more is None else 1 + len(more)  # steps this answers
+        target.load -= answered
         pending.call = None  # answered: it started, it can no longer be handed back
         pending.buffers = ()
         final = reply.status != YIELDED
         if pending.owed:
-            pending.owed -= 1
+            pending.owed = max(0, pending.owed - answered)
         if final:
             del self._pending[reply.id]
             target.open -= 1
@@ -520,7 +522,9 @@ class Dispatcher:
                     return
                 data = reply.value or b""
                 if not lockstep:
-                    size = len(data) + sum(len(b) for b in answer[1])
+                    size = len(data)
+                    if answer[1]:
+                        size += sum(len(b) for b in answer[1])
                     item_size += (size - item_size) * 0.125
                 item = payload.loads(data, "a value yielded by", answer[1], of=fn)
                 try:
@@ -606,7 +610,7 @@ class Dispatcher:
 
 #: A stream prefetches up to this many items ahead of its caller, and no more than
 #: about ``PREFETCH_BYTES`` of them (by the average size of the items so far).
-PREFETCH_ITEMS = 64
+PREFETCH_ITEMS = 256
 PREFETCH_BYTES = 1 << 20
 
 
@@ -624,7 +628,17 @@ class _Inbox:
         return False
 
     def set_result(self, answer: tuple[Reply, Sequence[bytes]]) -> None:
-        self.answers.append(answer)
+        reply = answer[0]
+        more = reply.more
+        if more is None:
+            self.answers.append(answer)
+        else:  # several values, one answer each; the context goes with the last
+            rid = reply.id
+            self.answers.append((Reply(rid, YIELDED, reply.value), answer[1]))
+            last = len(more) - 1
+            for i, data in enumerate(more):
+                ctx = reply.context if i == last else None
+                self.answers.append((Reply(rid, YIELDED, data, ctx), ()))
         self._wake()
 
     def set_exception(self, exc: BaseException) -> None:

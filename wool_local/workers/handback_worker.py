@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import threading
-from time import perf_counter
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Any
 
 from .link import HOLD_BOUND, Link

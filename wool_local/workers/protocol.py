@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-PROTOCOL_VERSION = 2  # 2: Batch
+PROTOCOL_VERSION = 3  # 2: Batch; 3: Step.ahead, Reply.more, Call.keep
 
 # Call kinds
 COROUTINE, GENERATOR = 0, 1
@@ -74,6 +74,9 @@ class Reply(msgspec.Struct, array_like=True, tag=4, gc=False):
     status: int
     value: bytes | None = None
     context: dict[str, bytes] | None = None  # variables the routine's context holds now
+    #: YIELDED only: the values yielded after ``value``, each answering one more step
+    #: (a generator running ahead; ``context`` is as after the last of them).
+    more: list[bytes] | None = None
 
 
 class Stop(msgspec.Struct, array_like=True, tag=5, gc=False):

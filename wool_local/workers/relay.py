@@ -37,7 +37,9 @@ class _Forward:
         reply, buffers = answer
         if reply.status != YIELDED:
             self.relay.finished(self.asker, self.call_id)
-        self._send(Reply(self.call_id, reply.status, reply.value, reply.context), buffers)
+        self._send(
+            Reply(self.call_id, reply.status, reply.value, reply.context, reply.more), buffers
+        )
 
     def set_exception(self, exc: BaseException) -> None:
         self.relay.finished(self.asker, self.call_id)

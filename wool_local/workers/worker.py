@@ -24,6 +24,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 from types import MappingProxyType
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..ipc import Channel, Doorbell, Segment, SlotTable
 from . import context, hubclient, payload, proxy
 from .handback_worker import LockedLink, StartGate
 from .hubclient import HubClient
+from .link import HOLD_BOUND
 from .options import PoolOptions
 from .protocol import (
     CANCELLED,
@@ -55,6 +57,11 @@ from .protocol import (
 )
 
 log = logging.getLogger("wool_local")
+
+#: A generator running ahead sends at most this many values, or about this many
+#: bytes of them, in one answer.
+HOLD_ITEMS = 32
+HOLD_BYTES = 32 << 10
 
 
 @dataclass
@@ -84,6 +91,10 @@ class Session:
     ahead: int = 0
     #: Other steps that came while it was busy: ``(op, value, buffers, ahead)``.
     queued: deque[tuple[int, bytes | None, Sequence[bytes], int]] = field(default_factory=deque)
+    #: Values yielded running ahead, held to go out together in one ``Reply``.
+    held: list[bytes] = field(default_factory=list)
+    held_bytes: int = 0
+    last_yield: float = 0.0  # when it last yielded (perf_counter)
 
 
 class WorkerService:
@@ -257,11 +268,12 @@ class WorkerService:
         value: bytes | None = None,
         buffers: Sequence[Any] = (),
         snapshot: dict[str, bytes] | None = None,
+        more: list[bytes] | None = None,
     ) -> None:
         if self.link.lost is not None:
             return
         try:
-            self.link.send(Reply(rid, status, value, snapshot), buffers)
+            self.link.send(Reply(rid, status, value, snapshot, more), buffers)
         except Exception as exc:
             # The answer itself could not go (no room for a spill segment, say):
             # the caller still gets an answer, the error, rather than nothing.
@@ -338,6 +350,9 @@ class WorkerService:
         """The one way a generator session ends: it leaves the table, gives its lease
         back, and its caller gets ``status``. With ``close``, the generator is closed
         first (its ``finally`` runs), in a task of its own, then the answer goes."""
+        live = self._sessions.get(rid)
+        if live is not None and live.held:
+            self._flush_held(rid, live)  # what it yielded goes before its end
         session = self._drop_session(rid)
         if close and session is not None:
             self._spawn(-rid, self._close_then_reply(session.gen, rid, status, value))
@@ -536,8 +551,53 @@ class WorkerService:
             error = payload.dumps_failure("a value yielded", gen, exc)
             self._end_session(rid, RAISED, error, close=True)
             return False
-        self._reply(rid, YIELDED, data, out, self._back(session.synced))
+        self._yielded(rid, session, data, out, self._back(session.synced))
         return True
+
+    def _yielded(
+        self,
+        rid: int,
+        session: Session,
+        data: bytes,
+        out: Sequence[Any],
+        snapshot: dict[str, bytes] | None,
+    ) -> None:
+        """Answer a step that yielded. Running ahead of a prefetching caller, values
+        that come quickly (less than ``HOLD_BOUND`` apart) are held and go out together
+        in one ``Reply`` (``more``): up to ``HOLD_ITEMS`` of them or ``HOLD_BYTES``, until
+        one has out-of-band buffers or changed a context variable, or until the loop
+        runs its next iteration (the generator awaits: the caller should not wait)."""
+        held = session.held
+        now = perf_counter()
+        quick = now - session.last_yield < HOLD_BOUND
+        session.last_yield = now
+        if (
+            session.ahead
+            and quick
+            and not out
+            and snapshot is None
+            and len(held) < HOLD_ITEMS
+            and session.held_bytes < HOLD_BYTES
+        ):
+            held.append(data)
+            session.held_bytes += len(data)
+            if len(held) == 1 and self._loop is not None:
+                self._loop.call_soon(self._flush_held, rid, session)
+            return
+        if held and not out:
+            held.append(data)
+            session.held, session.held_bytes = [], 0
+            self._reply(rid, YIELDED, held[0], (), snapshot, held[1:])
+            return
+        self._flush_held(rid, session)
+        self._reply(rid, YIELDED, data, out, snapshot)
+
+    def _flush_held(self, rid: int, session: Session) -> None:
+        """Send the values ``session`` holds back, if any, as one answer."""
+        held = session.held
+        if held:
+            session.held, session.held_bytes = [], 0
+            self._reply(rid, YIELDED, held[0], (), None, held[1:] or None)
 
 
 def _not_started(task: asyncio.Task[Any]) -> bool:
