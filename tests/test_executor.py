@@ -409,6 +409,44 @@ def test_given_bad_arguments_then_the_constructor_says_so():
         wool_local.Executor(1, initializer="nope")  # type: ignore[arg-type]
 
 
+def test_given_the_pool_cannot_start_then_submit_says_why_and_the_executor_is_broken(
+    monkeypatch,
+):
+    """Given a pool whose start fails, when a call is submitted, then the start's error
+    is raised, the executor's thread ends, and later submits raise BrokenExecutor."""
+
+    async def no_start(self):
+        raise OSError("no shared memory")
+
+    monkeypatch.setattr(wool_local.WorkerPool, "__aenter__", no_start)
+    ex = wool_local.Executor(1)
+    with pytest.raises(OSError, match="no shared memory"):
+        ex.submit(square, 2)
+    with pytest.raises(cf.BrokenExecutor, match="no shared memory"):
+        ex.submit(square, 2)
+    assert not any(t.name == "wool_local.Executor" for t in threading.enumerate())
+    ex.shutdown()
+
+
+def test_given_a_forked_child_then_the_parents_executor_refuses_calls(ex):
+    """Given a running executor, when the process forks, then in the child submitting
+    raises BrokenExecutor (the executor's thread and pool are the parent's) instead of
+    hanging; the parent's executor serves on."""
+    from .forking import fork, join
+
+    assert ex.submit(square, 2).result(WAIT) == 4
+
+    def child() -> None:
+        try:
+            ex.submit(square, 3)
+        except cf.BrokenExecutor:
+            return
+        raise AssertionError("the child could submit")
+
+    assert join(fork(child)) == 0
+    assert ex.submit(square, 4).result(WAIT) == 16
+
+
 # -- map -------------------------------------------------------------------------------
 
 

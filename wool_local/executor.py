@@ -304,7 +304,7 @@ class _Core:
     def check_open(self) -> None:
         if self.broken is not None:
             raise concurrent.futures.BrokenExecutor(
-                f"the executor's pool could not start: {self.broken!r}"
+                f"this executor cannot take calls: {self.broken}"
             ) from self.broken
         if self.shut:
             raise RuntimeError("cannot schedule new futures after shutdown")
@@ -367,17 +367,18 @@ class _Core:
             name="wool_local.Executor",
             daemon=False,
         )
-        _register_exit_hook()
+        _register_hooks()
+        self.loop, self.thread = loop, thread  # soon() and close() reach it from now on
         _live.add(self)
         thread.start()
         try:
             started.result()
-        except BaseException as exc:
-            thread.join()
-            _live.discard(self)
+        except BaseException as exc:  # it failed, or this wait was interrupted (Ctrl-C)
             self.broken = exc
+            self.shut = True
+            self.soon(self.closed, True, True)  # stop a pool that may start meanwhile
+            thread.join()
             raise
-        self.loop, self.thread = loop, thread
 
     def close(self, wait: bool, cancel_futures: bool, abort: bool = False) -> None:
         """``shutdown``: no more submits; then the loop finishes (or, on ``abort``,
@@ -420,7 +421,7 @@ class _Core:
         # is safe and the warning about threads would only mislead.
         me = threading.current_thread()
         others = [t for t in threading.enumerate() if t is not me and t.ident != caller]
-        quiet = not others and not zygote._warned_threads
+        quiet = not others and not getattr(zygote, "_warned_threads", True)
         if quiet:
             zygote._warned_threads = True
         try:
@@ -432,8 +433,9 @@ class _Core:
             if quiet:
                 zygote._warned_threads = False
         self.done = asyncio.get_running_loop().create_future()
-        self.loop = asyncio.get_running_loop()
         started.set_result(None)
+        if self.closing:  # closed while it started (the starting thread was interrupted)
+            self.maybe_done()
         try:
             await self.done
         finally:
@@ -781,14 +783,24 @@ _live: set[_Core] = set()
 _hooked = False
 
 
-def _register_exit_hook() -> None:
+def _register_hooks() -> None:
     """Before the interpreter joins its threads at exit, stop every executor left
     running: let the work finish (as the stdlib does), or abort it if the program
-    ended with an uncaught exception (Ctrl-C)."""
+    ended with an uncaught exception (Ctrl-C). In a forked child, the parent's
+    executors refuse calls (their thread and pool are the parent's)."""
     global _hooked
     if not _hooked:
         _hooked = True
         threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+        os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _forget_in_child() -> None:
+    for core in _live:
+        core.broken = RuntimeError(
+            "it was started by the parent of this process: its thread and pool are there"
+        )
+    _live.clear()
 
 
 def _at_exit() -> None:
