@@ -71,6 +71,16 @@ def init_fails() -> None:
     raise OSError("no database")
 
 
+@wool_local.routine(dispatch_timeout=0.2)
+async def sleeps_past_its_limit() -> None:
+    await asyncio.sleep(WAIT)
+
+
+@wool_local.routine
+async def sleeps(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
 @pytest.fixture
 def gate(tmp_path: Path) -> Iterator[Gate]:
     g = Gate(tmp_path / "gate")
@@ -236,6 +246,20 @@ def test_given_routines_then_submit_and_map_run_their_bodies(ex):
     assert list(ex.map(routines.square, range(5))) == [0, 1, 4, 9, 16]
     with pytest.raises(TypeError, match="async generator"):
         ex.submit(routines.countdown, 3)
+
+
+def test_given_routines_with_time_limits_then_the_future_fails_naming_routine_and_limit(ex):
+    """Given a routine with dispatch_timeout=0.2 that sleeps longer, and a routine
+    submitted under RuntimeContext(dispatch_timeout=0.1), then each future fails with a
+    TimeoutError naming the routine and its limit, as a call in a pool block would."""
+    with pytest.raises(
+        TimeoutError, match=r"sleeps_past_its_limit\(\) exceeded dispatch_timeout=0.2"
+    ):
+        ex.submit(sleeps_past_its_limit).result(WAIT)
+    with wool_local.RuntimeContext(dispatch_timeout=0.1):
+        future = ex.submit(sleeps, WAIT)
+    with pytest.raises(TimeoutError, match=r"sleeps\(\) exceeded dispatch_timeout=0.1"):
+        future.result(WAIT)
 
 
 def test_given_unpicklable_arguments_then_the_future_says_which(ex):

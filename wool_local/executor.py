@@ -199,7 +199,7 @@ class Future(concurrent.futures.Future):
     def __init__(self, core: _Core, call: tuple[Any, ...] | None) -> None:
         super().__init__()
         self._wl_core = core
-        #: (body, args, kwargs, sync) until handed to the pool.
+        #: (what to run, args, kwargs, the submitter's context) until handed over.
         self._wl_call = call
         #: The loop has seen it leave the pending state (handed over, or cancelled).
         self._wl_seen = False
@@ -247,7 +247,7 @@ class _Core:
         self.inbox: deque[Future] = deque()  # submitted, not yet seen by the loop
         self.waking = False  # a drain of the inbox is scheduled
         self.wrapped: dict[int, tuple[Any, Any]] = {}
-        self.bodies: dict[int, tuple[Any, Any, bool]] = {}
+        self.bodies: dict[int, tuple[Any, Any, bool, Any]] = {}
         # -- the loop thread's alone --
         self.waiting: deque[Future] = deque()  # plain calls held back: pending
         self.tasks: dict[Future, tuple[asyncio.Task[None], bool]] = {}  # and: plain?
@@ -261,15 +261,13 @@ class _Core:
 
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future:
         entry = self.bodies.get(id(fn))
-        if entry is not None and entry[0] is fn:
-            body, sync = entry[1], entry[2]
-        else:
-            body, sync = self.body_for(fn)
+        if entry is None or entry[0] is not fn:
+            entry = self.body_for(fn)
         with self.lock:
             self.check_open()
             if self.loop is None:
                 self.start()
-            fut = Future(self, (body, args, kwargs, sync, contextvars.copy_context()))
+            fut = Future(self, (entry, args, kwargs, contextvars.copy_context()))
             self.inbox.append(fut)
             if not self.waking:
                 self.waking = True
@@ -309,17 +307,19 @@ class _Core:
         if self.shut:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def body_for(self, fn: Any) -> tuple[Any, bool]:
-        """What a worker awaits for ``fn``, and whether it is a plain function (cached:
+    def body_for(self, fn: Any) -> tuple[Any, Any, bool, Any]:
+        """``(fn, body, plain, routine)``: what a worker awaits for ``fn``, whether
+        ``fn`` is a plain function, and the routine ``fn`` is, if it is one (cached:
         working that out costs more than the rest of a submit)."""
         from .callables import SyncBody, body_of
+        from .routine import Routine
 
         body = body_of(self.wrap(fn))
-        sync = type(body) is SyncBody
+        entry = (fn, body, type(body) is SyncBody, fn if isinstance(fn, Routine) else None)
         if len(self.bodies) >= 1024:
             self.bodies.clear()
-        self.bodies[id(fn)] = (fn, body, sync)  # (keeps fn alive: its id stays its own)
-        return body, sync
+        self.bodies[id(fn)] = entry  # (keeps fn alive: its id stays its own)
+        return entry
 
     def wrap(self, fn: Any) -> Any:
         """``fn``, or with an initializer ``fn`` behind a wrapper that runs it first."""
@@ -448,7 +448,7 @@ class _Core:
         while inbox:
             fut = inbox.popleft()
             call = fut._wl_call
-            if call is not None and call[3] and (waiting or self.sync_running >= self.lead):
+            if call is not None and call[0][2] and (waiting or self.sync_running >= self.lead):
                 waiting.append(fut)
             else:
                 self.launch(fut)
@@ -463,17 +463,24 @@ class _Core:
         if not fut.set_running_or_notify_cancel():
             return
         assert call is not None and self.loop is not None
-        body, args, kwargs, sync, ctx = call
+        entry, args, kwargs, ctx = call
+        sync = entry[2]
         if sync:
             self.sync_running += 1
-        task = self.loop.create_task(self.run(fut, body, args, kwargs, sync), context=ctx)
+        task = self.loop.create_task(self.run(fut, entry, args, kwargs), context=ctx)
         self.tasks[fut] = (task, sync)
 
-    async def run(self, fut: Future, body: Any, args: Any, kwargs: Any, sync: bool) -> None:
+    async def run(self, fut: Future, entry: Any, args: Any, kwargs: Any) -> None:
+        """One call, in a copy of the submitter's context."""
         import asyncio
 
+        _, body, sync, routine = entry
+        hub = self.pool.hub
         try:
-            result = await self.pool.hub.call(body, args, kwargs)
+            if sync:
+                result = await hub.call(body, args, kwargs)
+            else:
+                result = await self.run_async(hub, body, routine, args, kwargs)
         except asyncio.CancelledError:
             _settle(fut, None, concurrent.futures.CancelledError(_cancelled_name(body)))
         except BaseException as exc:
@@ -482,6 +489,32 @@ class _Core:
             _settle(fut, result, None)
         finally:
             self.finished(fut)
+
+    async def run_async(self, hub: Any, body: Any, routine: Any, args: Any, kwargs: Any) -> Any:
+        """An async function or routine, called as in the pool's block: routines it
+        calls in the worker dispatch to this pool, and a routine's dispatch_timeout
+        (or the submitter's ``RuntimeContext(dispatch_timeout=...)``) bounds it."""
+        import asyncio
+
+        from .context import ambient_dispatch_timeout
+        from .workers import __proxy__
+
+        __proxy__.set(hub.proxy)  # this call's context is its own copy
+        limit = None
+        if routine is not None:
+            limit = routine.dispatch_timeout or ambient_dispatch_timeout()
+        if limit is None:
+            return await hub.call(body, args, kwargs)
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                return await hub.call(body, args, kwargs)
+        except TimeoutError:
+            if deadline.expired():  # this limit, not a TimeoutError the routine raised
+                raise TimeoutError(
+                    f"{routine.__qualname__}() exceeded dispatch_timeout={limit} s"
+                ) from None
+            raise
 
     def finished(self, fut: Future, _task: Any = None) -> None:
         """``fut``'s task ended (or was cancelled before it started: its coroutine never
