@@ -664,7 +664,7 @@ class _Inbox:
         answer = self.answers.popleft()
         if isinstance(answer, BaseException):
             raise answer
-        return answer  # type: ignore[no-any-return]
+        return answer
 
 
 def _changes(

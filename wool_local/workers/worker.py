@@ -413,7 +413,9 @@ class WorkerService:
                 self._reply(rid, RAISED, payload.dumps_exception(exc, fn))
                 return
             self._sessions[rid] = Session(gen, ctx, lease, sent)
-            await self._step(rid, call.op, call.value, [])
+            task = asyncio.current_task()
+            if await self._step(rid, call.op, call.value, []) and task and task.cancelling():
+                self._end_session(rid, CANCELLED, close=True)  # it caught the cancel, yielded
         finally:
             if self._tasks.get(rid) is asyncio.current_task():
                 del self._tasks[rid]
