@@ -300,6 +300,36 @@ def test_given_an_error_in_the_with_block_then_leaving_it_is_quick():
     assert sum(f.cancelled() for f in futures) > 900
 
 
+def signal_then_wait(started: str, gate: str) -> None:
+    with open(started, "wb", buffering=0) as f:
+        f.write(b"s")
+    wait_gate(gate)
+
+
+def test_given_a_call_that_ignores_cancellation_then_leaving_on_error_waits_stop_timeout(
+    tmp_path,
+):
+    """Given stop_timeout=0.3 and a running call blocked on a gate (it cannot be
+    cancelled), when an error leaves the with block, then the block exits after about
+    stop_timeout (its worker is killed) and the call's future is done."""
+    import select
+
+    started, gate = Gate(tmp_path / "started"), Gate(tmp_path / "gate")
+    try:
+        with pytest.raises(RuntimeError, match="leave"):
+            with wool_local.Executor(1, stop_timeout=0.3) as ex:
+                blocked = ex.submit(signal_then_wait, started.path, gate.path)
+                assert select.select([started.fd], [], [], WAIT)[0], "the call never started"
+                leaving = time.monotonic()
+                raise RuntimeError("leave")
+        elapsed = time.monotonic() - leaving
+    finally:
+        started.close()
+        gate.close()
+    assert 0.25 < elapsed < 2.0, elapsed
+    assert blocked.done()
+
+
 def fails_now() -> None:
     raise ValueError("item failed")
 

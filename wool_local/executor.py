@@ -153,7 +153,8 @@ class Executor(concurrent.futures.Executor):
         order, as an iterator.
 
         It is :meth:`WorkerPool.map` seen from synchronous code: the input is read
-        lazily (a bounded window ahead; an endless generator works) and sent in
+        lazily, in the executor's thread (a bounded window ahead; an endless
+        generator works), and sent in
         chunks, ``chunksize="auto"`` sizing them from the measured cost per item
         (an int fixes it); the work starts at this call. ``timeout``: the iterator
         raises TimeoutError if a result is not there ``timeout`` seconds after this
