@@ -16,7 +16,8 @@ What is measured (2 workers; median of ``--rounds`` rounds, each in a fresh pool
        ``asyncio.gather`` inside ``async with WorkerPool()``, timed from the error
        reaching the caller to the block being left ("killed" counts workers SIGKILLed on
        the way out); ProcessPoolExecutor (fork): ``submit`` all, wait for the failing
-       future, then ``shutdown(wait=True, cancel_futures=True)``.
+       future, then ``shutdown(wait=True, cancel_futures=True)``. Fresh pools, no warm-up
+       call (whether the workers handed calls back before the error changes the case).
 
 Why
     Issue 11: results of CPU-bound calls left a worker in bursts, streams cost a round
@@ -204,7 +205,6 @@ def wool_local_leave(rounds: int, pids: set[int]) -> dict[str, float]:
         try:
             async with wool_local.WorkerPool(spawn=WORKERS) as pool:
                 pids.update(pool.pids)
-                await asyncio.gather(*(wl_spin(0, i) for i in range(20)))  # warm
                 try:
                     await asyncio.gather(*(wl_spin_raising(MANY_SECONDS, i) for i in range(MANY)))
                 finally:
@@ -225,7 +225,6 @@ def executor_leave(rounds: int) -> dict[str, float]:
     def one() -> float:
         ex = _fork_executor()
         try:
-            list(ex.map(spin, [0] * 20))  # warm
             futures = [ex.submit(spin_raising, MANY_SECONDS, i) for i in range(MANY)]
             try:
                 futures[10].result(timeout=TIMEOUT)
