@@ -167,3 +167,23 @@ def test_given_a_bad_chunksize_or_no_iterable_then_a_clear_error():
                 wp.map(square)
 
     run(main)
+
+
+class Scaler:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    @wool_local.routine
+    async def scale(self, x: int) -> int:
+        return self.k * x
+
+
+def test_given_a_routine_used_as_a_method_then_it_maps():
+    """Given a routine defined as a method, mapping the bound method runs its body in the
+    workers with the instance."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=2) as wp:
+            assert [y async for y in wp.map(Scaler(4).scale, range(3))] == [0, 4, 8]
+
+    run(main)

@@ -10,6 +10,7 @@ pool, not once per call.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -45,12 +46,12 @@ def body_of(fn: Any) -> Any:
     generator function (stream it with ``async for`` over the routine instead) and
     for what is not callable."""
     if isinstance(fn, Routine):
-        if fn._streams:
-            raise TypeError(
-                f"{fn.__qualname__} is an async generator routine; iterate it with "
-                "'async for' instead of submitting it"
-            )
+        _no_stream(fn)
         return fn._body
+    if isinstance(fn, functools.partial) and isinstance(fn.func, Routine):
+        # A routine used as a method: ``obj.method`` is the routine bound by a partial.
+        _no_stream(fn.func)
+        return functools.partial(fn.func._body, *fn.args, **fn.keywords)
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable")
     if inspect.isasyncgenfunction(fn):
@@ -65,3 +66,11 @@ def body_of(fn: Any) -> Any:
     body = SyncBody(fn)
     _wrappers[id(fn)] = (fn, body)
     return body
+
+
+def _no_stream(routine: Routine) -> None:
+    if routine._streams:
+        raise TypeError(
+            f"{routine.__qualname__} is an async generator routine; iterate it with "
+            "'async for' instead of submitting it"
+        )
