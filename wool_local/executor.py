@@ -59,8 +59,6 @@ LEAD_PER_WORKER = 16
 #: Results of a ``map`` buffered for the caller before the map pauses; it goes
 #: on when the caller has taken half of them.
 MAP_BUFFER = 8192
-#: Most results of a ``map`` handed to the caller at once.
-MAP_BATCH = 1024
 
 _MP_CONTEXT = (
     "wool_local.Executor forks its workers from a zygote process of its own; it takes "
@@ -287,12 +285,22 @@ class _Core:
         deadline = None if timeout is None else time.monotonic() + timeout
         if threading.get_ident() == self.thread_id:
             raise RuntimeError(_BLOCKING.format("Executor.map()"))
+        from .mapping import map_over
+
         with self.lock:
             self.check_open()
             if self.loop is None:
                 self.start()
-            steps = self.pool.map(
-                self.wrap(fn), *iterables, chunksize=chunksize, ordered=ordered, progress=progress
+            hub = self.pool.hub
+            steps = map_over(
+                hub,
+                hub.options.size,
+                self.wrap(fn),
+                iterables,
+                chunksize=chunksize,
+                ordered=ordered,
+                progress=progress,
+                chunks=True,  # handed over a chunk at a time, not an item at a time
             )
             relay = _Relay(self, steps)
             self.soon(self.start_map, relay, contextvars.copy_context())
@@ -615,8 +623,8 @@ class _Relay:
     (:func:`_results`): batches in a deque both use, a condition the caller waits on
     when it is empty, an asyncio event the producer waits on when it is full.
 
-    Results go over in batches (what came in one loop turn, at most ``MAP_BATCH``),
-    so a handful of cross-thread operations is paid per chunk, not per item.
+    Results go over a chunk at a time (the list a worker answered with), so a
+    handful of cross-thread operations is paid per chunk, not per item.
     """
 
     def __init__(self, core: _Core, steps: Any) -> None:
@@ -638,36 +646,19 @@ class _Relay:
     async def produce(self) -> None:
         import asyncio
 
-        loop = asyncio.get_running_loop()
         self.room = room = asyncio.Event()
-        batch: list[Any] = []
-        scheduled = False
-
-        def flush() -> None:
-            nonlocal batch, scheduled
-            scheduled = False
-            if batch:
-                self.buf.append(batch)
-                self.produced += len(batch)
-                batch = []
+        try:
+            async for chunk in self.steps:
+                self.buf.append(chunk)
+                self.produced += len(chunk)
                 if self.waiting:
                     self.wake()
-
-        try:
-            async for value in self.steps:
-                batch.append(value)
-                n = len(batch)
-                if n >= MAP_BATCH or self.produced + n - self.taken >= self.high:
-                    flush()
-                    if self.produced - self.taken >= self.high:  # full: wait for room
-                        room.clear()
-                        self.paused = True
-                        if self.produced - self.taken >= self.high:
-                            await room.wait()
-                        self.paused = False
-                elif not scheduled:
-                    scheduled = True
-                    loop.call_soon(flush)  # when this task next waits: what came so far
+                if self.produced - self.taken >= self.high:  # full: wait for room
+                    room.clear()
+                    self.paused = True
+                    if self.produced - self.taken >= self.high:
+                        await room.wait()
+                    self.paused = False
         except asyncio.CancelledError:
             self.error = concurrent.futures.CancelledError("the map was cancelled")
         except BaseException as exc:
@@ -677,7 +668,6 @@ class _Relay:
                 await self.steps.aclose()
             except BaseException:
                 pass  # cancelled again while closing: its chunks are cancelled already
-            flush()
             self.finished = True
             self.wake()
             core = self.core

@@ -34,7 +34,7 @@ from .workers import payload
 #: under 1% of it, short enough for steady progress and balance at the end.
 CHUNK_SECONDS = 0.01
 #: Most items in one chunk.
-MAX_CHUNK = 10_000
+MAX_CHUNK = 100_000
 #: How much a chunk may grow over the last one (a noisy first reading must not
 #: make one worker take the whole input).
 GROWTH = 16
@@ -44,33 +44,48 @@ WINDOW_PER_WORKER = 3
 Progress = Callable[[int, "int | None"], None]
 
 
+class Items(list):
+    """A chunk's arguments. Not a plain list on purpose: the dispatch looks one level
+    into a call's arguments for large ``bytes`` to send out of band, and walking
+    thousands of items for them would cost more than the chunk's pickling."""
+
+    __slots__ = ()
+
+
 class ChunkRunner:
     """Runs one chunk of a map in a worker: ``(first, items)`` to ``(results, failure,
     seconds)``; ``failure`` is ``(index, pickled exception)`` for the first item that
     raised (results stop before it)."""
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, body: Any, star: bool) -> None:
         self.body = body
+        # Items are argument tuples (several iterables), or the arguments themselves.
+        self.star = star
         # Named after the mapped function, in messages and when deciding how to
         # pickle it (a function of __main__ goes by value).
         self.__qualname__ = f"map({payload.name_of(body)})"
         self.__module__ = getattr(body, "__module__", None) or __name__
 
-    async def __call__(self, first: int, items: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    async def __call__(self, first: int, items: list[Any]) -> tuple[Any, ...]:
         start = time.perf_counter()
         body = self.body
         results: list[Any] = []
         failure: tuple[int, bytes] | None = None
         if type(body) is SyncBody:
             fn = body.fn
-            for k, args in enumerate(items):
-                try:
-                    results.append(fn(*args))
-                except Exception as exc:
-                    failure = (first + k, payload.dumps_exception(exc, fn))
-                    break
+            append = results.append
+            try:  # the tight loop: the failing item's index is len(results)
+                if self.star:
+                    for args in items:
+                        append(fn(*args))
+                else:
+                    for arg in items:
+                        append(fn(arg))
+            except Exception as exc:
+                failure = (first + len(results), payload.dumps_exception(exc, fn))
         else:
-            outcomes = await asyncio.gather(*(body(*a) for a in items), return_exceptions=True)
+            calls = (body(*a) for a in items) if self.star else (body(a) for a in items)
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
             for k, out in enumerate(outcomes):
                 if isinstance(out, BaseException):
                     failure = (first + k, payload.dumps_exception(out, body))
@@ -79,7 +94,7 @@ class ChunkRunner:
         return results, failure, time.perf_counter() - start
 
     def __reduce__(self) -> Any:
-        return (ChunkRunner, (self.body,))
+        return (ChunkRunner, (self.body, self.star))
 
 
 class _Sizer:
@@ -115,29 +130,34 @@ def map_over(
     chunksize: int | str = "auto",
     ordered: bool = True,
     progress: bool | Progress = False,
+    chunks: bool = False,
 ) -> AsyncIterator[Any]:
     """``fn(*args)`` for the argument tuples ``zip(*iterables)``, run on ``dispatcher``'s
-    workers in chunks; see the module's docstring."""
+    workers in chunks; see the module's docstring. With ``chunks``, each chunk's
+    results come as one list (for consumers that hand them on in bulk)."""
     if not iterables:
         raise TypeError("map() needs at least one iterable")
     if chunksize != "auto" and not (isinstance(chunksize, int) and chunksize >= 1):
         raise ValueError(f"chunksize must be a positive int or 'auto', got {chunksize!r}")
-    runner = ChunkRunner(body_of(fn))
+    star = len(iterables) > 1
+    runner = ChunkRunner(body_of(fn), star)
     total = _length(iterables)
     sizer = _Sizer(chunksize, workers, total)
     report = _progress(progress, total, payload.name_of(fn))
-    items = zip(*iterables, strict=False)  # the shortest ends it, as the builtin map
-    return _run(dispatcher, workers, runner, items, sizer, ordered, report)
+    # One iterable: its items are the arguments; several: tuples, the shortest ends it.
+    items = zip(*iterables, strict=False) if star else iter(iterables[0])
+    return _run(dispatcher, workers, runner, items, sizer, ordered, report, not chunks)
 
 
 async def _run(
     dispatcher: Any,
     workers: int,
     runner: ChunkRunner,
-    items: Iterator[tuple[Any, ...]],
+    items: Iterator[Any],
     sizer: _Sizer,
     ordered: bool,
     report: Callable[[int], None] | None,
+    flat: bool,
 ) -> AsyncIterator[Any]:
     window = WINDOW_PER_WORKER * max(1, workers)
     chunks: deque[asyncio.Future[Any]] = deque()  # ordered: oldest not yet yielded first
@@ -148,7 +168,7 @@ async def _run(
         while True:
             # Fill the window with new chunks, reading the input only as needed.
             while not exhausted and len(chunks) + len(running) < window:
-                batch = list(itertools.islice(items, sizer.next()))
+                batch = Items(itertools.islice(items, sizer.next()))
                 if not batch:
                     exhausted = True
                     break
@@ -174,8 +194,11 @@ async def _run(
                 sizer.measured(len(results) + (failure is not None), seconds)
                 if report is not None:
                     report(len(results) + (failure is not None))
-                for result in results:
-                    yield result
+                if flat:
+                    for result in results:
+                        yield result
+                elif results:
+                    yield results
                 if failure is not None:
                     index, data = failure
                     exc = payload.loads_exception(data)

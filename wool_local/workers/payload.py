@@ -107,13 +107,22 @@ def _has_big(obj: Any, depth: int) -> bool:
         return len(obj) >= OOB_MIN
     if depth:
         if t is tuple or t is list:
-            for x in obj:
-                if _has_big(x, depth - 1):
-                    return True
+            items = obj
         elif t is dict:
-            for x in obj.values():
-                if _has_big(x, depth - 1):
+            items = obj.values()
+        else:
+            return False
+        if depth == 1:
+            # The last level inline: a map's chunk holds thousands of items, and a
+            # call per item would cost more than pickling them.
+            for x in items:
+                tx = type(x)
+                if (tx is bytes or tx is bytearray) and len(x) >= OOB_MIN:
                     return True
+            return False
+        for x in items:
+            if _has_big(x, depth - 1):
+                return True
     return False
 
 
