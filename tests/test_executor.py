@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import wool_local
-from wool_local import executor as executor_module
+from wool_local import executor_map
 
 from . import routines
 from .test_executor_conformance import Gate, square, wait_gate
@@ -507,7 +507,7 @@ def test_given_a_forked_child_then_the_parents_executor_refuses_calls(ex):
 def test_given_a_slow_consumer_then_map_reads_its_input_a_bounded_way_ahead(monkeypatch):
     """Given a map over an endless generator whose results are not taken, then the
     map pauses with a bounded number of items read, and goes on when they are taken."""
-    monkeypatch.setattr(executor_module, "MAP_BUFFER", 64)
+    monkeypatch.setattr(executor_map, "MAP_BUFFER", 64)
     read = 0
 
     def naturals() -> Iterator[int]:

@@ -6,17 +6,16 @@ Synchronous code gets the pool through the stdlib's executor interface::
         futures = [ex.submit(digest, blob) for blob in blobs]
         print(list(ex.map(len, blobs)))
 
-Threads and loops. The pool lives on a private uvloop event loop in a
-background thread (``wool_local.Executor``, not a daemon), started by the
-first ``submit`` or ``map``: the calling thread waits while the zygote is
-forked (it holds no lock then, so the fork is safe) and the workers start.
-From then on a caller never touches the loop: ``submit`` puts the call in an
-inbox (a deque) and wakes the loop once per burst; the loop starts a task per
-call that awaits ``hub.call`` and settles the call's
+Threads and loops. The pool is a :class:`~wool_local.background.BackgroundPool`
+(a private uvloop loop in a thread named ``wool_local.Executor``), started by
+the first ``submit`` or ``map``. An executor built with no arguments while the
+process has an ambient pool (``wool-local run``) runs on that one instead, and
+its shutdown leaves it running. A caller never touches the loop: ``submit``
+puts the call in an inbox (a deque) and wakes the loop once per burst; the
+loop starts a task per call that awaits ``hub.call`` and settles the call's
 :class:`concurrent.futures.Future`, whose callbacks therefore run in the
 loop's thread. ``map`` runs :meth:`WorkerPool.map` on the loop and hands its
-results to the caller through a bounded buffer (the producer pauses when the
-caller falls behind).
+results over through :mod:`wool_local.executor_map`.
 
 Pending and running. A call of a plain function is *running*, and
 ``cancel()`` no longer works on it, once it is handed to the pool; the
@@ -38,7 +37,6 @@ import concurrent.futures
 import contextvars
 import functools
 import os
-import sys
 import threading
 import time
 import weakref
@@ -46,9 +44,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import background
+from .background import BackgroundPool, LoopFuture
+
 if TYPE_CHECKING:  # imported when the pool starts: ``import wool_local`` stays cheap
     import asyncio
 
+    from .executor_map import MapRelay
     from .pool import WorkerPool
     from .workers import WorkerLimits
 
@@ -56,9 +58,6 @@ if TYPE_CHECKING:  # imported when the pool starts: ``import wool_local`` stays 
 #: enough to keep a worker's pipeline full of tiny calls; the rest stay pending
 #: (cancellable), as in the stdlib's executors.
 LEAD_PER_WORKER = 16
-#: Results of a ``map`` buffered for the caller before the map pauses; it goes
-#: on when the caller has taken half of them.
-MAP_BUFFER = 8192
 
 _MP_CONTEXT = (
     "wool_local.Executor forks its workers from a zygote process of its own; it takes "
@@ -82,6 +81,10 @@ class Executor(concurrent.futures.Executor):
     by value when it cannot be imported), an ``async def`` function or a routine
     (its body runs in the worker). The pool starts at the first ``submit`` or
     ``map``; see the module's docstring for threads, cancellation and shutdown.
+
+    Built with no arguments at all while the process has an ambient pool
+    (:func:`wool_local.background.install_ambient`), it runs its calls there and its
+    shutdown leaves that pool running; given any argument, it has a pool of its own.
     """
 
     def __init__(
@@ -126,9 +129,14 @@ class Executor(concurrent.futures.Executor):
             "proxy_retry_after": proxy_retry_after,
             "stop_timeout": stop_timeout,
         }
-        pool = WorkerPool(max_workers, **{k: v for k, v in given.items() if v is not None})
-        init = None if initializer is None else (initializer, tuple(initargs))
-        self._core = _Core(pool, init)
+        ambient = background.ambient
+        plain = max_workers is None and initializer is None and not initargs
+        if ambient is not None and plain and all(v is None for v in given.values()):
+            self._core = _Core(ambient, False, None)
+        else:
+            pool = WorkerPool(max_workers, **{k: v for k, v in given.items() if v is not None})
+            init = None if initializer is None else (initializer, tuple(initargs))
+            self._core = _Core(BackgroundPool(pool, name="wool_local.Executor"), True, init)
         # Collected without a shutdown: stop the pool once its work is done.
         weakref.finalize(self, self._core.close, False, False).atexit = False
 
@@ -191,12 +199,12 @@ class Executor(concurrent.futures.Executor):
         return self._core.pool.spawn
 
 
-class Future(concurrent.futures.Future):
+class Future(LoopFuture):
     """A call's future; a :class:`concurrent.futures.Future` that refuses to block the
     executor's own loop thread (where it would wait forever)."""
 
     def __init__(self, core: _Core, call: tuple[Any, ...] | None) -> None:
-        super().__init__()
+        super().__init__(core.bg)
         self._wl_core = core
         #: (what to run, args, kwargs, the submitter's context) until handed over.
         self._wl_call = call
@@ -209,40 +217,31 @@ class Future(concurrent.futures.Future):
         self._wl_core.soon(self._wl_core.cancelled, self)
         return True
 
-    def result(self, timeout: float | None = None) -> Any:
-        if threading.get_ident() == self._wl_core.thread_id and not self.done():
-            raise RuntimeError(_BLOCKING.format("Future.result()"))
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        if threading.get_ident() == self._wl_core.thread_id and not self.done():
-            raise RuntimeError(_BLOCKING.format("Future.exception()"))
-        return super().exception(timeout)
-
-
-_BLOCKING = (
-    "{} on an unfinished future of a wool_local.Executor was called in the executor's "
-    "own loop thread (a done-callback, say), where it would wait forever: the thread "
-    "waiting is the one that delivers results. Add a done-callback instead, or wait "
-    "from another thread"
-)
-
 
 class _Core:
-    """The executor's state, shared by its facade, its loop thread and its futures (the
-    thread and futures hold this, not the :class:`Executor`, so an executor dropped
-    without a shutdown is collected and stops its pool)."""
+    """The executor's state, shared by its facade, its pool's loop and its futures (they
+    hold this, not the :class:`Executor`, so an executor dropped without a shutdown is
+    collected and stops its pool).
 
-    def __init__(self, pool: WorkerPool, init: tuple[Callable[..., object], tuple] | None) -> None:
-        self.pool = pool
+    It is a user of its :class:`BackgroundPool` (attached at the first call): the
+    pool does not stop before the executor's work is done, and tells the executor
+    when a stop (interpreter exit, say) begins. ``own``: the pool is this
+    executor's, and stops with it."""
+
+    def __init__(
+        self, bg: BackgroundPool, own: bool, init: tuple[Callable[..., object], tuple] | None
+    ) -> None:
+        self.bg = bg
+        self.own = own
+        self.pool = bg.pool
+        self.soon = bg.call_soon  # fn(*args) on the loop (nothing if it is gone)
         self.init = init
         self.init_key = os.urandom(8).hex()
         self.lock = threading.Lock()
         self.shut = False  # no more submits
         self.broken: BaseException | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread: threading.Thread | None = None
-        self.thread_id = -1
+        self.attached = False  # a user of the pool: started, not yet done
+        self.idle = threading.Event()  # shut down, and the work is done
         self.inbox: deque[Future] = deque()  # submitted, not yet seen by the loop
         self.waking = False  # a drain of the inbox is scheduled
         self.wrapped: dict[int, tuple[Any, Any]] = {}
@@ -251,10 +250,9 @@ class _Core:
         self.waiting: deque[Future] = deque()  # plain calls held back: pending
         self.tasks: dict[Future, tuple[asyncio.Task[None], bool]] = {}  # and: plain?
         self.sync_running = 0
-        self.lead = LEAD_PER_WORKER * pool.spawn
-        self.maps: set[_Relay] = set()
+        self.lead = LEAD_PER_WORKER * bg.pool.spawn
+        self.maps: set[MapRelay] = set()
         self.closing = False
-        self.done: asyncio.Future[None] | None = None  # set: the pool may stop
 
     # -- the callers' side (any thread) -------------------------------------------
 
@@ -264,8 +262,8 @@ class _Core:
             entry = self.body_for(fn)
         with self.lock:
             self.check_open()
-            if self.loop is None:
-                self.start()
+            if not self.attached:
+                self.attach()
             fut = Future(self, (entry, args, kwargs, contextvars.copy_context()))
             self.inbox.append(fut)
             if not self.waking:
@@ -283,14 +281,14 @@ class _Core:
         progress: Any,
     ) -> Iterator[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        if threading.get_ident() == self.thread_id:
-            raise RuntimeError(_BLOCKING.format("Executor.map()"))
+        self.bg.check_not_loop_thread("Executor.map()")
+        from .executor_map import MapRelay, results
         from .mapping import map_over
 
         with self.lock:
             self.check_open()
-            if self.loop is None:
-                self.start()
+            if not self.attached:
+                self.attach()
             hub = self.pool.hub
             steps = map_over(
                 hub,
@@ -302,19 +300,34 @@ class _Core:
                 progress=progress,
                 chunks=True,  # handed over a chunk at a time, not an item at a time
             )
-            relay = _Relay(self, steps)
+            relay = MapRelay(self.bg, steps, self.map_ended)
             self.soon(self.start_map, relay, contextvars.copy_context())
-        results = _results(relay, deadline)
-        weakref.finalize(results, relay.stop).atexit = False
-        return results
+        out = results(relay, deadline)
+        weakref.finalize(out, relay.stop).atexit = False
+        return out
 
     def check_open(self) -> None:
-        if self.broken is not None:
+        broken = self.broken or self.bg.broken
+        if broken is not None:
             raise concurrent.futures.BrokenExecutor(
-                f"this executor cannot take calls: {self.broken}"
-            ) from self.broken
-        if self.shut:
+                f"this executor cannot take calls: {broken}"
+            ) from broken
+        if self.shut or self.bg.stopping:
             raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def attach(self) -> None:
+        """Start the pool if needed (the caller waits) and become its user (called with
+        the lock held)."""
+        try:
+            self.bg.start()
+            # Before attaching: a stop may reach wind_down (and maybe_done) at once.
+            self.attached = True
+            self.bg.attach(id(self), self.wind_down)
+        except BaseException as exc:  # it failed, or the wait was interrupted (Ctrl-C)
+            self.attached = False
+            self.broken = exc
+            self.shut = True
+            raise
 
     def body_for(self, fn: Any) -> tuple[Any, Any, bool, Any]:
         """``(fn, body, plain, routine)``: what a worker awaits for ``fn``, whether
@@ -353,102 +366,28 @@ class _Core:
         self.wrapped[id(fn)] = (fn, wrapped)
         return wrapped
 
-    def soon(self, callback: Callable[..., object], *args: Any) -> None:
-        """Run ``callback(*args)`` on the loop thread (nothing if the loop is gone)."""
-        loop = self.loop
-        if loop is None:
-            return
-        try:
-            loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:
-            pass  # the loop is closed: the executor stopped, nothing is left to do
-
-    def start(self) -> None:
-        """Start the loop thread and the pool on it; wait until the pool runs (called
-        with the lock held)."""
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-        started: concurrent.futures.Future[None] = concurrent.futures.Future()
-        thread = threading.Thread(
-            target=self.run_loop,
-            args=(loop, started, threading.get_ident()),
-            name="wool_local.Executor",
-            daemon=False,
-        )
-        _register_hooks()
-        self.loop, self.thread = loop, thread  # soon() and close() reach it from now on
-        _live.add(self)
-        thread.start()
-        try:
-            started.result()
-        except BaseException as exc:  # it failed, or this wait was interrupted (Ctrl-C)
-            self.broken = exc
-            self.shut = True
-            self.soon(self.closed, True, True)  # stop a pool that may start meanwhile
-            thread.join()
-            raise
-
     def close(self, wait: bool, cancel_futures: bool, abort: bool = False) -> None:
         """``shutdown``: no more submits; then the loop finishes (or, on ``abort``,
-        cancels) the work and stops the pool; ``wait``: until the thread ended."""
+        cancels) the work, and an own pool stops; ``wait``: until that is done."""
         with self.lock:
             self.shut = True
-            thread = self.thread
-        if thread is None:
+            attached = self.attached
+        if not attached:
             return
-        if wait and threading.get_ident() == self.thread_id:
-            raise RuntimeError(_BLOCKING.format("Executor.shutdown(wait=True)"))
-        self.soon(self.closed, cancel_futures, abort)
         if wait:
-            thread.join()
+            self.bg.check_not_loop_thread("Executor.shutdown(wait=True)")
+        scheduled = self.soon(self.closed, cancel_futures, abort)
+        if self.own:
+            self.bg.stop(wait, abort)
+        elif wait and scheduled and self.bg.broken is None:
+            self.idle.wait()  # (a shared pool: not stopped, only this executor's work)
 
     # -- the loop thread ------------------------------------------------------------
 
-    def run_loop(
-        self, loop: asyncio.AbstractEventLoop, started: concurrent.futures.Future[None], caller: int
-    ) -> None:
-        import asyncio
-
-        self.thread_id = threading.get_ident()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self.serve(started, caller))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-            _live.discard(self)
-
-    async def serve(self, started: concurrent.futures.Future[None], caller: int) -> None:
-        import asyncio
-
-        from .workers import zygote
-
-        # The zygote is forked from this thread. The thread that started us waits
-        # (holding no lock) until the pool runs; if no other thread exists, the fork
-        # is safe and the warning about threads would only mislead.
-        me = threading.current_thread()
-        others = [t for t in threading.enumerate() if t is not me and t.ident != caller]
-        quiet = not others and not getattr(zygote, "_warned_threads", True)
-        if quiet:
-            zygote._warned_threads = True
-        try:
-            await self.pool.__aenter__()
-        except BaseException as exc:
-            started.set_exception(exc)
-            return
-        finally:
-            if quiet:
-                zygote._warned_threads = False
-        self.done = asyncio.get_running_loop().create_future()
-        started.set_result(None)
-        if self.closing:  # closed while it started (the starting thread was interrupted)
-            self.maybe_done()
-        try:
-            await self.done
-        finally:
-            await self.pool.__aexit__(None, None, None)
+    def wind_down(self, abort: bool) -> None:
+        """The pool is stopping: finish the work (or abort it) as a shutdown would."""
+        self.shut = True
+        self.closed(abort, abort)
 
     def drain(self) -> None:
         """Take the submitted calls: hand them to the pool, or hold them back."""
@@ -471,12 +410,12 @@ class _Core:
         call, fut._wl_call = fut._wl_call, None
         if not fut.set_running_or_notify_cancel():
             return
-        assert call is not None and self.loop is not None
+        assert call is not None and self.bg.loop is not None
         entry, args, kwargs, ctx = call
         sync = entry[2]
         if sync:
             self.sync_running += 1
-        task = self.loop.create_task(self.run(fut, entry, args, kwargs), context=ctx)
+        task = self.bg.loop.create_task(self.run(fut, entry, args, kwargs), context=ctx)
         self.tasks[fut] = (task, sync)
 
     async def run(self, fut: Future, entry: Any, args: Any, kwargs: Any) -> None:
@@ -580,17 +519,20 @@ class _Core:
         self.maybe_done()
 
     def maybe_done(self) -> None:
-        if self.tasks or self.waiting or self.maps or self.inbox or self.done is None:
+        """Closing, and the work is done: the pool may stop (for this executor)."""
+        if self.tasks or self.waiting or self.maps or self.inbox or not self.attached:
             return
-        if not self.done.done():
-            self.done.set_result(None)
+        self.bg.detach(id(self))
+        self.idle.set()
 
-    def start_map(self, relay: _Relay, ctx: contextvars.Context) -> None:
-        assert self.loop is not None
-        if relay.cancelled:
-            return
-        self.maps.add(relay)
-        relay.task = self.loop.create_task(relay.produce(), context=ctx)
+    def start_map(self, relay: MapRelay, ctx: contextvars.Context) -> None:
+        if relay.start(ctx):
+            self.maps.add(relay)
+
+    def map_ended(self, relay: MapRelay) -> None:
+        self.maps.discard(relay)
+        if self.closing:
+            self.maybe_done()
 
 
 def _settle(fut: Future, result: Any, exc: BaseException | None) -> None:
@@ -613,142 +555,6 @@ def _is_async(fn: Any) -> bool:
     import inspect
 
     return inspect.iscoroutinefunction(fn)
-
-
-# -- map: results handed from the loop thread to the caller ---------------------------
-
-
-class _Relay:
-    """A map's results on their way from the loop (:meth:`produce`) to the caller
-    (:func:`_results`): batches in a deque both use, a condition the caller waits on
-    when it is empty, an asyncio event the producer waits on when it is full.
-
-    Results go over a chunk at a time (the list a worker answered with), so a
-    handful of cross-thread operations is paid per chunk, not per item.
-    """
-
-    def __init__(self, core: _Core, steps: Any) -> None:
-        self.core = core
-        self.steps = steps
-        self.buf: deque[list[Any]] = deque()
-        self.cond = threading.Condition(threading.Lock())
-        self.high = MAP_BUFFER
-        self.produced = 0  # items put in buf (written by the producer only)
-        self.taken = 0  # items taken from buf (written by the caller only)
-        self.waiting = False  # the caller waits on cond
-        self.paused = False  # the producer waits on room
-        self.finished = False  # no more results will come (error: why)
-        self.error: BaseException | None = None
-        self.cancelled = False
-        self.room: asyncio.Event | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    async def produce(self) -> None:
-        import asyncio
-
-        self.room = room = asyncio.Event()
-        try:
-            async for chunk in self.steps:
-                self.buf.append(chunk)
-                self.produced += len(chunk)
-                if self.waiting:
-                    self.wake()
-                if self.produced - self.taken >= self.high:  # full: wait for room
-                    room.clear()
-                    self.paused = True
-                    if self.produced - self.taken >= self.high:
-                        await room.wait()
-                    self.paused = False
-        except asyncio.CancelledError:
-            self.error = concurrent.futures.CancelledError("the map was cancelled")
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            try:
-                await self.steps.aclose()
-            except BaseException:
-                pass  # cancelled again while closing: its chunks are cancelled already
-            self.finished = True
-            self.wake()
-            core = self.core
-            core.maps.discard(self)
-            if core.closing:
-                core.maybe_done()
-
-    def wake(self) -> None:
-        with self.cond:
-            self.cond.notify()
-
-    def give_room(self) -> None:
-        """Caller side: the buffer is low; let a paused producer go on."""
-        self.paused = False
-        room = self.room
-        if room is not None:
-            self.core.soon(room.set)
-
-    def wait(self, deadline: float | None) -> None:
-        """Caller side: wait until a batch or the end is there (TimeoutError past
-        ``deadline``)."""
-        if threading.get_ident() == self.core.thread_id:
-            raise RuntimeError(_BLOCKING.format("iterating Executor.map()"))
-        buf = self.buf
-        with self.cond:
-            self.waiting = True
-            try:
-                while not buf and not self.finished:
-                    if self.paused:
-                        self.give_room()
-                    if deadline is None:
-                        self.cond.wait()
-                        continue
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError("Executor.map(): the next result was not ready in time")
-                    self.cond.wait(left)
-            finally:
-                self.waiting = False
-
-    def stop(self) -> None:
-        """Caller side: the results are no longer wanted; cancel what still runs."""
-        self.buf.clear()
-        if not self.finished:
-            self.core.soon(self.cancel)
-
-    def unbounded(self) -> None:
-        """Loop side: buffer every result (the executor is shutting down)."""
-        self.high = sys.maxsize
-        if self.room is not None:
-            self.room.set()
-
-    def cancel(self) -> None:
-        """Loop side: stop the map (its chunks are cancelled in their workers)."""
-        self.cancelled = True
-        if self.task is not None:
-            self.task.cancel()
-
-
-def _results(relay: _Relay, deadline: float | None) -> Iterator[Any]:
-    """What ``Executor.map`` returns: the results, in the caller's thread. Closing it
-    (or dropping it, even unstarted: see :meth:`_Core.map`) cancels what still runs."""
-    buf = relay.buf
-    try:
-        while True:
-            if buf:
-                batch = buf.popleft()
-                relay.taken += len(batch)
-                if relay.paused and relay.produced - relay.taken <= relay.high // 2:
-                    relay.give_room()
-                yield from batch
-            elif relay.finished:  # (its last batch was put before: check buf again)
-                if not buf:
-                    break
-            else:
-                relay.wait(deadline)
-        if relay.error is not None:
-            error, relay.error = relay.error, None
-            raise error
-    finally:
-        relay.stop()
 
 
 # -- initializer --------------------------------------------------------------------
@@ -798,39 +604,6 @@ async def _init_then_await(
     if key not in _initialized:
         _initialize(key, initializer, initargs)
     return await body(*a, **kw)
-
-
-# -- interpreter exit -----------------------------------------------------------------
-
-#: Executors whose loop thread runs.
-_live: set[_Core] = set()
-_hooked = False
-
-
-def _register_hooks() -> None:
-    """Before the interpreter joins its threads at exit, stop every executor left
-    running: let the work finish (as the stdlib does), or abort it if the program
-    ended with an uncaught exception (Ctrl-C). In a forked child, the parent's
-    executors refuse calls (their thread and pool are the parent's)."""
-    global _hooked
-    if not _hooked:
-        _hooked = True
-        threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
-        os.register_at_fork(after_in_child=_forget_in_child)
-
-
-def _forget_in_child() -> None:
-    for core in _live:
-        core.broken = RuntimeError(
-            "it was started by the parent of this process: its thread and pool are there"
-        )
-    _live.clear()
-
-
-def _at_exit() -> None:
-    failed = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    for core in list(_live):
-        core.close(False, bool(failed), abort=bool(failed))
 
 
 __all__ = ["Executor", "Future"]

@@ -6,7 +6,7 @@ up its link, and the hub schedules them like any other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .dispatch import Dispatcher, Pending, Target
@@ -18,9 +18,16 @@ from .protocol import Message
 #: dispatch through ``__proxy__``, which the hub's ``WorkerPool`` block binds.
 process_dispatcher: Dispatcher | None = None
 
+#: Where a routine dispatches in a process with neither a ``__proxy__`` bound nor a
+#: worker's dispatcher: a function giving one (the ambient pool's, set by
+#: ``wool_local.background.install_ambient``), or None.
+fallback: Callable[[], Dispatcher] | None = None
+
 
 def get_dispatcher() -> Dispatcher | None:
     """Where a routine dispatches when no ``__proxy__`` is bound, or None."""
+    if process_dispatcher is None and fallback is not None:
+        return fallback()
     return process_dispatcher
 
 
