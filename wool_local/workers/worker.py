@@ -1,11 +1,12 @@
 """The worker process: its own uvloop loop serving calls that arrive from the hub.
 
 Each ``Call`` becomes an asyncio task running the callable, created as the
-call arrives; each async generator is a :class:`Session` advanced by
-``Step`` messages, one step per task so a step can be cancelled. Callables
-arrive pickled once and are cached by id. Routines the body calls dispatch
-again through :class:`HubClient`, which sends them up to the hub to be
-scheduled like any other call.
+call arrives; an async generator's call opens a session in the worker's
+:class:`~.sessions.Sessions`, advanced by ``Step`` messages, one task per step
+(or per run of steps) so a step can be cancelled. Callables arrive pickled
+once and are cached by id. Routines the body calls dispatch again through
+:class:`HubClient`, which sends them up to the hub to be scheduled like any
+other call.
 
 A task runs its body only once past the start gate, so the calls behind a
 task that blocks the loop can be handed back to the hub and run elsewhere:
@@ -21,10 +22,8 @@ import inspect
 import logging
 import os
 import threading
-from collections import deque
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass, field
-from time import perf_counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -34,19 +33,12 @@ from ..ipc import Channel, Doorbell, Segment, SlotTable
 from . import context, hubclient, payload, proxy
 from .handback_worker import LockedLink, StartGate
 from .hubclient import HubClient
-from .link import HOLD_BOUND
 from .options import PoolOptions
 from .protocol import (
     CANCELLED,
-    CLOSE,
     COROUTINE,
-    EXHAUSTED,
-    NEXT,
     RAISED,
     RETURNED,
-    SEND,
-    THROW,
-    YIELDED,
     Call,
     Cancel,
     Message,
@@ -55,13 +47,9 @@ from .protocol import (
     Step,
     Stop,
 )
+from .sessions import Sessions, sync_back
 
 log = logging.getLogger("wool_local")
-
-#: A generator running ahead sends at most this many values, or about this many
-#: bytes of them, in one answer.
-HOLD_ITEMS = 32
-HOLD_BYTES = 32 << 10
 
 
 @dataclass
@@ -72,29 +60,6 @@ class WorkerConfig:
     leases: SlotTable | None = None  # the pool's shared lease table
     proxy_retry_after: float = PoolOptions.proxy_retry_after  # failed-start back-off
     cancel_grace: float = PoolOptions.cancel_grace  # for nested calls this worker cancels
-
-
-@dataclass(eq=False)
-class Session:
-    """One remote async generator: the generator, the context its steps run in, the
-    proxy lease its dispatch's binding holds (its own bindings are in the LeaseBook,
-    under its request id, until it ends), and the variable values both sides agree
-    on (so only what the generator changes travels back)."""
-
-    gen: AsyncGenerator[Any, Any]
-    context: contextvars.Context
-    lease: bytes | None
-    synced: dict[str, Any] = field(default_factory=dict)
-    #: A task is taking its steps; steps that come meanwhile wait for it (in order).
-    busy: bool = False
-    #: ``NEXT`` steps the caller granted beyond the one being taken (its prefetch).
-    ahead: int = 0
-    #: Other steps that came while it was busy: ``(op, value, buffers, ahead)``.
-    queued: deque[tuple[int, bytes | None, Sequence[bytes], int]] = field(default_factory=deque)
-    #: Values yielded running ahead, held to go out together in one ``Reply``.
-    held: list[bytes] = field(default_factory=list)
-    held_bytes: int = 0
-    last_yield: float = 0.0  # when it last yielded (perf_counter)
 
 
 class WorkerService:
@@ -124,12 +89,13 @@ class WorkerService:
         self._functions: dict[int, Any] = {}
         self._definitions: dict[int, bytes] = {}  # received, not unpickled yet
         self._book = proxy.LeaseBook(self._config.leases)  # proxy bindings and leases
-        self._book.frame_open = lambda rid: rid in self._tasks or rid in self._sessions
+        self._book.frame_open = lambda rid: rid in self._tasks or rid in self.sessions
         self._linger: asyncio.TimerHandle | None = None  # gives back unused leases
         # Running tasks by request id: a call's, a generator step's, and (negative
         # id) a generator being closed.
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._sessions: dict[int, Session] = {}  # generator sessions by request id
+        #: Generator sessions by request id (their steps run as tasks in ``_tasks``).
+        self.sessions = Sessions(self._reply, self._spawn, self._book)
         self._base_context = contextvars.copy_context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
@@ -146,6 +112,7 @@ class WorkerService:
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
         self._base_context = contextvars.copy_context()
+        self.sessions.loop = self._loop
         hubclient.process_dispatcher = self.client
         self.client.loop = self._loop  # nested calls from other loops run on this one
         cfg = self._config
@@ -197,14 +164,7 @@ class WorkerService:
         tasks = list(self._tasks.values())
         if tasks:
             await asyncio.wait(tasks, timeout=5)
-        sessions = list(self._sessions.values())
-        self._sessions.clear()
-        for session in sessions:
-            try:
-                async with asyncio.timeout(1):
-                    await session.gen.aclose()
-            except BaseException:
-                pass
+        await self.sessions.close_all()
 
     # -- messages ----------------------------------------------------------
 
@@ -218,13 +178,13 @@ class WorkerService:
         elif type(msg) is Reply:
             self.client.on_reply(msg, buffers)
         elif type(msg) is Step:
-            self._next_step(msg, buffers)
+            self.sessions.step(msg, buffers)
         elif type(msg) is Cancel:
             rid = msg.id
             task = self._tasks.get(rid)
             if task is not None:
                 task.cancel()
-                if rid not in self._sessions and (_not_started(task) or self.gate.holds(rid)):
+                if rid not in self.sessions and (_not_started(task) or self.gate.holds(rid)):
                     # Its body never runs now (a task cancelled before its first step
                     # ends at once, skipping even its finally; one whose gate is
                     # reading this very message is refused by it): it leaves the table
@@ -232,10 +192,10 @@ class WorkerService:
                     del self._tasks[rid]
                     if self.gate.claim(rid):
                         self._reply(rid, CANCELLED)
-            elif rid in self._sessions:
+            elif rid in self.sessions:
                 # An idle generator session (its last step already answered):
                 # close it here (its finally runs), then say so.
-                self._end_session(rid, CANCELLED, close=True)
+                self.sessions.end(rid, CANCELLED, close=True)
         elif type(msg) is Stop:
             self._stop()
             self._halt()  # now: the loop may have hundreds of calls ready to start
@@ -259,7 +219,7 @@ class WorkerService:
         if task.cancelled() and rid > 0:
             # Cancelled before its first step: the body never ran, so nothing
             # answered for it yet. The hub waits for an answer to every request.
-            self._end_session(rid, CANCELLED, close=True)
+            self.sessions.end(rid, CANCELLED, close=True)
 
     def _reply(
         self,
@@ -338,44 +298,6 @@ class WorkerService:
             return
         book.release_idle()
 
-    def _end_session(
-        self,
-        rid: int,
-        status: int,
-        value: bytes | None = None,
-        snapshot: dict[str, bytes] | None = None,
-        *,
-        close: bool = False,
-    ) -> None:
-        """The one way a generator session ends: it leaves the table, gives its lease
-        back, and its caller gets ``status``. With ``close``, the generator is closed
-        first (its ``finally`` runs), in a task of its own, then the answer goes."""
-        live = self._sessions.get(rid)
-        if live is not None and live.held:
-            self._flush_held(rid, live)  # what it yielded goes before its end
-        session = self._drop_session(rid)
-        if close and session is not None:
-            self._spawn(-rid, self._close_then_reply(session.gen, rid, status, value))
-        else:
-            self._reply(rid, status, value, (), snapshot)
-
-    def _drop_session(self, rid: int) -> Session | None:
-        """Take session ``rid`` out of the table and give its lease back."""
-        session = self._sessions.pop(rid, None)
-        if session is not None:
-            self._book.end_frame(rid, session.lease)
-        return session
-
-    async def _close_then_reply(
-        self, gen: AsyncGenerator[Any, Any], rid: int, status: int, value: bytes | None
-    ) -> None:
-        try:
-            await gen.aclose()
-        except BaseException:
-            pass  # it ends either way; its caller hears ``status``
-        finally:
-            self._reply(rid, status, value)
-
     # -- running -------------------------------------------------------------
 
     def _start(self, call: Call, buffers: Sequence[bytes]) -> None:
@@ -412,74 +334,10 @@ class WorkerService:
                 self._book.end_frame(rid, lease)
                 self._reply(rid, RAISED, payload.dumps_exception(exc, fn))
                 return
-            self._sessions[rid] = Session(gen, ctx, lease, sent)
-            task = asyncio.current_task()
-            if await self._step(rid, call.op, call.value, []) and task and task.cancelling():
-                self._end_session(rid, CANCELLED, close=True)  # it caught the cancel, yielded
+            await self.sessions.start(rid, gen, ctx, lease, sent, call.op, call.value)
         finally:
             if self._tasks.get(rid) is asyncio.current_task():
                 del self._tasks[rid]
-
-    def _next_step(self, step: Step, buffers: Sequence[bytes]) -> None:
-        session = self._sessions.get(step.id)
-        if session is not None and step.context:
-            try:
-                # The caller's changes; not its __proxy__, which travelled at dispatch
-                # (the generator may have set its own since).
-                values = context.decode(step.context, step=True)
-                session.context.run(context.apply, values)
-            except BaseException as exc:
-                self._end_session(step.id, RAISED, payload.dumps_exception(exc), close=True)
-                return
-            session.synced.update(values)
-        if session is not None and session.busy:
-            # A step is being taken (the caller prefetches, or granted more while
-            # the worker runs ahead): this one follows it, in the same task.
-            if step.op == NEXT and not session.queued:
-                session.ahead += 1 + step.ahead
-            else:
-                session.queued.append((step.op, step.value, buffers, step.ahead))
-            return
-        ctx = session.context if session is not None else None
-        self._spawn(step.id, self._steps(step.id, step.op, step.value, buffers, step.ahead), ctx)
-
-    async def _steps(
-        self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes], ahead: int
-    ) -> None:
-        """Take a step, then the ``NEXT`` steps granted ahead and the steps that came
-        meanwhile, in order, while the generator yields: a stream the caller prefetches
-        costs no task per item."""
-        session = self._sessions.get(rid)
-        if session is None:
-            await self._step(rid, op, value, buffers)  # answers EXHAUSTED
-            return
-        session.busy = True
-        session.ahead = ahead
-        task = asyncio.current_task()
-        try:
-            while await self._step(rid, op, value, buffers):
-                if task is not None and task.cancelling():
-                    # Cancelled, and the generator caught it and yielded: it runs
-                    # ahead no further; it is closed (its finally runs), as asked.
-                    self._end_session(rid, CANCELLED, close=True)
-                    return
-                if session.ahead > 0:
-                    session.ahead -= 1
-                    op, value, buffers = NEXT, None, ()
-                elif session.queued:
-                    op, value, buffers, session.ahead = session.queued.popleft()
-                else:
-                    return
-        finally:
-            session.busy = False
-            session.ahead = 0
-            session.queued.clear()
-
-    def _back(self, synced: dict[str, Any]) -> dict[str, bytes] | None:
-        """What the routine changed in its context, for the caller (and now in sync)."""
-        snapshot, changed = context.encode_back(synced)
-        synced.update(changed)
-        return snapshot
 
     async def _run(self, call: Call, buffers: Sequence[bytes]) -> None:
         """A call's task. Its frame ends (its bindings are given back) before it
@@ -504,7 +362,7 @@ class WorkerService:
                 return
             except BaseException as exc:
                 end_frame(rid, lease)
-                self._reply(rid, RAISED, payload.dumps_exception(exc, fn), (), self._back(sent))
+                self._reply(rid, RAISED, payload.dumps_exception(exc, fn), (), sync_back(sent))
                 return
             end_frame(rid, lease)
             try:
@@ -512,94 +370,9 @@ class WorkerService:
             except BaseException as exc:  # whatever pickling raised, the caller hears
                 self._reply(rid, RAISED, payload.dumps_failure("the result", fn, exc))
                 return
-            self._reply(rid, RETURNED, data, out, self._back(sent))
+            self._reply(rid, RETURNED, data, out, sync_back(sent))
         finally:
             self._tasks.pop(rid, None)
-
-    async def _step(self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes]) -> bool:
-        """Take one step and answer it; True if it yielded (the session goes on)."""
-        session = self._sessions.get(rid)
-        if session is None:
-            self._reply(rid, EXHAUSTED)
-            return False
-        gen = session.gen
-        try:
-            if op == NEXT:
-                item = await gen.__anext__()
-            elif op == SEND:
-                item = await gen.asend(payload.loads(value or b"", "the sent value", buffers))
-            elif op == THROW:
-                item = await gen.athrow(
-                    payload.loads(value or b"", "the thrown exception", buffers)
-                )
-            elif op == CLOSE:
-                await gen.aclose()
-                raise StopAsyncIteration
-            else:
-                raise ValueError(f"unknown generator step {op}")
-        except StopAsyncIteration:
-            self._end_session(rid, EXHAUSTED, None, self._back(session.synced))
-            return False
-        except asyncio.CancelledError:
-            self._end_session(rid, CANCELLED, close=True)
-            return False
-        except BaseException as exc:
-            error = payload.dumps_exception(exc, gen)
-            self._end_session(rid, RAISED, error, self._back(session.synced))
-            return False
-        try:
-            data, out = payload.dumps(item, "a value yielded by", of=gen)
-        except BaseException as exc:  # whatever pickling raised, the caller hears
-            error = payload.dumps_failure("a value yielded", gen, exc)
-            self._end_session(rid, RAISED, error, close=True)
-            return False
-        self._yielded(rid, session, data, out, self._back(session.synced))
-        return True
-
-    def _yielded(
-        self,
-        rid: int,
-        session: Session,
-        data: bytes,
-        out: Sequence[Any],
-        snapshot: dict[str, bytes] | None,
-    ) -> None:
-        """Answer a step that yielded. Running ahead of a prefetching caller, values
-        that come quickly (less than ``HOLD_BOUND`` apart) are held and go out together
-        in one ``Reply`` (``more``): up to ``HOLD_ITEMS`` of them or ``HOLD_BYTES``, until
-        one has out-of-band buffers or changed a context variable, or until the loop
-        runs its next iteration (the generator awaits: the caller should not wait)."""
-        held = session.held
-        now = perf_counter()
-        quick = now - session.last_yield < HOLD_BOUND
-        session.last_yield = now
-        if (
-            session.ahead
-            and quick
-            and not out
-            and snapshot is None
-            and len(held) < HOLD_ITEMS
-            and session.held_bytes < HOLD_BYTES
-        ):
-            held.append(data)
-            session.held_bytes += len(data)
-            if len(held) == 1 and self._loop is not None:
-                self._loop.call_soon(self._flush_held, rid, session)
-            return
-        if held and not out:
-            held.append(data)
-            session.held, session.held_bytes = [], 0
-            self._reply(rid, YIELDED, held[0], (), snapshot, held[1:])
-            return
-        self._flush_held(rid, session)
-        self._reply(rid, YIELDED, data, out, snapshot)
-
-    def _flush_held(self, rid: int, session: Session) -> None:
-        """Send the values ``session`` holds back, if any, as one answer."""
-        held = session.held
-        if held:
-            session.held, session.held_bytes = [], 0
-            self._reply(rid, YIELDED, held[0], (), None, held[1:] or None)
 
 
 def _not_started(task: asyncio.Task[Any]) -> bool:
