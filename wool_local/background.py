@@ -110,6 +110,7 @@ class BackgroundPool:
         return self.pool.hub
 
     def in_loop_thread(self) -> bool:
+        """Whether the caller runs in the pool's loop thread."""
         return threading.get_ident() == self.thread_id
 
     def check_not_loop_thread(self, what: str) -> None:
@@ -128,7 +129,8 @@ class BackgroundPool:
             if self.broken is not None or self.stopping:
                 from .workers import PoolClosed
 
-                why = f": {self.broken}" if self.broken is not None else " (stopped)"
+                broken = self.broken
+                why = f": {str(broken) or type(broken).__name__}" if broken else " (stopped)"
                 raise PoolClosed(f"this pool cannot take calls{why}") from self.broken
             self._start()
 
