@@ -1,5 +1,6 @@
 """The ``wool-local`` command (also ``python -m wool_local``).
 
+``wool-local run`` runs a script with an ambient pool (:mod:`wool_local.run`);
 ``wool-local status`` inspects the running pools of this user. The command
 line uses argparse: the standard library's parser does all this needs
 (subcommands, typed options, help with units), and a command that starts
@@ -19,7 +20,16 @@ from typing import Any
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    script: list[str] = []
+    if tokens[:1] == ["run"]:
+        from . import run
+
+        own, script = run.split_argv(run.subparser(parser), tokens[1:])
+        tokens = ["run", *own]
+    args = parser.parse_args(tokens)
+    if script:
+        args.args = script
     if args.command is None:
         parser.print_help()
         return 2
@@ -52,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print the snapshots as JSON")
     status.set_defaults(handler=_status)
+    from . import run
+
+    run.add_parser(commands)
     return parser
 
 

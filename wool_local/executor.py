@@ -140,7 +140,7 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         chunksize: int | str = "auto",
         ordered: bool = True,
-        progress: bool | Callable[[int, int | None], None] = False,
+        progress: bool | Callable[[int, int | None], None] | None = None,
     ) -> Iterator[Any]:
         """``fn(*args)`` for each argument tuple of ``zip(*iterables)``: the results, in
         order, as an iterator.

@@ -43,6 +43,9 @@ WINDOW_PER_WORKER = 3
 
 Progress = Callable[[int, "int | None"], None]
 
+#: What ``progress=None`` means (``wool-local run --progress`` sets it).
+default_progress: bool = False
+
 
 class Items(list):
     """A chunk's arguments. Not a plain list on purpose: the dispatch looks one level
@@ -129,7 +132,7 @@ def map_over(
     *,
     chunksize: int | str = "auto",
     ordered: bool = True,
-    progress: bool | Progress = False,
+    progress: bool | Progress | None = None,
     chunks: bool = False,
 ) -> AsyncIterator[Any]:
     """``fn(*args)`` for the argument tuples ``zip(*iterables)``, run on ``dispatcher``'s
@@ -143,6 +146,8 @@ def map_over(
     runner = ChunkRunner(body_of(fn), star)
     total = _length(iterables)
     sizer = _Sizer(chunksize, workers, total)
+    if progress is None:
+        progress = default_progress
     report = _progress(progress, total, payload.name_of(fn))
     # One iterable: its items are the arguments; several: tuples, the shortest ends it.
     items = zip(*iterables, strict=False) if star else iter(iterables[0])

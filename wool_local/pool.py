@@ -138,7 +138,7 @@ class WorkerPool:
         *iterables: Iterable[Any],
         chunksize: int | str = "auto",
         ordered: bool = True,
-        progress: bool | Callable[[int, int | None], None] = False,
+        progress: bool | Callable[[int, int | None], None] | None = None,
     ) -> AsyncIterator[Any]:
         """``fn(*args)`` for each argument tuple of ``zip(*iterables)``, run on the workers
         in chunks; an async iterator of the results, in input order (``ordered=False``:
