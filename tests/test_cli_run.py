@@ -262,3 +262,15 @@ def test_given_progress_then_maps_draw_a_bar(tmp_path):
     )
     done = wool_local_run("--progress", str(path))
     assert done.returncode == 0 and "100%" in done.stderr
+
+
+def test_given_the_readme_example_then_it_prints_what_the_readme_shows():
+    """Given the README's `wool-local run` example, the command prints the lines shown."""
+    root = Path(__file__).resolve().parents[1]
+    section = (root / "README.md").read_text().split("## `wool-local run`", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
+    command, *expected = block
+    assert command.startswith("$ wool-local run ")
+    done = wool_local_run(*command.split()[3:], cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == expected
