@@ -10,6 +10,22 @@ import pytest
 import wool_local
 from tests import routines as r
 from tests.helpers import Pipe, run
+from wool_local.ipc import Channel
+from wool_local.workers import payload
+from wool_local.workers.dispatch import Dispatcher, Target
+from wool_local.workers.protocol import (
+    CANCELLED,
+    GENERATOR,
+    NEXT,
+    YIELDED,
+    Batch,
+    Call,
+    Cancel,
+    Reply,
+    Step,
+    decode,
+)
+from wool_local.workers.worker import WorkerService
 
 
 @wool_local.routine
@@ -219,3 +235,162 @@ def test_given_a_stream_that_ends_inside_its_window_then_the_worker_load_is_zero
                 assert _quiet(handle) == (0, 0, 0)
 
     run(main)
+
+
+@wool_local.routine
+async def reads_tags(n: int):
+    """Yields the list in ``tags`` as it sees it, n times."""
+    for _ in range(n):
+        yield list(r.trail.get([]))
+
+
+@pytest.mark.timeout(30)
+def test_given_another_task_with_other_values_then_the_generator_sees_them():
+    """Given a prefetching stream whose generator sets a variable at each item, when
+    another task, whose context holds another value of a second variable set before the
+    stream's last pull (nothing is set meanwhile), pulls the rest, then the generator
+    sees that task's value at its next step, after the items it yielded ahead."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1):
+            r.request_id.set("mine")
+            gen = r.stream_vars(2000)
+            go = asyncio.get_running_loop().create_future()
+
+            async def pull_elsewhere():
+                r.request_id.set("other")  # in this task's own context
+                await go
+                return [item async for item in gen]
+
+            task = asyncio.ensure_future(pull_elsewhere())
+            await asyncio.sleep(0)  # it has set its value
+            assert [await gen.__anext__() for _ in range(3)] == ["mine"] * 3
+            go.set_result(None)
+            rest = await task
+            assert len(rest) == 1997
+            assert "other" in rest
+            first = rest.index("other")
+            assert set(rest[:first]) == {"mine"} and set(rest[first:]) == {"other"}
+
+    run(main)
+
+
+@pytest.mark.timeout(30)
+def test_given_a_value_mutated_in_place_and_set_again_then_the_generator_sees_it():
+    """Given a prefetching stream and a variable holding a list, when the caller appends
+    to the list and sets the variable again to the same list, then the generator sees
+    the appended item at its next step (items yielded ahead saw the list as it was)."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1):
+            tags = ["a"]
+            r.trail.set(tags)
+            gen = reads_tags(3000)
+            assert [await gen.__anext__() for _ in range(3)] == [["a"]] * 3
+            tags.append("b")
+            r.trail.set(tags)
+            rest = [item async for item in gen]
+            assert len(rest) == 2997
+            assert ["a", "b"] in rest
+            first = rest.index(["a", "b"])
+            assert all(x == ["a"] for x in rest[:first])
+            assert all(x == ["a", "b"] for x in rest[first:])
+
+    run(main)
+
+
+async def plain_countdown(n: int):
+    """n, n - 1, ..., 1 (a plain async generator: the worker service runs it as sent)."""
+    while n:
+        yield n
+        n -= 1
+
+
+@pytest.mark.timeout(30)
+def test_given_a_cancel_for_a_session_whose_last_task_just_ended_then_it_is_answered():
+    """Given a worker whose generator step task has just finished (its answer sent) but
+    has not left the task table yet, when a Cancel for that session arrives, then the
+    worker closes the session and answers CANCELLED, rather than cancelling the finished
+    task and never answering."""
+    chan = Channel.create(1 << 16)
+    hub_end = chan.end(0)
+    service = WorkerService(chan.end(1))
+
+    async def main():
+        definition = payload.dumps_callable(plain_countdown, lambda fn: True)
+        fid = payload.callable_id(definition)
+        data, _ = payload.dumps_args((5,), {}, plain_countdown)
+        service.on_message(Call(7, fid, definition, data, GENERATOR), ())
+        async with asyncio.timeout(5):
+            while 7 in service.tasks:  # the first step is taken, and answered
+                await asyncio.sleep(0)
+        service.on_message(Step(7, NEXT), ())
+        await asyncio.sleep(0)  # the step's task runs to its end; its done callback waits
+        assert service.tasks[7].done()
+        service.on_message(Cancel(7), ())
+        async with asyncio.timeout(5):
+            while service.tasks:  # the generator is closed in a task of its own
+                await asyncio.sleep(0.001)
+        assert 7 not in service.sessions
+
+    try:
+        run(main)
+        replies = []
+
+        def read(view):
+            msg, _ = decode(view)
+            for one in msg.messages if type(msg) is Batch else [msg]:
+                replies.append((one.id, one.status))
+
+        hub_end.reader.drain(read)
+    finally:
+        service.link.end.discard()
+        hub_end.discard()
+    assert replies == [(7, YIELDED), (7, YIELDED), (7, CANCELLED)]
+
+
+@pytest.mark.timeout(30)
+def test_given_a_cancel_answered_after_every_step_owed_then_the_load_stays_exact():
+    """Given a stream whose caller sent Cancel while 3 steps were owed, when those 3
+    answers and then the final CANCELLED (for a session found idle) come, then the
+    target's load is back to 0, not below."""
+
+    class Hub(Dispatcher):
+        def submit(self, pending):
+            self.send_call(target, pending)
+
+    class Quiet(Target):
+        def send(self, message, buffers=()):
+            pass
+
+    target = Quiet()
+    d = Hub(main_has=lambda fn: True, cancel_grace=1.0)
+    fut = FakeFuture()
+    pending = d.track(fut, Call(0, 1, None, b"", GENERATOR))
+    d.fn_defs[1] = b""
+    d.submit(pending)
+    d.on_reply(Reply(pending.id, YIELDED, b"x"), ())
+    d.send_step(target, Step(pending.id, NEXT, ahead=2), (), pending)
+    assert (target.load, pending.owed) == (3, 3)
+    pending.cancelled = True  # what cancel_remote marks (its Cancel is not needed here)
+    target.cancelling += 1
+    d.on_reply(Reply(pending.id, YIELDED, b"x", more=[b"y", b"z"]), ())
+    d.on_reply(Reply(pending.id, CANCELLED), ())
+    assert (target.load, target.open, target.cancelling) == (0, 0, 0)
+    assert not d.outstanding
+
+
+class FakeFuture:
+    """Takes answers as a stream's future would."""
+
+    def __init__(self):
+        self.answers = []
+
+    def done(self):
+        return False
+
+    def set_result(self, answer):
+        self.answers.append(answer)
+
+    def set_exception(self, exc):
+        self.answers.append(exc)

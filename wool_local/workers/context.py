@@ -44,6 +44,12 @@ _registry: dict[str, ContextVar[Any]] = {}
 _getters: list[tuple[str, Any]] = []
 _back_getters: list[tuple[str, Any]] = []
 
+#: Bumped by every set and reset of a variable of this process, in any context, and by
+#: :func:`apply`: while it reads the same, nothing was set (the converse need not hold:
+#: a set in another task bumps it too): a cheap first look for a hot path that wants to
+#: know whether the current context's values may have changed.
+writes = 0
+
 #: Values received for keys no variable of this process has declared (yet).
 _unbound: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "wool_local.unbound", default=None
@@ -128,6 +134,8 @@ class ContextVar(Generic[T]):
 
     def set(self, value: T) -> Token[T]:
         """Set the value in the current context; the token undoes exactly this set."""
+        global writes
+        writes += 1
         binder = self._binder
         if binder is None:
             return Token(self, self._inner.set(value))
@@ -145,7 +153,9 @@ class ContextVar(Generic[T]):
             raise TypeError(f"expected an instance of Token, got {type(token).__name__!r}")
         if token.var is not self:
             raise ValueError(f"{token!r} was created by a different ContextVar")
+        global writes
         self._inner.reset(token._inner)
+        writes += 1
         if token._binding is not None:
             token._binding.release()
 
@@ -352,6 +362,8 @@ def decode(snapshot: Snapshot | None, step: bool = False) -> dict[str, Any]:
 
 def apply(values: dict[str, Any], back: bool = False) -> None:
     """Set ``values`` in the current context (``back``: never touch forward-only ones)."""
+    global writes
+    writes += 1
     unbound = None
     for key, value in values.items():
         var = _registry.get(key)

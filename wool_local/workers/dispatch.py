@@ -209,6 +209,11 @@ class Dispatcher:
         assert target is not None
         more = reply.more
         answered = 1 if more is None else 1 + len(more)  # steps this answers
+        if pending.call is None and answered > pending.owed:
+            # A generator session answered before answers only the steps it is owed:
+            # the final answer to a Cancel that found it idle (sent while steps were
+            # due, which came meanwhile) answers none.
+            answered = pending.owed
         target.load -= answered
         pending.call = None  # answered: it started, it can no longer be handed back
         pending.buffers = ()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import pickle
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ class Session:
     held: list[bytes] = field(default_factory=list)
     held_bytes: int = 0
     last_yield: float = 0.0  # when it last yielded (perf_counter)
+    #: ``context.writes`` when ``synced`` was last brought up to date (as it reads the
+    #: same, nothing was set since: the next value carries no context).
+    seen_writes: int = -1
 
 
 def sync_back(synced: dict[str, Any]) -> dict[str, bytes] | None:
@@ -70,6 +74,19 @@ def sync_back(synced: dict[str, Any]) -> dict[str, bytes] | None:
     snapshot, changed = context.encode_back(synced)
     synced.update(changed)
     return snapshot
+
+
+def _dumps_yielded(item: Any, gen: Any) -> payload.Pickled:
+    """``payload.dumps`` of a yielded value, with plain pickle first: a pickle shorter
+    than ``OOB_MIN`` holds no bytes that would go out of band, so the look for them
+    (which costs more than pickling a small record) is taken only for larger ones."""
+    try:
+        data = pickle.dumps(item, payload.PROTOCOL)
+    except Exception:
+        return payload.dumps(item, "a value yielded by", of=gen)
+    if len(data) < payload.OOB_MIN or not payload._has_big(item, 2):
+        return data, ()
+    return payload.dumps(item, "a value yielded by", of=gen)  # with its large bytes apart
 
 
 class Sessions:
@@ -91,6 +108,7 @@ class Sessions:
         self._book = book
         self._table: dict[int, Session] = {}
         self.loop: asyncio.AbstractEventLoop | None = None  # set when the worker serves
+        self.push: Callable[[], None] | None = None
 
     def __contains__(self, rid: int) -> bool:
         return rid in self._table
@@ -198,24 +216,42 @@ class Sessions:
         session.busy = True
         session.ahead = ahead
         task = asyncio.current_task()
+        assert task is not None
         try:
             while await self._step(rid, op, value, buffers):
-                if task is not None and task.cancelling():
+                if task.cancelling():
                     # Cancelled, and the generator caught it and yielded: it runs
                     # ahead no further; it is closed (its finally runs), as asked.
                     self.end(rid, CANCELLED, close=True)
                     return
-                if session.ahead > 0:
-                    session.ahead -= 1
-                    op, value, buffers = NEXT, None, ()
-                elif session.queued:
-                    op, value, buffers, session.ahead = session.queued.popleft()
-                else:
+                if session.ahead > 0 and not await self._run_ahead(rid, session, task):
                     return
+                if not session.queued:
+                    return
+                op, value, buffers, session.ahead = session.queued.popleft()
         finally:
             session.busy = False
             session.ahead = 0
             session.queued.clear()
+
+    async def _run_ahead(self, rid: int, session: Session, task: asyncio.Task[Any]) -> bool:
+        """Take the ``NEXT`` steps granted ahead (more may be granted meanwhile), each
+        answered as if asked for; True if the generator is still there to go on with."""
+        gen = session.gen
+        anext = gen.__anext__
+        while session.ahead > 0:
+            session.ahead -= 1
+            try:
+                item = await anext()
+            except BaseException as exc:
+                self._stopped(rid, session, exc)
+                return False
+            if not self._answer(rid, session, item):
+                return False
+            if task.cancelling():
+                self.end(rid, CANCELLED, close=True)  # as in _steps
+                return False
+        return True
 
     async def _step(self, rid: int, op: int, value: bytes | None, buffers: Sequence[bytes]) -> bool:
         """Take one step and answer it; True if it yielded (the session goes on)."""
@@ -238,23 +274,36 @@ class Sessions:
                 raise StopAsyncIteration
             else:
                 raise ValueError(f"unknown generator step {op}")
-        except StopAsyncIteration:
-            self.end(rid, EXHAUSTED, None, sync_back(session.synced))
-            return False
-        except asyncio.CancelledError:
-            self.end(rid, CANCELLED, close=True)
-            return False
         except BaseException as exc:
-            error = payload.dumps_exception(exc, gen)
-            self.end(rid, RAISED, error, sync_back(session.synced))
+            self._stopped(rid, session, exc)
             return False
+        return self._answer(rid, session, item)
+
+    def _stopped(self, rid: int, session: Session, exc: BaseException) -> None:
+        """A step raised ``exc`` out of the generator: the session ends, as it says."""
+        if isinstance(exc, StopAsyncIteration):
+            self.end(rid, EXHAUSTED, None, sync_back(session.synced))
+        elif isinstance(exc, asyncio.CancelledError):
+            self.end(rid, CANCELLED, close=True)
+        else:
+            error = payload.dumps_exception(exc, session.gen)
+            self.end(rid, RAISED, error, sync_back(session.synced))
+
+    def _answer(self, rid: int, session: Session, item: Any) -> bool:
+        """Answer a step that yielded ``item``; False if it cannot be sent (the session
+        then ends with the error)."""
         try:
-            data, out = payload.dumps(item, "a value yielded by", of=gen)
+            data, out = _dumps_yielded(item, session.gen)
         except BaseException as exc:  # whatever pickling raised, the caller hears
-            error = payload.dumps_failure("a value yielded", gen, exc)
+            error = payload.dumps_failure("a value yielded", session.gen, exc)
             self.end(rid, RAISED, error, close=True)
             return False
-        self._yielded(rid, session, data, out, sync_back(session.synced))
+        if context.writes == session.seen_writes:
+            snapshot = None  # nothing was set since the last value
+        else:
+            snapshot = sync_back(session.synced)
+            session.seen_writes = context.writes
+        self._yielded(rid, session, data, out, snapshot)
         return True
 
     def _yielded(
@@ -291,6 +340,8 @@ class Sessions:
             held.append(data)
             session.held, session.held_bytes = [], 0
             self._reply(rid, YIELDED, held[0], (), snapshot, held[1:])
+            if self.push is not None:
+                self.push()
             return
         self._flush_held(rid, session)
         self._reply(rid, YIELDED, data, out, snapshot)

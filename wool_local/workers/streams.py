@@ -12,6 +12,7 @@ ahead and the answers queue in an :class:`_Inbox`. The worker's side is
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -74,81 +75,116 @@ async def _stream(
     # Prefetching is over (or never starts): an asend/athrow, a changed variable,
     # or a stream relayed from another loop (its caller's context is elsewhere).
     lockstep = PREFETCH_ITEMS <= 1 or back is not None
-    # The caller's variables as the generator has them (what a step need not carry).
+    prefetching = False  # an inbox, and not lock-step: a pull takes what is queued
+    # The caller's variables as the generator has them (what a step need not carry),
+    # and, while it prefetches, when they were last found so: at this count of
+    # context.writes, in this task (with no set since, nothing changed).
     expected: context.Snapshot | None = None
-    item_size = 0.0  # moving average of a yielded value's size, in bytes
+    seen_writes, seen_task = -1, None
+    first_size = 0  # of the first value, to size the window before more come
+    # asyncio.current_tasks.get(loop) without its Python wrapper (3.11): the dict it reads.
+    current_tasks = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+    loads = pickle.loads
+    answer: Any
     try:
         while True:
-            snapshot = context.snapshot()
-            if pending is None:  # the first step starts the remote generator
-                fut = loop.create_future()
-                call = Call(0, fid, None, args[0], GENERATOR, op, value, snapshot)
-                pending = d.track(fut, call, buffers)
-                rid = pending.id
-                d.submit(pending)
-                expected = snapshot
-                answer = await d.answer(pending)
+            if prefetching and op == NEXT:
+                # The hot path: a pull that takes the next item queued.
+                assert pending is not None and inbox is not None
+                if (
+                    context.writes != seen_writes or current_tasks.get(loop) is not seen_task
+                ) and context.snapshot() != expected:
+                    lockstep, prefetching = True, False  # for good: one step per pull now
+                    continue
+                seen_writes, seen_task = context.writes, current_tasks.get(loop)
+                answers = inbox.answers
+                window = inbox.window
+                if 2 * (window - pending.owed - len(answers)) >= window:
+                    await _grant(d, rid, pending, inbox)
+                if answers:
+                    answer = answers.popleft()
+                    if type(answer) is bytes:
+                        try:
+                            item = loads(answer)
+                        except Exception:
+                            item = payload.loads(answer, "a value yielded by", (), of=fn)
+                        answer = None
+                    elif isinstance(answer, BaseException):
+                        raise answer
+                else:
+                    if d.request(rid) is not pending:
+                        _live_target(d, rid, pending)  # raises why it is gone
+                    answer = await _take(d, pending, inbox)
             else:
-                if not lockstep and (op != NEXT or snapshot != expected):
-                    lockstep = True  # for good: the exchange is one step per pull now
-                if inbox is None and lockstep:
-                    target = _live_target(d, rid, pending)
-                    pending.future = loop.create_future()
-                    d.send_step(target, Step(rid, op, value, snapshot), buffers, pending)
+                snapshot = context.snapshot()
+                if pending is None:  # the first step starts the remote generator
+                    fut = loop.create_future()
+                    call = Call(0, fid, None, args[0], GENERATOR, op, value, snapshot)
+                    pending = d.track(fut, call, buffers)
+                    rid = pending.id
+                    d.submit(pending)
+                    expected = snapshot
                     answer = await d.answer(pending)
                 else:
-                    if inbox is None:
-                        inbox = _Inbox()
-                        pending.future = inbox
-                    if op != NEXT:
-                        # Delivered at the yield the generator stopped at, once it
-                        # has stopped running ahead; its answer follows the items
-                        # it yielded before (none is dropped or reordered).
-                        await _settled(d, pending, inbox)
-                        if d.request(rid) is pending:
-                            target = _live_target(d, rid, pending)
-                            changes = _changes(snapshot, expected)
-                            d.send_step(target, Step(rid, op, value, changes), buffers, pending)
-                            expected = snapshot
-                    elif lockstep:
-                        if not inbox.answers and not pending.owed:
+                    if not lockstep and (op != NEXT or snapshot != expected):
+                        lockstep = True  # for good: the exchange is one step per pull now
+                    if inbox is None and lockstep:
+                        target = _live_target(d, rid, pending)
+                        pending.future = loop.create_future()
+                        d.send_step(target, Step(rid, op, value, snapshot), buffers, pending)
+                        answer = await d.answer(pending)
+                    else:
+                        if inbox is None:  # the second pull: prefetching starts
+                            inbox = _Inbox(first_size)
+                            pending.future = inbox
+                            prefetching = True
+                            seen_writes, seen_task = context.writes, current_tasks.get(loop)
+                            await _grant(d, rid, pending, inbox)
+                        elif op != NEXT:
+                            # Delivered at the yield the generator stopped at, once it
+                            # has stopped running ahead; its answer follows the items
+                            # it yielded before (none is dropped or reordered).
+                            await _settled(d, pending, inbox)
+                            if d.request(rid) is pending:
+                                target = _live_target(d, rid, pending)
+                                changes = _changes(snapshot, expected)
+                                d.send_step(target, Step(rid, op, value, changes), buffers, pending)
+                                expected = snapshot
+                        elif not inbox.answers and not pending.owed:  # lock-step again
                             target = _live_target(d, rid, pending)
                             changes = _changes(snapshot, expected)
                             d.send_step(target, Step(rid, NEXT, None, changes), (), pending)
                             expected = snapshot
+                        if not inbox.answers and d.request(rid) is not pending:
+                            _live_target(d, rid, pending)  # raises why it is gone
+                        answer = await _take(d, pending, inbox)
+            if answer is None:
+                pass  # the hot path has the item
+            elif type(answer) is bytes:  # a value alone (from the inbox)
+                item = payload.loads(answer, "a value yielded by", (), of=fn)
+            else:
+                reply = answer[0]
+                if reply.context:
+                    values = context.decode(reply.context)
+                    if back is None:
+                        context.apply(values, back=True)
+                        if not lockstep:  # the caller changed nothing: it has what was sent
+                            expected = context.snapshot()
+                            seen_writes, seen_task = context.writes, current_tasks.get(loop)
+                        elif inbox is not None:  # its own changes are still to be sent
+                            expected = {**(expected or {}), **reply.context}
                     else:
-                        window = PREFETCH_ITEMS
-                        if item_size * window > PREFETCH_BYTES:
-                            window = max(2, int(PREFETCH_BYTES // item_size))
-                        room = window - pending.owed - len(inbox.answers)
-                        if 2 * room >= window and d.request(rid) is pending:
-                            target = _live_target(d, rid, pending)
-                            d.send_step(target, Step(rid, NEXT, ahead=room - 1), (), pending)
-                    if not inbox.answers and d.request(rid) is not pending:
-                        _live_target(d, rid, pending)  # raises why it is gone
-                    answer = await _take(d, pending, inbox)
-            reply = answer[0]
-            if reply.context:
-                values = context.decode(reply.context)
-                if back is None:
-                    context.apply(values, back=True)
-                    if not lockstep or inbox is not None:
-                        expected = context.snapshot()
-                else:
-                    back(values)
-            if reply.status != YIELDED:
-                finished = True
-                if reply.status == EXHAUSTED:
+                        back(values)
+                if reply.status != YIELDED:
+                    finished = True
+                    if reply.status == EXHAUSTED:
+                        return
+                    d.outcome(answer, fn)
                     return
-                d.outcome(answer, fn)
-                return
-            data = reply.value or b""
-            if not lockstep:
-                size = len(data)
-                if answer[1]:
-                    size += sum(len(b) for b in answer[1])
-                item_size += (size - item_size) * 0.125
-            item = payload.loads(data, "a value yielded by", answer[1], of=fn)
+                data = reply.value or b""
+                if inbox is None:
+                    first_size = len(data) + sum(len(b) for b in answer[1])
+                item = payload.loads(data, "a value yielded by", answer[1], of=fn)
             try:
                 sent = yield item
             except GeneratorExit:
@@ -169,6 +205,23 @@ async def _stream(
             await _close_remote(d, rid, pending)
 
 
+async def _grant(d: Dispatcher, rid: int, pending: Pending, inbox: _Inbox) -> None:
+    """Grant the worker steps ahead, up to the stream's window."""
+    if d.request(rid) is not pending:
+        return
+    room = inbox.window - pending.owed - len(inbox.answers)
+    target = _live_target(d, rid, pending)
+    d.send_step(target, Step(rid, NEXT, ahead=room - 1), (), pending)
+    if inbox.answers:
+        # Let the loop run once: the link rings the worker for this step now, not
+        # once the caller has used up every item already here.
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            d.gave_up(pending)
+            raise
+
+
 def _live_target(d: Dispatcher, rid: int, pending: Pending) -> Target:
     """The target of open stream ``rid``, to send its next step to; raises why the
     session is gone if it is."""
@@ -180,7 +233,7 @@ def _live_target(d: Dispatcher, rid: int, pending: Pending) -> Target:
     return target
 
 
-async def _take(d: Dispatcher, pending: Pending, inbox: _Inbox) -> tuple[Reply, Sequence[bytes]]:
+async def _take(d: Dispatcher, pending: Pending, inbox: _Inbox) -> Any:
     """The next answer of a prefetching stream; on cancellation, cancel the remote
     side too."""
     try:
@@ -236,30 +289,55 @@ async def _close_remote(d: Dispatcher, rid: int, pending: Pending) -> None:
 
 class _Inbox:
     """Stands in for a stream's step future while it prefetches: the answers (or the
-    error that ended the session) queue in order, and a caller waiting is woken."""
+    error that ended the session) queue in order, one entry per item, and a caller
+    waiting is woken.
 
-    __slots__ = ("answers", "waiter")
+    An entry is a yielded value's pickle (``bytes``) when it has nothing else; an
+    answer ``(Reply, buffers)`` when it has out-of-band buffers or a context, and for
+    the final answer; or the exception that ended the session. ``window`` is how many
+    items the stream may have ahead, by their average size so far."""
 
-    def __init__(self) -> None:
+    __slots__ = ("answers", "item_size", "waiter", "window")
+
+    def __init__(self, first_size: int = 0) -> None:
         self.answers: deque[Any] = deque()
         self.waiter: asyncio.Future[None] | None = None
+        self.item_size = 0.0  # moving average of a yielded value's size, in bytes
+        self.window = PREFETCH_ITEMS
+        self._sized(first_size, 1)
 
     def done(self) -> bool:
         return False
 
     def set_result(self, answer: tuple[Reply, Sequence[bytes]]) -> None:
-        reply = answer[0]
-        more = reply.more
-        if more is None:
-            self.answers.append(answer)
-        else:  # several values, one answer each; the context goes with the last
-            rid = reply.id
-            self.answers.append((Reply(rid, YIELDED, reply.value), answer[1]))
-            last = len(more) - 1
-            for i, data in enumerate(more):
-                ctx = reply.context if i == last else None
-                self.answers.append((Reply(rid, YIELDED, data, ctx), ()))
+        reply, buffers = answer
+        answers = self.answers
+        if reply.status != YIELDED:
+            answers.append(answer)
+        else:
+            value = reply.value or b""
+            size = len(value) + sum(len(b) for b in buffers) if buffers else len(value)
+            more = reply.more
+            if more is None:
+                answers.append(answer if buffers or reply.context else value)
+                self._sized(size, 1)
+            else:  # several values, one entry each; the context goes with the last
+                answers.append((Reply(reply.id, YIELDED, value), buffers) if buffers else value)
+                if reply.context:
+                    answers.extend(more[:-1])
+                    answers.append((Reply(reply.id, YIELDED, more[-1], reply.context), ()))
+                else:
+                    answers.extend(more)
+                self._sized(size + sum(map(len, more)), 1 + len(more))
         self._wake()
+
+    def _sized(self, size: int, count: int) -> None:
+        """Weigh in ``count`` more values of ``size`` bytes in all; size the window."""
+        self.item_size += (size / count - self.item_size) * min(1.0, 0.125 * count)
+        if self.item_size * PREFETCH_ITEMS > PREFETCH_BYTES:
+            self.window = max(2, int(PREFETCH_BYTES // self.item_size))
+        else:
+            self.window = PREFETCH_ITEMS
 
     def set_exception(self, exc: BaseException) -> None:
         self.answers.append(exc)
@@ -278,7 +356,8 @@ class _Inbox:
         finally:
             self.waiter = None
 
-    async def get(self) -> tuple[Reply, Sequence[bytes]]:
+    async def get(self) -> Any:
+        """The next entry (an exception that ended the session is raised)."""
         while not self.answers:
             await self.wait()
         answer = self.answers.popleft()

@@ -113,6 +113,7 @@ class WorkerService:
         self._done = self._loop.create_future()
         self._base_context = contextvars.copy_context()
         self.sessions.loop = self._loop
+        self.sessions.push = self._push
         hubclient.process_dispatcher = self.client
         self.client.loop = self._loop  # nested calls from other loops run on this one
         cfg = self._config
@@ -182,7 +183,7 @@ class WorkerService:
         elif type(msg) is Cancel:
             rid = msg.id
             task = self._tasks.get(rid)
-            if task is not None:
+            if task is not None and not task.done():
                 task.cancel()
                 if rid not in self.sessions and (_not_started(task) or self.gate.holds(rid)):
                     # Its body never runs now (a task cancelled before its first step
@@ -192,9 +193,11 @@ class WorkerService:
                     del self._tasks[rid]
                     if self.gate.claim(rid):
                         self._reply(rid, CANCELLED)
-            elif rid in self.sessions:
-                # An idle generator session (its last step already answered):
-                # close it here (its finally runs), then say so.
+            elif rid in self.sessions and (task is None or not task.cancelled()):
+                # An idle generator session (its last step already answered; the
+                # task that took it may have ended without leaving the table yet,
+                # and one cancelled is answered when it leaves): close it here (its
+                # finally runs), then say so.
                 self.sessions.end(rid, CANCELLED, close=True)
         elif type(msg) is Stop:
             self._stop()
@@ -244,6 +247,10 @@ class WorkerService:
                 f"the answer could not be sent back: {payload.describe(exc)}"
             )
             self._reply(rid, RAISED, payload.dumps_exception(error))
+
+    def _push(self) -> None:
+        with self._lock:
+            self.link.push()
 
     def _keep_definition(self, call: Call) -> None:
         if call.fn_def is not None and call.fn not in self._functions:
