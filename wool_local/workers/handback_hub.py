@@ -191,7 +191,6 @@ class StallWatchdog:
             self._evacuated(handle)
         self._scheduler.send_queued()
 
-
     def _summarise(self) -> None:
         """One INFO line for the hand-backs since the last one (each is logged at DEBUG)."""
         if self._told is None:
