@@ -57,37 +57,59 @@ def status_dir(create: bool = False) -> Path:
 
 
 class StatusServer:
-    """Serves a snapshot of the pool to whoever connects (the user's own processes)."""
+    """Serves a snapshot of the pool to whoever connects (the user's own processes).
+
+    A plain listening socket in the hub's loop (``add_reader``), answered in the
+    accept callback: the answer is a few kilobytes, which a Unix socket's buffer
+    takes at once, so nothing waits on a slow client (one that cannot take it
+    all is dropped). Closing it frees its descriptor at once.
+    """
 
     def __init__(self, pool_id: bytes, snapshot: Any) -> None:
         self._snapshot = snapshot  # () -> a JSON-able dict
         self.path = status_dir(create=True) / f"{os.getpid()}-{pool_id.hex()[:12]}.sock"
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale one of a reused pid
-        self._server = await asyncio.start_unix_server(self._answer, path=str(self.path))
-        # The directory already keeps others out; the mode says so on the socket too.
-        os.chmod(self.path, 0o600)
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            data = json.dumps(self._snapshot(), default=str).encode()
-            writer.write(data)
-            async with asyncio.timeout(ANSWER_TIMEOUT):
-                await writer.drain()
-        except Exception:
-            pass  # a client that went away, or a snapshot that failed: not the pool's problem
-        finally:
-            writer.close()
+            sock.bind(str(self.path))
+            # The directory already keeps others out; the mode says so on the socket too.
+            os.chmod(self.path, 0o600)
+            sock.listen(8)
+            sock.setblocking(False)
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(sock.fileno(), self._answer)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def _answer(self) -> None:
+        assert self._sock is not None
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return  # the client gave up already
+        with conn:
+            try:
+                data = json.dumps(self._snapshot(), default=str).encode()
+                conn.setblocking(False)
+                conn.send(data)  # all of it, or the client sees a truncated answer
+            except Exception:
+                pass  # a client that went away, or a snapshot that failed: not the pool's
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
 def snapshot_of(stats: Any, **about: Any) -> dict[str, Any]:
