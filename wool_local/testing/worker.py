@@ -1,0 +1,256 @@
+"""What runs in a worker of ``pytest --wool``: the items of one unit, by index.
+
+The controller fills :data:`state` and registers the fork hooks below before it
+starts the pool, so the zygote, and every worker forked from it, inherit the
+collected session: a worker never imports or collects. A unit is one call of
+:func:`run_unit` with the indices of its items in ``session.items``; the worker
+runs each through ``pytest_runtest_protocol`` with ``nextitem`` the unit's next
+item (None for the last one, so everything the unit set up is torn down before
+the call returns, session fixtures included), and writes what pytest would have
+reported (log start and finish, the reports, the warnings) to the call's spool,
+which the controller replays.
+
+Numbering. Each worker gets ``gw<k>``: ``k`` counts the forks of the current
+zygote (the fork hooks count them in the zygote, which is single-threaded), so
+the first workers are ``gw0``..``gw<n-1>`` and a replacement gets the next number.
+
+Set up once per worker, at its first unit (:func:`_setup_worker`): the
+``PYTEST_XDIST_*`` variables and ``config.workerinput`` (pytest-xdist's own
+``worker_id`` and ``testrun_uid`` fixtures read it), a basetemp of its own under
+the session's, fresh capture files (the inherited ones are shared with every
+other process of the run), and the terminal reporter and junitxml writer taken
+out: the controller reports. ``random`` is reseeded after every fork by CPython
+itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import pytest
+
+from . import spool
+
+if TYPE_CHECKING:
+    import mmap
+    from pathlib import Path
+
+
+@dataclass
+class State:
+    """What the controller hands its workers through the fork."""
+
+    session: pytest.Session
+    workercount: int
+    testrunuid: str
+    #: One shared byte: set when the controller stops the run (-x, Ctrl-C, an error).
+    stop: mmap.mmap
+    basetemp: Path | None
+    controller_pid: int = field(default_factory=os.getpid)
+    # -- set after the fork: the zygote's pid and fork count, this worker's number --
+    zygote_pid: int | None = None
+    forks: int = 0
+    number: int | None = None
+    ready: bool = False  # _setup_worker done
+
+
+#: Set by the controller before the pool starts; None in other processes.
+state: State | None = None
+_hooks_registered = False
+
+
+def register_fork_hooks() -> None:
+    """Count the zygote's forks (once per process; the hooks do nothing without state)."""
+    global _hooks_registered
+    if not _hooks_registered:
+        _hooks_registered = True
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def _before_fork() -> None:
+    st = state
+    if st is not None and st.zygote_pid == os.getpid():
+        st.forks += 1
+
+
+def _after_fork_in_child() -> None:
+    st = state
+    if st is None:
+        return
+    ppid = os.getppid()
+    if ppid == st.controller_pid and st.zygote_pid is None:  # a zygote (or its replacement)
+        st.zygote_pid, st.forks = os.getpid(), 0
+    elif ppid == st.zygote_pid and st.number is None:  # a worker
+        st.number = st.forks - 1
+        wid = f"gw{st.number}"
+        os.environ["PYTEST_XDIST_WORKER"] = wid
+        os.environ["PYTEST_XDIST_WORKER_COUNT"] = str(st.workercount)
+        os.environ["PYTEST_XDIST_TESTRUNUID"] = st.testrunuid
+    # Anything forked below a worker (a test that forks) is left alone.
+
+
+def worker_id() -> str:
+    st = state
+    return "master" if st is None or st.number is None else f"gw{st.number}"
+
+
+class _Recorder:
+    """The worker's reporting hooks: each event goes to the current unit's spool."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.out: BinaryIO | None = None
+
+    def emit(self, event: tuple[Any, ...]) -> None:
+        if self.out is not None:
+            spool.write(self.out, event)
+
+    @pytest.hookimpl
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.emit(("logstart", nodeid, location))
+
+    @pytest.hookimpl
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        self.emit(("logfinish", nodeid, location))
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        try:
+            self.emit(("report", data))
+        except Exception:  # something in it does not pickle: user_properties, say
+            data["user_properties"] = [(k, repr(v)) for k, v in data.get("user_properties", ())]
+            self.emit(("report", data))
+
+    @pytest.hookimpl
+    def pytest_warning_recorded(
+        self, warning_message: Any, when: str, nodeid: str, location: Any
+    ) -> None:
+        category = warning_message.category or UserWarning
+        data = {
+            "message": str(warning_message.message),
+            "category": (category.__module__, category.__qualname__),
+            "filename": warning_message.filename,
+            "lineno": warning_message.lineno,
+            "when": when,
+            "nodeid": nodeid,
+            "location": location,
+        }
+        self.emit(("warning", data))
+
+
+class _QuietReporter:
+    """Stands in for the terminal reporter in a worker: plugins that ask for it (its
+    ``_tw``, through ``config.get_terminal_writer()``) still find it, but none of its
+    hooks runs, so the worker writes no report of its own to the terminal."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+_recorder: _Recorder | None = None
+
+
+def _setup_worker(st: State) -> _Recorder:
+    global _recorder
+    config = st.session.config
+    wid = worker_id()
+    config.workerinput = {  # type: ignore[attr-defined]
+        "workerid": wid,
+        "workercount": st.workercount,
+        "testrunuid": st.testrunuid,
+        "mainargv": list(sys.argv),
+    }
+    config.workeroutput = {}  # type: ignore[attr-defined]
+    pm = config.pluginmanager
+    tr = pm.get_plugin("terminalreporter")
+    if tr is not None:
+        pm.unregister(tr)
+        pm.register(_QuietReporter(tr), "terminalreporter")
+    try:
+        from _pytest.junitxml import xml_key
+
+        xml = config.stash.get(xml_key, None)
+        if xml is not None and pm.is_registered(xml):
+            pm.unregister(xml)
+    except ImportError:
+        pass
+    capman = pm.get_plugin("capturemanager")
+    inherited = getattr(capman, "_global_capturing", None)
+    if inherited is not None:
+        # Its temporary files are shared (one offset) with every process of the run:
+        # let go of them without reading them, and capture into files of our own.
+        inherited.stop_capturing()
+        capman._global_capturing = None  # type: ignore[union-attr]
+        capman.start_global_capturing()  # type: ignore[union-attr]
+        capman.suspend_global_capture()  # type: ignore[union-attr]
+    factory = getattr(config, "_tmp_path_factory", None)
+    if st.basetemp is not None and factory is not None:
+        mine = st.basetemp / wid
+        mine.mkdir(exist_ok=True)
+        factory._basetemp = mine
+    recorder = _Recorder(config)
+    pm.register(recorder, "wool_local-worker")
+    _recorder = recorder
+    st.ready = True
+    return recorder
+
+
+def run_unit(path: str, indices: list[int]) -> int:
+    """Run the items ``indices`` of the inherited session in order, writing their
+    events to the spool at ``path``; the number of items run."""
+    st = state
+    if st is None:
+        raise RuntimeError("wool_local: run_unit called outside a pytest --wool worker")
+    recorder = _recorder if st.ready and _recorder is not None else _setup_worker(st)
+    session = st.session
+    items = session.items
+    # This runs in the worker's event loop thread, blocking it: hide the running loop
+    # from the tests, so asyncio.run() and pytest-asyncio's loops work there.
+    loop = asyncio.events._get_running_loop()
+    asyncio.events._set_running_loop(None)
+    asyncio.set_event_loop(None)
+    ran = 0
+    with open(path, "ab", buffering=0) as out:
+        recorder.out = out
+        try:
+            last = len(indices) - 1
+            for k, index in enumerate(indices):
+                if st.stop[0]:
+                    break
+                item = items[index]
+                nextitem = None if k == last else items[indices[k + 1]]
+                recorder.emit(("start", index))
+                t0 = time.perf_counter()
+                try:
+                    item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+                except pytest.exit.Exception as exc:
+                    recorder.emit(("exit", exc.msg, exc.returncode))
+                    break
+                recorder.emit(("done", index, time.perf_counter() - t0))
+                ran += 1
+                if session.shouldfail or session.shouldstop:
+                    break  # -x / --maxfail seen in this worker: the controller stops too
+            if ran <= last:
+                _teardown_all(session)
+        finally:
+            recorder.out = None
+            asyncio.events._set_running_loop(loop)
+            asyncio.set_event_loop(loop)
+    return ran
+
+
+def _teardown_all(session: pytest.Session) -> None:
+    """A unit cut short: tear down what its last item left set up for the next one."""
+    try:
+        session._setupstate.teardown_exact(None)
+    except BaseException as exc:
+        print(f"wool_local: teardown after a stop failed: {exc!r}", file=sys.stderr)
