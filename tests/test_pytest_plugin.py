@@ -1,0 +1,285 @@
+"""The pytest plugin (``pytest --wool N``) through real pytest runs in subprocesses."""
+
+from __future__ import annotations
+
+import collections
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+TIMEOUT = 60  # each run takes about a second
+
+OUTCOMES = """
+import pytest
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture broke")
+
+def test_pass():
+    print("said on stdout")
+
+def test_fail():
+    assert 1 == 2
+
+@pytest.mark.skip(reason="not today")
+def test_skip():
+    pass
+
+@pytest.mark.xfail
+def test_xfail():
+    assert 0
+
+@pytest.mark.xfail
+def test_xpass():
+    pass
+
+def test_error(broken):
+    pass
+
+@pytest.mark.parametrize("n", range(4))
+def test_param(n):
+    assert n != 3
+"""
+
+# Each fixture appends "<pid> <event> <name>" to events.txt.
+FIXTURES = """
+import os
+import pytest
+
+def log(event, name):
+    with open({path!r}, "a") as f:
+        f.write(f"{{os.getpid()}} {{event}} {{name}}\\n")
+
+@pytest.fixture(scope="module", autouse=True)
+def per_module(request):
+    log("setup", request.module.__name__)
+    yield
+    log("teardown", request.module.__name__)
+
+@pytest.fixture(scope="class")
+def per_class(request):
+    log("setup", request.cls.__name__)
+    yield
+    log("teardown", request.cls.__name__)
+"""
+
+MODULE = """
+import pytest
+
+class TestOne:
+    def test_a(self, per_class): pass
+    def test_b(self, per_class): pass
+
+class TestTwo:
+    def test_c(self, per_class): pass
+
+def test_d(): pass
+"""
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=TIMEOUT)
+
+
+def test_outcomes_match_a_serial_run(pytester: pytest.Pytester) -> None:
+    """Given a module with every kind of outcome and a second module
+    When it runs serially and with --wool 2
+    Then the counts, the exit status and the -rA summary lines are the same."""
+    pytester.makepyfile(test_kinds=OUTCOMES, test_other="def test_x(): pass\n")
+    serial = run(pytester, "-rA")
+    wool = run(pytester, "-rA", "--wool", "2")
+    assert wool.parseoutcomes() == serial.parseoutcomes()
+    assert serial.parseoutcomes() == {
+        "passed": 5,
+        "failed": 2,
+        "skipped": 1,
+        "xfailed": 1,
+        "xpassed": 1,
+        "errors": 1,
+    }
+    assert wool.ret == serial.ret == pytest.ExitCode.TESTS_FAILED
+    wool.stdout.fnmatch_lines(["wool_local: 2 workers, 2 units, 11 items"])
+
+    def summary(result: pytest.RunResult) -> list[str]:
+        lines = result.stdout.lines
+        start = next(i for i, line in enumerate(lines) if "short test summary" in line)
+        return sorted(line for line in lines[start + 1 : -1])
+
+    assert summary(wool) == summary(serial)
+    # Captured output and the failure's explanation come through as well.
+    wool.stdout.fnmatch_lines(["*Captured stdout call*", "said on stdout", "*assert 1 == 2*"])
+
+
+def test_module_and_class_fixtures_set_up_once_per_module(pytester: pytest.Pytester) -> None:
+    """Given three modules with a module-scoped and a class-scoped fixture
+    When they run with --wool 2
+    Then each module runs in one worker, and each fixture is set up and torn down
+    exactly once, set-ups and tear-downs paired in order on that worker."""
+    events = pytester.path / "events.txt"
+    pytester.makeconftest(FIXTURES.format(path=str(events)))
+    pytester.makepyfile(test_m1=MODULE, test_m2=MODULE, test_m3=MODULE)
+    result = run(pytester, "--wool", "2")
+    result.assert_outcomes(passed=12)
+    lines = [line.split() for line in events.read_text().splitlines()]
+    by_pid: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+    for pid, event, name in lines:
+        by_pid[pid].append((event, name))
+    assert len(by_pid) == 2
+    counts = collections.Counter((event, name) for _, event, name in lines)
+    for module in ("test_m1", "test_m2", "test_m3"):
+        assert counts["setup", module] == counts["teardown", module] == 1
+        pids = {pid for pid, _, name in lines if name == module}
+        assert len(pids) == 1
+    assert counts["setup", "TestOne"] == counts["teardown", "TestOne"] == 3
+    assert counts["setup", "TestTwo"] == counts["teardown", "TestTwo"] == 3
+    for seq in by_pid.values():  # per worker: nothing set up twice, all torn down
+        live: list[str] = []
+        for event, name in seq:
+            if event == "setup":
+                assert name not in live
+                live.append(name)
+            else:
+                assert live.pop() == name
+        assert live == []
+
+
+def test_exitfirst_stops_the_run(pytester: pytest.Pytester) -> None:
+    """Given a module whose first test fails (the largest module, so it runs first)
+    and eight modules of slow tests
+    When run with --wool 2 -x
+    Then the run stops after the failure: status 1, the stop is reported, and most
+    of the slow tests never run."""
+    failing = "def test_fail():\n    assert False\n"
+    failing += "".join(f"def test_ok{i}():\n    pass\n" for i in range(4))
+    pytester.makepyfile(test_0fail=failing)
+    slow = "import time\n" + "".join(f"def test_{i}():\n    time.sleep(0.1)\n" for i in range(3))
+    pytester.makepyfile(**{f"test_slow{i}": slow for i in range(8)})
+    result = run(pytester, "--wool", "2", "-x")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*stopping after 1 failures*"])
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 1
+    assert outcomes.get("passed", 0) < 12
+
+
+CRASHES = """
+import os
+import signal
+
+def test_before(): pass
+def test_exit(): os._exit(3)
+def test_between(): pass
+def test_kill(): os.kill(os.getpid(), signal.SIGKILL)
+def test_after(): pass
+"""
+
+
+def test_crashing_tests_fail_and_the_rest_of_their_module_runs(pytester: pytest.Pytester) -> None:
+    """Given a module with one test that calls os._exit and one that SIGKILLs itself
+    When it runs with --wool 2 next to another module
+    Then each crashing test fails once, naming itself and how the worker ended, and
+    every other test passes (the rest of the module ran on a replacement worker)."""
+    pytester.makepyfile(test_crash=CRASHES, test_other="def test_x(): pass\n")
+    result = run(pytester, "--wool", "2", "-rA")
+    result.assert_outcomes(passed=4, failed=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*worker crashed while running test_crash.py::test_exit*exited with code 3*",
+            "*worker crashed while running test_crash.py::test_kill*SIGKILL*",
+            "PASSED test_crash.py::test_between",
+            "PASSED test_crash.py::test_after",
+        ]
+    )
+
+
+def test_collection_errors_stop_the_run_before_any_worker(pytester: pytest.Pytester) -> None:
+    """Given a module that fails to import and one that imports
+    When run with --wool 2
+    Then the collection error is reported and the run is interrupted (status 2),
+    as in a serial run; with --continue-on-collection-errors the good one runs."""
+    pytester.makepyfile(test_bad="import no_such_module_here\n", test_good="def test_ok(): pass\n")
+    result = run(pytester, "--wool", "2")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*ERROR collecting test_bad.py*", "*1 error during collection*"])
+    result = run(pytester, "--wool", "2", "--continue-on-collection-errors")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=1, errors=1)
+
+
+def test_no_tests_exit_5(pytester: pytest.Pytester) -> None:
+    """Given tests that -k deselects, all of them
+    When run with --wool 2
+    Then no pool is started and the status is 5, as in a serial run."""
+    pytester.makepyfile(test_one="def test_a(): pass\n")
+    result = run(pytester, "--wool", "2", "-k", "nothing")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert "wool_local:" not in result.stdout.str()
+
+
+def test_junitxml(pytester: pytest.Pytester) -> None:
+    """Given the module with every kind of outcome
+    When run with --wool 2 --junitxml
+    Then the XML file is written with the serial run's counts."""
+    pytester.makepyfile(test_kinds=OUTCOMES)
+    run(pytester, "--wool", "2", "--junitxml=wool.xml")
+    run(pytester, "--junitxml=serial.xml")
+
+    def counts(name: str) -> dict[str, str]:
+        suite = ET.parse(pytester.path / name).getroot().find("testsuite")
+        assert suite is not None
+        return {k: suite.attrib[k] for k in ("tests", "errors", "failures", "skipped")}
+
+    assert counts("wool.xml") == counts("serial.xml")
+
+
+XDIST_SURFACE = """
+import os
+import random
+
+def test_surface(worker_id, testrun_uid, tmp_path, request):
+    assert os.environ["PYTEST_XDIST_WORKER"] == worker_id
+    assert os.environ["PYTEST_XDIST_WORKER_COUNT"] == "2"
+    assert request.config.workerinput["workerid"] == worker_id
+    assert tmp_path.parent.name == worker_id
+    with open({path!r}, "a") as f:
+        f.write(f"{{worker_id}} {{testrun_uid}} {{random.random()}}\\n")
+"""
+
+
+def test_xdist_compatibility_surface(pytester: pytest.Pytester) -> None:
+    """Given two modules whose test reads worker_id, testrun_uid, the xdist variables
+    and tmp_path
+    When run with --wool 2 (pytest-xdist is installed: its fixtures answer)
+    Then the workers are gw0 and gw1, share the run's uid, have a basetemp each and
+    draw different random numbers."""
+    out = pytester.path / "seen.txt"
+    pytester.makepyfile(
+        test_s1=XDIST_SURFACE.format(path=str(out)),
+        test_s2=XDIST_SURFACE.format(path=str(out)),
+    )
+    result = run(pytester, "--wool", "2")
+    result.assert_outcomes(passed=2)
+    rows = [line.split() for line in out.read_text().splitlines()]
+    assert sorted(r[0] for r in rows) == ["gw0", "gw1"]
+    assert len({r[1] for r in rows}) == 1
+    assert len({r[2] for r in rows}) == 2
+
+
+def test_options(pytester: pytest.Pytester) -> None:
+    """Given a trivial test
+    When run with --wool 0, with -p no:wool_local --wool 2, and with --wool 2 -n 2
+    Then the first is a normal run, the second does not know the option, and the
+    third is refused."""
+    pytester.makepyfile(test_one="def test_a(): pass\n")
+    result = run(pytester, "--wool", "0")
+    result.assert_outcomes(passed=1)
+    assert "wool_local:" not in result.stdout.str()
+    result = run(pytester, "-p", "no:wool_local", "--wool", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unrecognized arguments: --wool*"])
+    result = run(pytester, "--wool", "2", "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--wool and pytest-xdist's -n cannot be used together*"])
