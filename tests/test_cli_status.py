@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 
 import pytest
@@ -57,5 +58,27 @@ def test_given_no_such_pool_then_status_of_a_pid_fails():
         assert await _status() == (0, "no running pool of this user\n")
         code, text = await _status("1")
         assert code == 1 and "hub pid 1" in text
+
+    run(main)
+
+
+def test_given_watch_then_it_redraws_until_ctrl_c():
+    """Given a running pool, `status --watch 0.05` redraws the screen (twice at least)
+    and exits 0 on Ctrl-C."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "wool_local", "status", "--watch", "0.05",
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            seen = b""
+            async with asyncio.timeout(20):
+                while seen.count(b"\x1b[2J") < 2:
+                    seen += await proc.stdout.read(4096)
+                proc.send_signal(signal.SIGINT)
+                await proc.communicate()
+            assert proc.returncode == 0
+            assert f"pool {os.getpid()}".encode() in seen
 
     run(main)
