@@ -126,15 +126,22 @@ def gather_case(items: list[Any], rounds: int, pids: set[int]) -> Timing:
 
 def executor_case(fn: Any, items: list[Any], chunk: int, rounds: int, unordered: bool) -> Timing:
     with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("fork")) as ex:
-        list(ex.map(str, range(100)))
-        times = []
-        for _ in range(rounds):
-            if unordered:
-                futures = [ex.submit(fn, x) for x in items]
-                times.append(timed(as_completed(futures, timeout=TIMEOUT), len(items)))
-            else:
-                times.append(timed(ex.map(fn, items, chunksize=chunk, timeout=TIMEOUT), len(items)))
-        return _median(times)
+        return _futures_case(ex, fn, items, chunk, rounds, unordered)
+
+
+def _futures_case(
+    ex: Any, fn: Any, items: list[Any], chunk: int, rounds: int, unordered: bool
+) -> Timing:
+    """A concurrent.futures executor: ``as_completed`` over submits, or ``map``."""
+    list(ex.map(str, range(100)))
+    times = []
+    for _ in range(rounds):
+        if unordered:
+            futures = [ex.submit(fn, x) for x in items]
+            times.append(timed(as_completed(futures, timeout=TIMEOUT), len(items)))
+        else:
+            times.append(timed(ex.map(fn, items, chunksize=chunk, timeout=TIMEOUT), len(items)))
+    return _median(times)
 
 
 def mp_case(fn: Any, items: list[Any], chunk: int, rounds: int, unordered: bool) -> Timing:
@@ -164,15 +171,7 @@ def loky_case(fn: Any, items: list[Any], chunk: int, rounds: int, unordered: boo
 
     ex = loky.ProcessPoolExecutor(max_workers=WORKERS)
     try:
-        list(ex.map(str, range(100)))
-        times = []
-        for _ in range(rounds):
-            if unordered:
-                futures = [ex.submit(fn, x) for x in items]
-                times.append(timed(as_completed(futures, timeout=TIMEOUT), len(items)))
-            else:
-                times.append(timed(ex.map(fn, items, chunksize=chunk, timeout=TIMEOUT), len(items)))
-        return _median(times)
+        return _futures_case(ex, fn, items, chunk, rounds, unordered)
     finally:
         ex.shutdown(wait=True)
 
