@@ -26,8 +26,11 @@ itself.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -170,6 +173,9 @@ def _setup_worker(st: State) -> _Recorder:
         "mainargv": list(sys.argv),
     }
     config.workeroutput = {}  # type: ignore[attr-defined]
+    # The thread that forked the zygote was the pool's: in a serial run tests run in
+    # the main thread, and some look at its name.
+    threading.current_thread().name = "MainThread"
     pm = config.pluginmanager
     tr = pm.get_plugin("terminalreporter")
     if tr is not None:
@@ -211,13 +217,32 @@ def run_unit(path: str, indices: list[int]) -> int:
     if st is None:
         raise RuntimeError("wool_local: run_unit called outside a pytest --wool worker")
     recorder = _recorder if st.ready and _recorder is not None else _setup_worker(st)
-    session = st.session
-    items = session.items
-    # This runs in the worker's event loop thread, blocking it: hide the running loop
-    # from the tests, so asyncio.run() and pytest-asyncio's loops work there.
+    # This runs in the worker's event loop thread, blocking it: the tests see a plain
+    # process, as in a serial run: no running loop (asyncio.run() and pytest-asyncio's
+    # loops work), no pool bound (a fresh context), and no worker's dispatcher (a
+    # routine called with no pool of its own raises NoPoolError, as it would there),
+    # and SIGINT raising KeyboardInterrupt (a worker ignores it, and the processes a
+    # test starts would inherit that).
+    from wool_local.workers import hubclient
+
+    sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+
     loop = asyncio.events._get_running_loop()
     asyncio.events._set_running_loop(None)
     asyncio.set_event_loop(None)
+    dispatcher, hubclient.process_dispatcher = hubclient.process_dispatcher, None
+    try:
+        return contextvars.Context().run(_run_items, st, recorder, path, indices)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        hubclient.process_dispatcher = dispatcher
+        asyncio.events._set_running_loop(loop)
+        asyncio.set_event_loop(loop)
+
+
+def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int]) -> int:
+    session = st.session
+    items = session.items
     ran = 0
     with open(path, "ab", buffering=0) as out:
         recorder.out = out
@@ -235,6 +260,9 @@ def run_unit(path: str, indices: list[int]) -> int:
                 except pytest.exit.Exception as exc:
                     recorder.emit(("exit", exc.msg, exc.returncode))
                     break
+                except KeyboardInterrupt:
+                    recorder.emit(("exit", "KeyboardInterrupt", pytest.ExitCode.INTERRUPTED))
+                    break
                 recorder.emit(("done", index, time.perf_counter() - t0))
                 ran += 1
                 if session.shouldfail or session.shouldstop:
@@ -243,8 +271,6 @@ def run_unit(path: str, indices: list[int]) -> int:
                 _teardown_all(session)
         finally:
             recorder.out = None
-            asyncio.events._set_running_loop(loop)
-            asyncio.set_event_loop(loop)
     return ran
 
 
