@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import pathlib
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -101,7 +102,7 @@ def test_outcomes_match_a_serial_run(pytester: pytest.Pytester) -> None:
         "errors": 1,
     }
     assert wool.ret == serial.ret == pytest.ExitCode.TESTS_FAILED
-    wool.stdout.fnmatch_lines(["wool_local: 2 workers, 2 units, 11 items"])
+    wool.stdout.fnmatch_lines(["wool_local: 2 workers, 2 units (loadscope), 11 items"])
 
     def summary(result: pytest.RunResult) -> list[str]:
         lines = result.stdout.lines
@@ -113,29 +114,14 @@ def test_outcomes_match_a_serial_run(pytester: pytest.Pytester) -> None:
     wool.stdout.fnmatch_lines(["*Captured stdout call*", "said on stdout", "*assert 1 == 2*"])
 
 
-def test_module_and_class_fixtures_set_up_once_per_module(pytester: pytest.Pytester) -> None:
-    """Given three modules with a module-scoped and a class-scoped fixture
-    When they run with --wool 2
-    Then each module runs in one worker, and each fixture is set up and torn down
-    exactly once, set-ups and tear-downs paired in order on that worker."""
-    events = pytester.path / "events.txt"
-    pytester.makeconftest(FIXTURES.format(path=str(events)))
-    pytester.makepyfile(test_m1=MODULE, test_m2=MODULE, test_m3=MODULE)
-    result = run(pytester, "--wool", "2")
-    result.assert_outcomes(passed=12)
-    lines = [line.split() for line in events.read_text().splitlines()]
+def fixture_events(path: pathlib.Path) -> list[tuple[str, str, str]]:
+    """The (pid, event, name) lines FIXTURES wrote, checked per worker: nothing set
+    up twice while live, tear-downs in reverse order, nothing left live."""
+    lines = [tuple(line.split()) for line in path.read_text().splitlines()]
     by_pid: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
     for pid, event, name in lines:
         by_pid[pid].append((event, name))
-    assert len(by_pid) == 2
-    counts = collections.Counter((event, name) for _, event, name in lines)
-    for module in ("test_m1", "test_m2", "test_m3"):
-        assert counts["setup", module] == counts["teardown", module] == 1
-        pids = {pid for pid, _, name in lines if name == module}
-        assert len(pids) == 1
-    assert counts["setup", "TestOne"] == counts["teardown", "TestOne"] == 3
-    assert counts["setup", "TestTwo"] == counts["teardown", "TestTwo"] == 3
-    for seq in by_pid.values():  # per worker: nothing set up twice, all torn down
+    for seq in by_pid.values():
         live: list[str] = []
         for event, name in seq:
             if event == "setup":
@@ -144,6 +130,92 @@ def test_module_and_class_fixtures_set_up_once_per_module(pytester: pytest.Pytes
             else:
                 assert live.pop() == name
         assert live == []
+    return lines  # type: ignore[return-value]
+
+
+def test_module_and_class_fixtures_per_unit(pytester: pytest.Pytester) -> None:
+    """Given three modules with a module-scoped and a class-scoped fixture, two
+    classes and a function each
+    When they run with --wool 2 (loadscope: units of a class, or of a module's
+    functions) and with --wool-dist loadfile (units of a module)
+    Then every class runs on one worker and its fixture is set up once; each worker
+    tears down what it set up, in order (a module's fixture once per unit of it that
+    the worker ran); with loadfile each module runs on one worker, its fixture set
+    up exactly once."""
+    events = pytester.path / "events.txt"
+    pytester.makeconftest(FIXTURES.format(path=str(events)))
+    pytester.makepyfile(test_m1=MODULE, test_m2=MODULE, test_m3=MODULE)
+    result = run(pytester, "--wool", "2")
+    result.assert_outcomes(passed=12)
+    result.stdout.fnmatch_lines(["wool_local: 2 workers, 9 units (loadscope), 12 items"])
+    lines = fixture_events(events)
+    counts = collections.Counter((event, name) for _, event, name in lines)
+    assert len({pid for pid, _, _ in lines}) == 2
+    assert counts["setup", "TestOne"] == counts["teardown", "TestOne"] == 3
+    assert counts["setup", "TestTwo"] == counts["teardown", "TestTwo"] == 3
+    for module in ("test_m1", "test_m2", "test_m3"):
+        assert 1 <= counts["setup", module] == counts["teardown", module] <= 3
+
+    events.unlink()
+    result = run(pytester, "--wool", "2", "--wool-dist", "loadfile")
+    result.assert_outcomes(passed=12)
+    lines = fixture_events(events)
+    counts = collections.Counter((event, name) for _, event, name in lines)
+    for module in ("test_m1", "test_m2", "test_m3"):
+        assert counts["setup", module] == counts["teardown", module] == 1
+        assert len({pid for pid, _, name in lines if name == module}) == 1
+    assert counts["setup", "TestOne"] == counts["teardown", "TestOne"] == 3
+
+
+# Each test appends "<worker_id> <nodeid>" to where.txt.
+WHERE = """
+import os
+import pytest
+
+@pytest.fixture(autouse=True)
+def where(request, worker_id):
+    with open({path!r}, "a") as f:
+        f.write(f"{{worker_id}} {{request.node.nodeid}}\\n")
+"""
+
+GROUPED = """
+import time
+import pytest
+
+@pytest.mark.xdist_group("db")
+def test_db{n}(): time.sleep(0.05)
+
+@pytest.mark.xdist_group(name="net")
+class TestNet{n}:
+    def test_a(self): time.sleep(0.05)
+    def test_b(self): time.sleep(0.05)
+
+@pytest.mark.parametrize("k", range(6))
+def test_free(k): time.sleep(0.05)
+"""
+
+
+def test_dist_loadgroup_and_load(pytester: pytest.Pytester) -> None:
+    """Given two modules with tests marked xdist_group("db") and a class marked
+    xdist_group(name="net") in each, and unmarked parametrized tests
+    When run with --wool 2 --wool-dist loadgroup, then with --wool-dist load
+    Then with loadgroup every "db" test runs on one worker and every "net" test on
+    one worker, and the unmarked ones on both; with load everything passes too."""
+    where = pytester.path / "where.txt"
+    pytester.makeconftest(WHERE.format(path=str(where)))
+    pytester.makepyfile(test_g1=GROUPED.format(n=1), test_g2=GROUPED.format(n=2))
+    result = run(pytester, "--wool", "2", "--wool-dist", "loadgroup")
+    result.assert_outcomes(passed=18)
+    rows = [line.split() for line in where.read_text().splitlines()]
+    assert len({w for w, nodeid in rows if "test_db" in nodeid}) == 1
+    assert len({w for w, nodeid in rows if "TestNet" in nodeid}) == 1
+    assert len({w for w, nodeid in rows if "test_free" in nodeid}) == 2
+    where.unlink()
+    result = run(pytester, "--wool", "2", "--wool-dist", "load")
+    result.assert_outcomes(passed=18)
+    assert len({line.split()[0] for line in where.read_text().splitlines()}) == 2
+    result = run(pytester, "--wool", "2", "--wool-dist", "nonesuch")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
 def test_exitfirst_stops_the_run(pytester: pytest.Pytester) -> None:

@@ -22,6 +22,11 @@ import pytest
 if TYPE_CHECKING:
     from wool_local.workers import WorkerLimits
 
+#: ``--wool-dist``'s choices (see :mod:`wool_local.testing.units`; kept here so that
+#: loading the plugin imports nothing more).
+DISTS = ("loadscope", "loadfile", "loadgroup", "load")
+DEFAULT_DIST = "loadscope"
+
 #: The recycling defaults for test workers (``--wool-max-*``).
 DEFAULT_MAX_RSS = "1GiB"
 DEFAULT_MAX_FDS = 200
@@ -37,6 +42,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="run the tests in N worker processes forked after collection "
         "('auto': one per usable CPU, at most one per module; 0: a normal run)",
+    )
+    group.addoption(
+        "--wool-dist",
+        dest="wool_dist",
+        metavar="MODE",
+        default=None,
+        choices=DISTS,
+        help="how items are grouped into units that one worker runs (pytest-xdist's "
+        "meanings): loadscope (the default: a class's items together, a module's "
+        "functions together), loadfile, loadgroup (the xdist_group marker), load",
     )
     group.addoption(
         "--wool-max-rss",
@@ -132,6 +147,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--pdb does not work with --wool (the tests run in workers)")
     from wool_local.testing.controller import Controller
 
+    dist = config.getoption("wool_dist") or DEFAULT_DIST
     config.pluginmanager.register(
-        Controller(config, workers, limits_from(config)), "wool_local.controller"
+        Controller(config, workers, limits_from(config), dist), "wool_local.controller"
     )

@@ -41,23 +41,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
-from . import spool, worker
+from . import spool, units, worker
 
 if TYPE_CHECKING:
     from wool_local.workers import WorkerLimits
 
 #: How often the controller reads the spools of running units (seconds).
 POLL = 0.02
-
-
-def make_units(items: list[pytest.Item]) -> list[list[int]]:
-    """Indices of ``items`` grouped by module (the nodeid's part before the first
-    ``::``), each group in collection order; groups larger first, ties in order of
-    first appearance (a stand-in for their duration, unknown in this version)."""
-    groups: dict[str, list[int]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault(item.nodeid.split("::", 1)[0], []).append(i)
-    return sorted(groups.values(), key=len, reverse=True)
 
 
 @dataclass
@@ -77,10 +67,17 @@ class _Call:
 class Controller:
     """The ``pytest_runtestloop`` of a ``--wool`` run (registered by the plugin)."""
 
-    def __init__(self, config: pytest.Config, workers: int | None, limits: WorkerLimits) -> None:
+    def __init__(
+        self,
+        config: pytest.Config,
+        workers: int | None,
+        limits: WorkerLimits,
+        dist: str = units.DEFAULT_DIST,
+    ) -> None:
         self.config = config
         self.workers = workers  # None: auto
         self.limits = limits
+        self.dist = dist
         self.exit: tuple[str, int | None] | None = None
         self.crashes = 0
 
@@ -91,9 +88,12 @@ class Controller:
             raise session.Interrupted(f"{n} error{'s' if n != 1 else ''} during collection")
         if session.config.option.collectonly:
             return True
-        units = make_units(session.items)
-        if units:
-            self._run(session, units)
+        from wool_local.pool import available_cpus
+
+        wanted = available_cpus() if self.workers is None else self.workers
+        todo = units.make_units(session.items, self.dist, wanted)
+        if todo:
+            self._run(session, todo, wanted)
         if self.exit is not None:
             raise pytest.exit.Exception(self.exit[0], self.exit[1])
         if session.shouldfail:
@@ -104,16 +104,14 @@ class Controller:
 
     # -- the run ------------------------------------------------------------------
 
-    def _run(self, session: pytest.Session, units: list[list[int]]) -> None:
+    def _run(self, session: pytest.Session, todo: list[units.Unit], wanted: int) -> None:
         from wool_local import Executor
-        from wool_local.pool import available_cpus
 
-        wanted = available_cpus() if self.workers is None else self.workers
-        n = max(1, min(wanted, len(units)))
+        n = max(1, min(wanted, len(todo)))
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None and self.config.option.verbose >= 0:
             tr.write_line(
-                f"wool_local: {n} worker{'s' if n != 1 else ''}, {len(units)} units, "
+                f"wool_local: {n} worker{'s' if n != 1 else ''}, {len(todo)} units ({self.dist}), "
                 f"{len(session.items)} items"
             )
         factory = getattr(self.config, "_tmp_path_factory", None)
@@ -128,7 +126,7 @@ class Controller:
             basetemp=basetemp,
         )
         worker.register_fork_hooks()
-        queue: deque[list[int]] = deque(units)
+        queue: deque[list[int]] = deque(u.indices for u in todo)
         inflight: dict[Any, _Call] = {}
         seq = 0
         stopping = False
