@@ -65,7 +65,7 @@ def scope_key(item: pytest.Item, dist: str) -> str | None:
         parent = item.parent
         return parent.nodeid if parent is not None else item.nodeid
     if dist == "loadfile":
-        file = item.getparent(pytest.File)
+        file = item.getparent(pytest.File)  # type: ignore[type-abstract]
         return file.nodeid if file is not None else item.nodeid.split("::", 1)[0]
     if dist == "loadgroup":
         names = set()
