@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import pathlib
 import xml.etree.ElementTree as ET
 
@@ -355,3 +356,58 @@ def test_options(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--wool", "2", "-n", "2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--wool and pytest-xdist's -n cannot be used together*"])
+
+
+def test_durations_from_the_cache_order_units_longest_first(pytester: pytest.Pytester) -> None:
+    """Given a module of two quick tests and one of a single slower test
+    When run twice with --wool 1 and pytest's cache
+    Then the first run takes the larger module first (no durations known), records
+    every item's duration in the cache, and the second run takes the slower one first."""
+    where = pytester.path / "where.txt"
+    pytester.makeconftest(WHERE.format(path=str(where)))
+    pytester.makepyfile(
+        test_a="def test_1(): pass\ndef test_2(): pass\n",
+        test_b="import time\ndef test_slow(): time.sleep(0.2)\n",
+    )
+    args = ("--wool", "1")
+    result = pytester.runpytest_subprocess(*args, timeout=TIMEOUT)
+    result.assert_outcomes(passed=3)
+    assert where.read_text().splitlines()[0].split()[1].startswith("test_a.py")
+    durations = pytester.path / ".pytest_cache/v/wool_local/durations"
+    recorded = json.loads(durations.read_text())
+    assert set(recorded) == {"test_a.py::test_1", "test_a.py::test_2", "test_b.py::test_slow"}
+    assert recorded["test_b.py::test_slow"] >= 0.2
+    where.unlink()
+    result = pytester.runpytest_subprocess(*args, timeout=TIMEOUT)
+    result.assert_outcomes(passed=3)
+    assert where.read_text().splitlines()[0].split()[1] == "test_b.py::test_slow"
+
+
+def test_load_splits_a_unit_for_an_idle_worker_and_v_names_workers(
+    pytester: pytest.Pytester,
+) -> None:
+    """Given 24 tests whose first sleeps 1 s (--wool-dist load: 8 chunks of 3 for 2
+    workers) and the others are quick
+    When run with --wool 2 --wool-dist load --wool-max-tests 1 -v
+    Then the worker running the slow chunk gives its last item to the other, idle
+    worker (the summary says one unit was split), -v shows the worker of each
+    test as [gwN], and the summary counts the workers recycled after each unit."""
+    where = pytester.path / "where.txt"
+    pytester.makeconftest(WHERE.format(path=str(where)))
+    pytester.makepyfile(
+        test_steal="import time\n"
+        "import pytest\n"
+        "@pytest.mark.parametrize('k', range(24))\n"
+        "def test_k(k):\n"
+        "    time.sleep(1.0 if k == 0 else 0.01)\n"
+    )
+    result = run(pytester, "--wool", "2", "--wool-dist", "load", "--wool-max-tests", "1", "-v")
+    result.assert_outcomes(passed=24)
+    result.stdout.fnmatch_lines(["wool_local: 2 workers, 8 units (load), 24 items"])
+    result.stdout.re_match_lines([r"\[gw\d+\] .*PASSED test_steal.py::test_k\[0\]"])
+    rows = dict(reversed(line.split()) for line in where.read_text().splitlines())
+    assert rows["test_steal.py::test_k[0]"] == rows["test_steal.py::test_k[1]"]
+    assert rows["test_steal.py::test_k[2]"] != rows["test_steal.py::test_k[0]"]
+    result.stdout.re_match_lines(
+        [r"wool_local: \d+ workers? recycled \(\d+ ran --wool-max-tests units\); 1 unit split.*"]
+    )

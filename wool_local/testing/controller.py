@@ -32,11 +32,13 @@ import concurrent.futures
 import mmap
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -57,11 +59,40 @@ class _Call:
     indices: list[int]
     path: str
     reader: spool.Reader
+    slot: int = 0  # its slot in the shared memory (claimed, cut)
     future: Any = None
+    splittable: bool = False
+    cut: int = 0  # the items before it are this call's (the rest were stolen)
     done: set[int] = field(default_factory=set)
     started: int | None = None  # the item whose events are not complete yet
     pending: list[tuple[Any, ...]] = field(default_factory=list)  # its events so far
     replayed: set[str] = field(default_factory=set)  # whens of its reports replayed
+    wid: str = "gw?"  # the worker that runs it (from its first "start" event)
+
+
+#: Why workers were recycled, by the pool's reason (``PoolStats.recycles``' keys).
+RECYCLE_REASONS = {
+    "memory": "private memory above --wool-max-rss",
+    "hard_memory": "memory above the hard limit (killed)",
+    "fds": "open files above --wool-max-fds",
+    "age": "older than --wool-max-age",
+    "tasks": "ran --wool-max-tests units",
+    "idle": "idle",
+}
+
+
+class _WorkerNode:
+    """What a replayed report carries as ``report.node``, as under pytest-xdist: the
+    terminal's ``-v`` lines show ``[gw0]``, a failure's section names the worker."""
+
+    def __init__(self, wid: str) -> None:
+        self.gateway = SimpleNamespace(id=wid)
+        self.workerinfo = {
+            "id": wid,
+            "sysplatform": sys.platform,
+            "version_info": tuple(sys.version_info),
+            "executable": sys.executable,
+        }
 
 
 class Controller:
@@ -80,6 +111,10 @@ class Controller:
         self.dist = dist
         self.exit: tuple[str, int | None] | None = None
         self.crashes = 0
+        self.steals = 0
+        self.recycles: dict[str, int] = {}
+        self.durations: dict[str, float] = {}  # seconds, by nodeid, of this run
+        self.nodes: dict[str, _WorkerNode] = {}
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
@@ -91,9 +126,17 @@ class Controller:
         from wool_local.pool import available_cpus
 
         wanted = available_cpus() if self.workers is None else self.workers
-        todo = units.make_units(session.items, self.dist, wanted)
+        cache = getattr(self.config, "cache", None)
+        known: dict[str, float] = {}
+        if cache is not None:
+            known = cache.get(units.CACHE_KEY, None) or {}
+        todo = units.make_units(session.items, self.dist, wanted, known)
         if todo:
-            self._run(session, todo, wanted)
+            try:
+                self._run(session, todo, wanted)
+            finally:
+                if cache is not None and self.durations:
+                    cache.set(units.CACHE_KEY, {**known, **self.durations})
         if self.exit is not None:
             raise pytest.exit.Exception(self.exit[0], self.exit[1])
         if session.shouldfail:
@@ -102,9 +145,35 @@ class Controller:
             raise session.Interrupted(session.shouldstop)
         return True
 
+    def _node(self, wid: str) -> _WorkerNode:
+        node = self.nodes.get(wid)
+        if node is None:
+            node = self.nodes[wid] = _WorkerNode(wid)
+        return node
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """One line on the pool: workers recycled and why, crashes, units split."""
+        parts = []
+        recycled = sum(self.recycles.values())
+        if recycled:
+            why = ", ".join(
+                f"{n} {RECYCLE_REASONS.get(reason, reason)}"
+                for reason, n in sorted(self.recycles.items())
+            )
+            parts.append(f"{recycled} worker{'s' if recycled != 1 else ''} recycled ({why})")
+        if self.crashes:
+            parts.append(f"{self.crashes} crash{'es' if self.crashes != 1 else ''}")
+        if self.steals:
+            parts.append(f"{self.steals} unit{'s' if self.steals != 1 else ''} split at the end")
+        if parts and self.config.option.verbose >= 0:
+            terminalreporter.write_line("wool_local: " + "; ".join(parts))
+
     # -- the run ------------------------------------------------------------------
 
     def _run(self, session: pytest.Session, todo: list[units.Unit], wanted: int) -> None:
+        import multiprocessing
+
         from wool_local import Executor
 
         n = max(1, min(wanted, len(todo)))
@@ -116,17 +185,21 @@ class Controller:
             )
         factory = getattr(self.config, "_tmp_path_factory", None)
         basetemp = factory.getbasetemp() if factory is not None else None
-        stop = mmap.mmap(-1, 1)
+        nslots = 2 * n + 1
+        shared = mmap.mmap(-1, worker.SLOTS_AT + worker.SLOT.size * nslots)
+        free_slots = list(range(nslots))
+        lock = multiprocessing.get_context("fork").Lock()
         spool_dir = tempfile.mkdtemp(prefix="wool_local-pytest-")
         worker.state = worker.State(
             session=session,
             workercount=n,
             testrunuid=uuid.uuid4().hex,
-            stop=stop,
+            stop=shared,
             basetemp=basetemp,
+            lock=lock,
         )
         worker.register_fork_hooks()
-        queue: deque[list[int]] = deque(u.indices for u in todo)
+        queue: deque[units.Unit] = deque(todo)
         inflight: dict[Any, _Call] = {}
         seq = 0
         stopping = False
@@ -135,12 +208,15 @@ class Controller:
             with ex:
                 while queue or inflight:
                     while queue and not stopping and len(inflight) < 2 * n:
-                        indices = queue.popleft()
+                        unit = queue.popleft()
                         seq += 1
                         path = os.path.join(spool_dir, f"{seq}.spool")
                         open(path, "wb").close()
-                        call = _Call(indices, path, spool.Reader(path))
-                        call.future = ex.submit(worker.run_unit, path, indices)
+                        slot = free_slots.pop()
+                        worker.slot_set(shared, slot, 0, len(unit.indices))
+                        call = _Call(unit.indices, path, spool.Reader(path), slot=slot)
+                        call.splittable, call.cut = unit.splittable, len(unit.indices)
+                        call.future = ex.submit(worker.run_unit, path, unit.indices, slot)
                         inflight[call.future] = call
                     finished, _ = concurrent.futures.wait(
                         list(inflight), timeout=POLL, return_when=concurrent.futures.FIRST_COMPLETED
@@ -150,24 +226,63 @@ class Controller:
                     for fut in finished:
                         call = inflight.pop(fut)
                         self._pump(session, call)
+                        free_slots.append(call.slot)
                         rest = self._finish(session, call)
                         if rest:
-                            queue.appendleft(rest)
+                            queue.appendleft(units.Unit(rest, call.splittable))
                     if not stopping and (
                         session.shouldfail or session.shouldstop or self.exit is not None
                     ):
                         stopping = True
-                        stop[0] = 1
+                        shared[0] = 1
                         queue.clear()
+                    if not stopping and not queue:
+                        for _ in range(n - len(inflight)):
+                            stolen = self._steal(inflight, shared, lock)
+                            if not stolen:
+                                break
+                            queue.append(units.Unit(stolen, True))
+                self._note_recycles(ex)
         except BaseException:
-            stop[0] = 1  # Ctrl-C, an error: the workers stop after their current item
+            shared[0] = 1  # Ctrl-C, an error: the workers stop after their current item
             raise
         finally:
             for call in inflight.values():
                 call.reader.close()
             worker.state = None
             shutil.rmtree(spool_dir, ignore_errors=True)
-            stop.close()
+            shared.close()
+
+    def _steal(self, inflight: dict[Any, _Call], shared: mmap.mmap, lock: Any) -> list[int]:
+        """A worker is idle and nothing is queued: take the second half of the items
+        not yet claimed of the splittable call that has the most (at least 2) by
+        lowering its cut; the indices taken (none: nothing to take)."""
+        if not lock.acquire(timeout=0.5):  # a worker died holding it (never, but)
+            return []
+        try:
+            best, most = None, 1
+            for call in inflight.values():
+                if not call.splittable:
+                    continue
+                claimed, cut = worker.slot_get(shared, call.slot)
+                if claimed and cut - claimed > most:
+                    best, most = call, cut - claimed
+            if best is None:
+                return []
+            claimed, cut = worker.slot_get(shared, best.slot)
+            new_cut = cut - most // 2
+            worker.slot_set(shared, best.slot, claimed, new_cut)
+        finally:
+            lock.release()
+        best.cut = new_cut
+        self.steals += 1
+        return best.indices[new_cut:cut]
+
+    def _note_recycles(self, ex: Any) -> None:
+        try:
+            self.recycles = dict(ex.pool.stats().recycles)
+        except Exception:  # the pool stopped already: nothing to say
+            self.recycles = {}
 
     def _pump(self, session: pytest.Session, call: _Call) -> None:
         """Replay the items of ``call`` whose events are all in."""
@@ -175,8 +290,10 @@ class Controller:
             kind = event[0]
             if kind == "start":
                 call.started, call.pending, call.replayed = event[1], [], set()
+                call.wid = event[2]
             elif kind == "done":
-                self._replay(session, call.started, call.pending, call.replayed)
+                self.durations[session.items[event[1]].nodeid] = event[2]
+                self._replay(session, call.started, call.pending, call.replayed, call.wid)
                 call.done.add(event[1])
                 call.started, call.pending = None, []
             elif kind == "exit":
@@ -202,13 +319,13 @@ class Controller:
             pending = [*call.pending, ("crash", why, exc)]
             if not any(e[0] == "logfinish" for e in pending):
                 pending.append(("logfinish", item.nodeid, item.location))
-            self._replay(session, crashed, pending, call.replayed)
+            self._replay(session, crashed, pending, call.replayed, call.wid)
             call.done.add(crashed)
         else:
             tr = self.config.pluginmanager.get_plugin("terminalreporter")
             if tr is not None:
                 tr.write_line(f"wool_local: a worker crashed between items: {exc}")
-        return [i for i in call.indices if i not in call.done]
+        return [i for i in call.indices[: call.cut] if i not in call.done]
 
     def _replay(
         self,
@@ -216,6 +333,7 @@ class Controller:
         index: int | None,
         events: list[tuple[Any, ...]],
         replayed: set[str],
+        wid: str,
     ) -> None:
         if index is None:
             return
@@ -229,6 +347,7 @@ class Controller:
                 ihook.pytest_runtest_logstart(nodeid=event[1], location=event[2])
             elif kind == "report":
                 rep = config.hook.pytest_report_from_serializable(config=config, data=event[1])
+                rep.node = self._node(wid)
                 replayed.add(rep.when)
                 ihook.pytest_runtest_logreport(report=rep)
             elif kind == "warning":
@@ -252,6 +371,7 @@ class Controller:
                     stop=0.0,
                     user_properties=[],
                 )
+                rep.node = self._node(wid)  # type: ignore[attr-defined]
                 ihook.pytest_runtest_logreport(report=rep)
 
 

@@ -29,6 +29,7 @@ import asyncio
 import contextvars
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -51,15 +52,35 @@ class State:
     session: pytest.Session
     workercount: int
     testrunuid: str
-    #: One shared byte: set when the controller stops the run (-x, Ctrl-C, an error).
+    #: Shared memory: byte 0 is set when the controller stops the run (-x, Ctrl-C,
+    #: an error); from :data:`SLOTS_AT`, a call's slot (see :func:`claim`).
     stop: mmap.mmap
     basetemp: Path | None
+    #: Guards the slots (a ``multiprocessing.Lock``, shared through the fork).
+    lock: Any = None
     controller_pid: int = field(default_factory=os.getpid)
     # -- set after the fork: the zygote's pid and fork count, this worker's number --
     zygote_pid: int | None = None
     forks: int = 0
     number: int | None = None
     ready: bool = False  # _setup_worker done
+
+
+#: Where the calls' slots start in :attr:`State.stop`, and the size of one: two
+#: int32, the number of the call's items the worker has claimed and the cut (the
+#: worker runs the items before it; the controller lowers it to give the rest of a
+#: ``load`` unit to an idle worker).
+SLOTS_AT = 8
+SLOT = struct.Struct("<ii")
+
+
+def slot_get(shared: mmap.mmap, slot: int) -> tuple[int, int]:
+    claimed, cut = SLOT.unpack_from(shared, SLOTS_AT + SLOT.size * slot)
+    return claimed, cut
+
+
+def slot_set(shared: mmap.mmap, slot: int, claimed: int, cut: int) -> None:
+    SLOT.pack_into(shared, SLOTS_AT + SLOT.size * slot, claimed, cut)
 
 
 #: Set by the controller before the pool starts; None in other processes.
@@ -210,9 +231,10 @@ def _setup_worker(st: State) -> _Recorder:
     return recorder
 
 
-def run_unit(path: str, indices: list[int]) -> int:
+def run_unit(path: str, indices: list[int], slot: int) -> int:
     """Run the items ``indices`` of the inherited session in order, writing their
-    events to the spool at ``path``; the number of items run."""
+    events to the spool at ``path``, up to the cut in shared ``slot``; the number of
+    items run."""
     st = state
     if st is None:
         raise RuntimeError("wool_local: run_unit called outside a pytest --wool worker")
@@ -232,7 +254,7 @@ def run_unit(path: str, indices: list[int]) -> int:
     asyncio.set_event_loop(None)
     dispatcher, hubclient.process_dispatcher = hubclient.process_dispatcher, None
     try:
-        return contextvars.Context().run(_run_items, st, recorder, path, indices)
+        return contextvars.Context().run(_run_items, st, recorder, path, indices, slot)
     finally:
         signal.signal(signal.SIGINT, sigint)
         hubclient.process_dispatcher = dispatcher
@@ -240,7 +262,7 @@ def run_unit(path: str, indices: list[int]) -> int:
         asyncio.set_event_loop(loop)
 
 
-def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int]) -> int:
+def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int], slot: int) -> int:
     session = st.session
     items = session.items
     ran = 0
@@ -251,9 +273,16 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int]) ->
             for k, index in enumerate(indices):
                 if st.stop[0]:
                     break
+                # Claim item k unless the controller cut the unit before it; the cut
+                # it may set later is past k + 1, so k + 1 stays this worker's.
+                with st.lock:
+                    _, cut = slot_get(st.stop, slot)
+                    if k >= cut:
+                        break
+                    slot_set(st.stop, slot, k + 1, cut)
                 item = items[index]
-                nextitem = None if k == last else items[indices[k + 1]]
-                recorder.emit(("start", index))
+                nextitem = None if k + 1 >= cut else items[indices[k + 1]]
+                recorder.emit(("start", index, worker_id()))
                 t0 = time.perf_counter()
                 try:
                     item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
@@ -267,7 +296,7 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int]) ->
                 ran += 1
                 if session.shouldfail or session.shouldstop:
                     break  # -x / --maxfail seen in this worker: the controller stops too
-            if ran <= last:
+            if ran <= last:  # cut short (a stop, or the rest given away)
                 _teardown_all(session)
         finally:
             recorder.out = None
