@@ -343,9 +343,10 @@ def test_xdist_compatibility_surface(pytester: pytest.Pytester) -> None:
 
 def test_options(pytester: pytest.Pytester) -> None:
     """Given a trivial test
-    When run with --wool 0, with -p no:wool_local --wool 2, and with --wool 2 -n 2
-    Then the first is a normal run, the second does not know the option, and the
-    third is refused."""
+    When run with --wool 0, with -p no:wool_local --wool 2, with --wool 2 -n 2, and
+    with -p no:xdist -n 2
+    Then the first is a normal run, the second does not know the option, the third
+    is refused (-n is xdist's), and in the fourth -n means --wool (xdist disabled)."""
     pytester.makepyfile(test_one="def test_a(): pass\n")
     result = run(pytester, "--wool", "0")
     result.assert_outcomes(passed=1)
@@ -356,6 +357,9 @@ def test_options(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--wool", "2", "-n", "2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--wool and pytest-xdist's -n cannot be used together*"])
+    result = run(pytester, "-p", "no:xdist", "-n", "2")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["wool_local: 1 worker, 1 units (loadscope), 1 items"])
 
 
 def test_durations_from_the_cache_order_units_longest_first(pytester: pytest.Pytester) -> None:
@@ -411,3 +415,24 @@ def test_load_splits_a_unit_for_an_idle_worker_and_v_names_workers(
     result.stdout.re_match_lines(
         [r"wool_local: \d+ workers? recycled \(\d+ ran --wool-max-tests units\); 1 unit split.*"]
     )
+
+
+def test_max_restarts_from_the_ini_file_stops_the_run(pytester: pytest.Pytester) -> None:
+    """Given a module of three tests that each kill their worker, and a pytest.ini
+    setting wool_max_restarts = 1 and wool_dist = loadfile
+    When run with --wool 1
+    Then the ini settings apply: two crashes are reported, the run stops there with a
+    message naming --wool-max-restarts, and the third crashing test never runs."""
+    pytester.makeini("[pytest]\nwool_max_restarts = 1\nwool_dist = loadfile\n")
+    pytester.makepyfile(
+        test_crashy="import os\n" + "".join(f"def test_{i}(): os._exit(1)\n" for i in range(3))
+    )
+    result = run(pytester, "--wool", "1")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "wool_local: 1 worker, 1 units (loadfile), 3 items",
+            "*2 workers crashed, more than --wool-max-restarts 1: stopping*",
+        ]
+    )
+    result.assert_outcomes(failed=2)

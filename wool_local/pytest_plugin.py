@@ -33,7 +33,58 @@ DEFAULT_MAX_FDS = 200
 DEFAULT_MAX_AGE = "10m"
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+#: The ``--wool-*`` options: (name, metavar, default, help); each has an ini
+#: equivalent of the same name with underscores (``wool_max_rss = 1GiB``), which
+#: the command line overrides.
+OPTIONS: list[tuple[str, str, str, str]] = [
+    (
+        "wool-dist",
+        "MODE",
+        DEFAULT_DIST,
+        "how items are grouped into units that one worker runs (pytest-xdist's "
+        "meanings): loadscope (the default: a class's items together, a module's "
+        "functions together), loadfile, loadgroup (the xdist_group marker), load",
+    ),
+    (
+        "wool-max-rss",
+        "SIZE",
+        DEFAULT_MAX_RSS,
+        "recycle a worker whose private memory passes SIZE, after its current unit "
+        f"(default {DEFAULT_MAX_RSS}; 'off')",
+    ),
+    (
+        "wool-max-fds",
+        "N",
+        str(DEFAULT_MAX_FDS),
+        f"recycle a worker with more than N open files (default {DEFAULT_MAX_FDS}; 'off')",
+    ),
+    (
+        "wool-max-age",
+        "DURATION",
+        DEFAULT_MAX_AGE,
+        f"recycle a worker older than DURATION (default {DEFAULT_MAX_AGE}; 'off')",
+    ),
+    ("wool-max-tests", "N", "off", "recycle a worker after N units (default off)"),
+    (
+        "wool-max-restarts",
+        "N",
+        "",
+        "stop the run when more than N workers have crashed (default 4 per worker)",
+    ),
+]
+
+
+def _n_alias_applies(pluginmanager: pytest.PytestPluginManager) -> bool:
+    """``-n N`` means ``--wool N`` when pytest-xdist cannot claim it: not installed, or
+    blocked with ``-p no:xdist``."""
+    if pluginmanager.is_blocked("xdist"):
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec("xdist") is None
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     group = parser.getgroup("wool_local", "parallel runs on a wool_local pool")
     group.addoption(
         "--wool",
@@ -41,49 +92,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         default=None,
         help="run the tests in N worker processes forked after collection "
-        "('auto': one per usable CPU, at most one per module; 0: a normal run)",
+        "('auto': one per usable CPU, at most one per unit; 0: a normal run)",
     )
-    group.addoption(
-        "--wool-dist",
-        dest="wool_dist",
-        metavar="MODE",
-        default=None,
-        choices=DISTS,
-        help="how items are grouped into units that one worker runs (pytest-xdist's "
-        "meanings): loadscope (the default: a class's items together, a module's "
-        "functions together), loadfile, loadgroup (the xdist_group marker), load",
-    )
-    group.addoption(
-        "--wool-max-rss",
-        metavar="SIZE",
-        default=DEFAULT_MAX_RSS,
-        help="recycle a worker whose private memory passes SIZE, after its current "
-        f"module (default {DEFAULT_MAX_RSS}; 'off')",
-    )
-    group.addoption(
-        "--wool-max-fds",
-        metavar="N",
-        default=str(DEFAULT_MAX_FDS),
-        help=f"recycle a worker with more than N open files (default {DEFAULT_MAX_FDS}; 'off')",
-    )
-    group.addoption(
-        "--wool-max-age",
-        metavar="DURATION",
-        default=DEFAULT_MAX_AGE,
-        help=f"recycle a worker older than DURATION (default {DEFAULT_MAX_AGE}; 'off')",
-    )
-    group.addoption(
-        "--wool-max-tests",
-        metavar="N",
-        default="off",
-        help="recycle a worker after N units (modules) in this version (default off)",
-    )
+    if _n_alias_applies(pluginmanager):
+        # Lowercase short options are pytest's; plugins (xdist's -n) use this way in.
+        group._addoption(
+            "-n",
+            dest="wool_n",
+            metavar="N",
+            default=None,
+            help="--wool N (an alias while pytest-xdist is not installed or is disabled)",
+        )
+    for name, metavar, default, text in OPTIONS:
+        dest = name.replace("-", "_")
+        group.addoption("--" + name, dest=dest, metavar=metavar, default=None, help=text)
+        parser.addini(dest, f"{text} (--{name})", default=default)
     group.addoption(
         "--wool-no-recycle",
         action="store_true",
         default=False,
         help="never recycle workers (every --wool-max-* off)",
     )
+    parser.addini("wool_no_recycle", "never recycle workers (--wool-no-recycle)", type="bool")
+
+
+def setting(config: pytest.Config, dest: str) -> str:
+    """A ``--wool-*`` option's value: the command line's, else the ini file's."""
+    value = config.getoption(dest)
+    return str(config.getini(dest) if value is None else value).strip()
 
 
 def workers_option(value: str | None) -> int | None:
@@ -105,11 +141,11 @@ def limits_from(config: pytest.Config) -> WorkerLimits:
     """The workers' :class:`~wool_local.workers.WorkerLimits` from the ``--wool-*`` options."""
     from wool_local.workers import WorkerLimits
 
-    if config.getoption("wool_no_recycle"):
+    if config.getoption("wool_no_recycle") or config.getini("wool_no_recycle"):
         return WorkerLimits.unlimited()
 
     def opt(name: str) -> str | None:
-        value = str(config.getoption(name)).strip()
+        value = setting(config, name)
         return None if value.lower() in ("off", "none", "0") else value
 
     def count(name: str) -> int | None:
@@ -138,16 +174,27 @@ def pytest_configure(config: pytest.Config) -> None:
         from wool_local.testing import fixtures
 
         config.pluginmanager.register(fixtures, "wool_local.fixtures")
-    workers = workers_option(config.getoption("wool"))
+    wool, alias = config.getoption("wool"), getattr(config.option, "wool_n", None)
+    if alias is not None and wool is not None and alias != wool:
+        raise pytest.UsageError(f"-n {alias} and --wool {wool} disagree")
+    workers = workers_option(wool if wool is not None else alias)
     if workers == 0 or hasattr(config, "workerinput"):  # off, or inside an xdist worker
         return
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--wool and pytest-xdist's -n cannot be used together")
     if config.getoption("usepdb", False):
         raise pytest.UsageError("--pdb does not work with --wool (the tests run in workers)")
+    dist = setting(config, "wool_dist") or DEFAULT_DIST
+    if dist not in DISTS:
+        raise pytest.UsageError(f"--wool-dist: one of {', '.join(DISTS)}, not {dist!r}")
+    restarts = setting(config, "wool_max_restarts")
+    try:
+        max_restarts = None if not restarts else int(restarts)
+    except ValueError:
+        raise pytest.UsageError(f"--wool-max-restarts: not a number: {restarts!r}") from None
     from wool_local.testing.controller import Controller
 
-    dist = config.getoption("wool_dist") or DEFAULT_DIST
     config.pluginmanager.register(
-        Controller(config, workers, limits_from(config), dist), "wool_local.controller"
+        Controller(config, workers, limits_from(config), dist, max_restarts),
+        "wool_local.controller",
     )

@@ -104,11 +104,13 @@ class Controller:
         workers: int | None,
         limits: WorkerLimits,
         dist: str = units.DEFAULT_DIST,
+        max_restarts: int | None = None,
     ) -> None:
         self.config = config
         self.workers = workers  # None: auto
         self.limits = limits
         self.dist = dist
+        self.max_restarts = max_restarts  # None: 4 per worker
         self.exit: tuple[str, int | None] | None = None
         self.crashes = 0
         self.steals = 0
@@ -177,6 +179,7 @@ class Controller:
         from wool_local import Executor
 
         n = max(1, min(wanted, len(todo)))
+        max_restarts = 4 * n if self.max_restarts is None else self.max_restarts
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None and self.config.option.verbose >= 0:
             tr.write_line(
@@ -230,6 +233,11 @@ class Controller:
                         rest = self._finish(session, call)
                         if rest:
                             queue.appendleft(units.Unit(rest, call.splittable))
+                    if self.crashes > max_restarts and not session.shouldfail:
+                        session.shouldfail = (
+                            f"wool_local: {self.crashes} workers crashed, more than "
+                            f"--wool-max-restarts {max_restarts}: stopping"
+                        )
                     if not stopping and (
                         session.shouldfail or session.shouldstop or self.exit is not None
                     ):
