@@ -6,8 +6,9 @@ pytest loads this module in every run (the ``pytest11`` entry point ``wool_local
 
 The controller collects once, as pytest always does, then starts the pool, so
 every worker is forked with the collected session in memory and runs items by
-index: no worker imports or collects. Units of work are the items of one
-module; a worker runs a unit with the right ``nextitem`` for each item and
+index: no worker imports or collects. Units of work are grouped by
+``--wool-dist`` (:mod:`wool_local.testing.units`; by default a class, or a
+module's functions); a worker runs a unit with the right ``nextitem`` for each item and
 ``None`` after the last, so module and class fixtures are set up and torn down
 as a serial run would on that worker (session fixtures: once per unit, in this
 version). The reports come back and are replayed in this process.

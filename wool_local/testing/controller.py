@@ -1,7 +1,7 @@
 """The controller of ``pytest --wool N``: it runs in the pytest process, after collection.
 
 ``pytest_runtestloop`` (tried before pytest's own) groups ``session.items`` into
-units (the items of one module, in collection order), hands the worker state
+units (:mod:`.units`: ``--wool-dist``, longest first), hands the worker state
 to :mod:`.worker`, and only then starts the pool, so the zygote and every
 worker inherit the collected session. Each unit is one call of
 :func:`.worker.run_unit` on a ``wool_local.Executor`` whose workers take one
@@ -23,7 +23,13 @@ current item and tears down what it had set up.
 A worker that dies fails its call with ``WorkerCrashed``; the item it had
 started is reported failed (``worker crashed while running <nodeid>``, with
 the signal or exit code), never run again, and the rest of its unit goes back
-to the front of the queue. The pool forks a replacement.
+to the front of the queue. The pool forks a replacement; past
+``--wool-max-restarts`` crashes the run stops.
+
+Work stealing: each call has a slot in the shared memory (the number of items its
+worker claimed, and the cut before which they are its own). When a worker is idle
+and nothing is queued, the controller lowers the cut of a splittable (``load``)
+call that has at least two items unclaimed and queues the items past it.
 """
 
 from __future__ import annotations
