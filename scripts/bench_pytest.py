@@ -460,14 +460,18 @@ def report(results: list[SuiteResult], rounds: int) -> list[TargetCheck]:
         cells.append(ratio(wool / ser if wool and ser else None))
         cells.append(ratio(wool / ideal if wool and ideal else None))
         cells.append("same" if not res.mismatches else "MISMATCH")
+        busy = [r.others_cpu for rs in res.rounds.values() for r in rs if r.others_cpu is not None]
+        cells.append(f"{max(busy):.0f}%" if busy else "-")
         rows.append(cells)
     print(f"\nWall seconds per run, median of {rounds}; {WORKERS} workers")
     headers = ["suite", "version", "tests", "collect", "serial", "xdist", "wool", "ideal"]
-    headers += ["wool/xdist", "wool/serial", "wool/ideal", "counts"]
+    headers += ["wool/xdist", "wool/serial", "wool/ideal", "counts", "others"]
     print(table(headers, rows))
     print(
         "\n  ideal: collect + (serial - collect) / 2; ratios < 1: wool took less time.\n"
-        "  counts: passed/failed/skipped/xfailed/xpassed/error of serial, xdist and wool"
+        "  counts: passed/failed/skipped/xfailed/xpassed/error of serial, xdist and wool\n"
+        "  others: the most CPU other programs used during one of the suite's timed runs,\n"
+        "  in % of all CPUs (above ~10% the figures are disturbed; see --wait-quiet)"
     )
     print("\nOutcome counts (last round)")
     count_rows = []
