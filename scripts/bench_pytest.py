@@ -25,7 +25,7 @@ Targets (2 workers)
 
 Usage
     python scripts/bench_pytest.py [--quick] [--keep DIR] [--rounds R] [--json PATH]
-        [--tree] [--timeout S] [--wait-quiet S]
+        [--suites NAMES] [--tree] [--timeout S] [--wait-quiet S]
 
     Needs PyPI (the sdists, pytest, pytest-xdist and the suites' own test dependencies).
     ``--keep DIR`` keeps the venv and the downloaded sdists in DIR and reuses them in later
@@ -581,8 +581,21 @@ def main() -> int:
         default=None,
         help="before each timed run, wait up to S s for other programs to go quiet",
     )
+    parser.add_argument(
+        "--suites",
+        metavar="NAMES",
+        help="only these suites, by name, separated by commas ("
+        + ",".join(s.name for s in SUITES)
+        + ")",
+    )
     args = parser.parse_args()
     suites = [s for s in SUITES if not args.quick or s.name in QUICK]
+    if args.suites:
+        chosen = {n.strip().lower() for n in args.suites.split(",") if n.strip()}
+        unknown = chosen - {s.name.lower() for s in SUITES}
+        if unknown:
+            parser.error(f"--suites: unknown {', '.join(sorted(unknown))}")
+        suites = [s for s in suites if s.name.lower() in chosen]
     work = Path(tempfile.mkdtemp(prefix="bench_pytest-"))
     keep = Path(args.keep).resolve() if args.keep else None
     results: list[SuiteResult] = []
