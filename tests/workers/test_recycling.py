@@ -169,3 +169,20 @@ def test_given_a_hub_holding_300_mib_then_its_idle_worker_is_not_recycled_on_max
         run(main)
     finally:
         del big
+
+
+@pytest.mark.timeout(30)
+def test_given_max_tasks_then_a_worker_takes_no_call_past_it():
+    """Given max_tasks=3 and a monitor that never looks (an hour's interval), when 12 calls
+    run one after another, then no worker finished more than 3 of them: the limit is
+    checked as each call ends, not at the next monitor round."""
+
+    async def main():
+        limits = wool_local.WorkerLimits.unlimited(max_tasks=3)
+        async with wool_local.WorkerPool(spawn=1, limits=limits, monitor_interval=3600) as wp:
+            pids = [await slow(0) for _ in range(12)]
+            counts = {pid: pids.count(pid) for pid in set(pids)}
+            assert max(counts.values()) <= 3, counts
+            assert wp.stats().recycles.get("tasks", 0) >= 3
+
+    run(main)

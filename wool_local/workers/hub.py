@@ -135,6 +135,8 @@ class Hub(Dispatcher):
         handle.completed += 1
         self.completed += 1
         self.scheduler.on_finished(handle)
+        if not self.closed:
+            self.recycler.on_finished(handle)
         if handle.open == 0:
             handle.idle_since = time.monotonic()
             if handle.retiring is not None and not handle.stopping:

@@ -78,6 +78,15 @@ class Recycler:
                 recycling = True
                 self.retire(handle, reason, health)
 
+    def on_finished(self, handle: WorkerHandle) -> None:
+        """A call on ``handle`` ended: past ``max_tasks`` it retires now, not at the next
+        monitor round (by then it would have taken more calls)."""
+        max_tasks = self.limits.max_tasks
+        if max_tasks is not None and handle.completed >= max_tasks and handle.retiring is None:
+            if not handle.stopping and not handle.kill_reason:
+                health = WorkerHealth(pid=handle.pid, tasks_completed=handle.completed)
+                self.retire(handle, RecycleReason.TASKS, health)
+
     def retire(self, handle: WorkerHandle, reason: RecycleReason, health: WorkerHealth) -> None:
         """Take ``handle`` out of service; replace it first unless it is merely idle.
 
