@@ -59,10 +59,11 @@ async def trail_each(n: int):
 
 @wool_local.routine
 async def stalls_after(fd: int, n: int):
-    """Yields n items, then waits forever; b"f" from its finally."""
+    """Yields n items, then says b"s" and waits forever; b"f" from its finally."""
     try:
         for i in range(n):
             yield i
+        os.write(fd, b"s")
         await asyncio.sleep(3600)
         yield n
     finally:
@@ -202,10 +203,7 @@ def test_given_a_prefetching_stream_cancelled_while_waiting_then_its_finally_run
                     pass
 
             task = asyncio.ensure_future(consume())
-            async with asyncio.timeout(10):
-                while wp.hub.workers()[0].load < 1 or task.done():
-                    await asyncio.sleep(0.005)
-            await asyncio.sleep(0.05)
+            await _read_until(pipe, lambda s: b"s" in s)  # the generator waits now
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
