@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import pathlib
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -139,10 +140,11 @@ def test_module_and_class_fixtures_per_unit(pytester: pytest.Pytester) -> None:
     classes and a function each
     When they run with --wool 2 (loadscope: units of a class, or of a module's
     functions) and with --wool-dist loadfile (units of a module)
-    Then every class runs on one worker and its fixture is set up once; each worker
-    tears down what it set up, in order (a module's fixture once per unit of it that
-    the worker ran); with loadfile each module runs on one worker, its fixture set
-    up exactly once."""
+    Then every class runs on one worker and its fixture is set up once (a unit of
+    two is never split); each worker tears down what it set up, in order (a
+    module's fixture once per unit of it that the worker ran); with loadfile each
+    module's fixture is set up once, or twice when the end of the run split it
+    between the two workers (its last test only: the classes stay whole)."""
     events = pytester.path / "events.txt"
     pytester.makeconftest(FIXTURES.format(path=str(events)))
     pytester.makepyfile(test_m1=MODULE, test_m2=MODULE, test_m3=MODULE)
@@ -163,8 +165,9 @@ def test_module_and_class_fixtures_per_unit(pytester: pytest.Pytester) -> None:
     lines = fixture_events(events)
     counts = collections.Counter((event, name) for _, event, name in lines)
     for module in ("test_m1", "test_m2", "test_m3"):
-        assert counts["setup", module] == counts["teardown", module] == 1
-        assert len({pid for pid, _, name in lines if name == module}) == 1
+        assert counts["setup", module] == counts["teardown", module]
+        workers = {pid for pid, _, name in lines if name == module}
+        assert counts["setup", module] == len(workers) in (1, 2)
     assert counts["setup", "TestOne"] == counts["teardown", "TestOne"] == 3
 
 
@@ -415,6 +418,55 @@ def test_load_splits_a_unit_for_an_idle_worker_and_v_names_workers(
     result.stdout.re_match_lines(
         [r"wool_local: \d+ workers? recycled \(\d+ ran --wool-max-tests units\); 1 unit split.*"]
     )
+
+
+# A -v line of a test of test_big.py; group 1 is its worker.
+BIG_LINE = re.compile(r"\[(gw\d+)\] .*(?:PASSED|FAILED) test_big\.py::test_k\[\d\]")
+
+
+def test_loadscope_splits_a_long_module_and_keeps_fixtures_paired(
+    pytester: pytest.Pytester,
+) -> None:
+    """Given a module of six tests (one fails) that take 0.3 s in a worker, with a
+    module-scoped fixture, and a module of one quick test and one skipped
+    When run serially and with --wool 2 -v (loadscope: one unit per module)
+    Then the worker done with the small module takes the second half of the big
+    module's tests not yet started: -v shows both workers running tests of the big
+    module, the summary says a unit was split, the outcome counts and status are
+    the serial run's, and each worker sets up the module fixture once and tears it
+    down once."""
+    events = pytester.path / "events.txt"
+    pytester.makeconftest(FIXTURES.format(path=str(events)))
+    pytester.makepyfile(
+        test_big="import os\n"
+        "import time\n"
+        "import pytest\n"
+        "@pytest.mark.parametrize('k', range(6))\n"
+        "def test_k(k):\n"
+        "    if 'PYTEST_XDIST_WORKER' in os.environ:  # the serial run need not wait\n"
+        "        time.sleep(0.3)\n"
+        "    assert k != 4\n",
+        test_tiny="import pytest\n"
+        "def test_quick(): pass\n"
+        "@pytest.mark.skip(reason='not today')\n"
+        "def test_skipped(): pass\n",
+    )
+    serial = run(pytester)
+    events.unlink()
+    result = run(pytester, "--wool", "2", "-v")
+    expected = {"passed": 6, "failed": 1, "skipped": 1}
+    assert result.parseoutcomes() == serial.parseoutcomes() == expected
+    assert result.ret == serial.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["wool_local: 2 workers, 2 units (loadscope), 8 items"])
+    big = [m for m in map(BIG_LINE.match, result.stdout.lines) if m]
+    assert len(big) == 6
+    assert {m.group(1) for m in big} == {"gw0", "gw1"}
+    result.stdout.re_match_lines([r"wool_local: .*\d+ units? split at the end"])
+    lines = fixture_events(events)
+    per_worker = collections.Counter(
+        (pid, event) for pid, event, name in lines if name == "test_big"
+    )
+    assert sorted(per_worker.values()) == [1, 1, 1, 1]
 
 
 def test_max_restarts_from_the_ini_file_stops_the_run(pytester: pytest.Pytester) -> None:

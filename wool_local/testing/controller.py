@@ -28,8 +28,10 @@ to the front of the queue. The pool forks a replacement; past
 
 Work stealing: each call has a slot in the shared memory (the number of items its
 worker claimed, and the cut before which they are its own). When a worker is idle
-and nothing is queued, the controller lowers the cut of a splittable (``load``)
-call that has at least two items unclaimed and queues the items past it.
+and nothing is queued, the controller lowers the cut of a splittable call (any
+unit but a ``loadgroup`` group, see :mod:`.units`) that has at least two items
+unclaimed and queues the items past it; the item after the running one stays
+with its worker, so the fixtures they share are not torn down early.
 """
 
 from __future__ import annotations

@@ -17,11 +17,14 @@ chooses the grouping, with pytest-xdist's meanings:
     names of an item's marks, sorted and joined with ``_``, as xdist does) together;
     the others as ``load``.
 ``load``
-    no grouping: runs of consecutive items in chunks, which the controller may
-    split at the end of the run (work stealing, see :mod:`.controller`).
+    no grouping: runs of consecutive items in chunks.
 
-Only ``load`` units (and loadgroup's unmarked items) are *splittable*: the
-others keep their items on one worker, as xdist promises.
+Every unit but a ``loadgroup`` group is *splittable*: at the end of the run the
+controller may give the second half of its items not yet started to an idle
+worker (work stealing, see :mod:`.controller`), which then sets up the module
+and class fixtures those items need itself (as xdist's ``load`` would), so a
+fixture of the unit's scope may be set up once more. The items of one
+``xdist_group`` always run on one worker, as xdist promises.
 
 Order: longest first. A unit's weight is the sum of its items' durations in the
 previous run (pytest's cache, :data:`CACHE_KEY`); an item with no recorded
@@ -90,7 +93,7 @@ def make_units(
             loose.append(i)
         else:
             groups.setdefault(key, []).append(i)
-    units = [Unit(indices) for indices in groups.values()]
+    units = [Unit(indices, dist != "loadgroup") for indices in groups.values()]
     if loose:
         size = max(1, math.ceil(len(loose) / (max(1, workers) * CHUNKS_PER_WORKER)))
         units += [Unit(loose[k : k + size], True) for k in range(0, len(loose), size)]
