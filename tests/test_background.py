@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures as cf
 import os
 import select
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -174,6 +175,28 @@ def test_given_run_then_the_coroutine_runs_on_the_pools_loop_with_the_pool_bound
     hub = bg.dispatcher()
     assert hub is bg.hub
     assert asyncio.run(hub.call(routines.whoami._body, (), {})) == a
+
+
+def _blocked_signals(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/status") as f:
+        line = next(x for x in f if x.startswith("SigBlk:"))
+    return int(line.split()[1], 16)
+
+
+def test_given_a_started_pool_then_its_thread_leaves_ctrl_c_to_the_main_thread(bg):
+    """Given a started pool, its loop thread blocks SIGINT, SIGTERM and SIGHUP (so the
+    kernel delivers them to the main thread, which may sleep in asyncio.run's loop with
+    no wakeup fd), while the main thread's mask is as it was."""
+
+    async def thread_id() -> int:
+        return threading.get_native_id()
+
+    mine = _blocked_signals(threading.get_native_id())
+    theirs = _blocked_signals(bg.run(thread_id()).result(WAIT))
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        assert theirs & (1 << (sig - 1)), f"{sig.name} reaches the pool's thread"
+    assert _blocked_signals(threading.get_native_id()) == mine
+    assert not mine & (1 << (signal.SIGINT - 1))
 
 
 def test_given_a_run_future_when_cancelled_then_its_task_is_cancelled(bg):

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine
@@ -60,6 +61,9 @@ if TYPE_CHECKING:  # imported when a pool starts: ``import wool_local`` stays ch
 
     from .pool import WorkerPool
     from .workers import Dispatcher
+
+#: Signals only the main thread should receive (see BackgroundPool._start).
+_MAIN_THREAD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 BLOCKING = (
     "{what} was called in the pool's own loop thread ({name}; a done-callback, say), "
@@ -148,7 +152,15 @@ class BackgroundPool:
         _register_hooks()
         self.loop, self._thread = loop, thread  # call_soon and stop reach it from now on
         _live.add(self)
-        thread.start()
+        # The thread starts with these signals blocked (a thread inherits its creator's
+        # mask), so the kernel delivers them to the main thread. Delivered here, they
+        # would only set CPython's flag: a main thread asleep in its own event loop
+        # (asyncio.run's SIGINT handler uses no wakeup fd) would never see a Ctrl-C.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+        try:
+            thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         try:
             started.result()
         except BaseException as exc:  # it failed, or this wait was interrupted (Ctrl-C)
