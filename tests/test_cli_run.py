@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -170,17 +173,30 @@ def test_given_workers_printing_and_logging_then_lines_are_whole_and_prefixed_wi
     assert len(logs) == 2 and all(re.match(r"\[\d+\] LOG done [ab]$", x) for x in logs)
 
 
-def _run_until(path: Path, marker: Path, *args: str) -> subprocess.Popen:
+#: How long a signalled run may take to exit: well under pytest-timeout's limit, so a
+#: run that hangs fails the test here and is killed, not left behind.
+EXIT_TIMEOUT = 20
+
+
+@contextlib.contextmanager
+def _running_until(path: Path, marker: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """``wool-local run`` of ``path``, once its routine has written ``marker``; killed
+    (its zygote and workers die with it) if the test leaves it running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "wool_local", "run", *args, str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not marker.exists():  # the routine says it runs (polled: another process)
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the routine never started"
-        time.sleep(0.02)
-    return proc
+    try:
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        while not marker.exists():  # the routine says it runs (polled: another process)
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the routine never started"
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=EXIT_TIMEOUT)
 
 
 def _gone(pids: list[int]) -> bool:
@@ -208,11 +224,11 @@ def test_given_ctrl_c_then_work_is_cancelled_remote_finally_runs_and_the_exit_is
         asyncio.run(wait_forever())
     """,
     )
-    proc = _run_until(path, started, "--stop-timeout", "5s")
-    worker = int(started.read_text())
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=TIMEOUT)
+    with _running_until(path, started, "--stop-timeout", "5s") as proc:
+        worker = int(started.read_text())
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=EXIT_TIMEOUT)
     assert proc.returncode == 130
     assert time.monotonic() - t0 < 5
     assert finished.read_text() == "ran"
@@ -237,13 +253,15 @@ def test_given_a_second_ctrl_c_then_the_workers_are_killed_at_once(tmp_path):
         asyncio.run(stubborn())
     """,
     )
-    proc = _run_until(path, started, "--stop-timeout", "30s")
-    worker = int(started.read_text())
-    proc.send_signal(signal.SIGINT)
-    assert "Ctrl-C again kills the workers" in proc.stderr.readline()  # stopping now
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=TIMEOUT)
+    with _running_until(path, started, "--stop-timeout", "30s") as proc:
+        worker = int(started.read_text())
+        proc.send_signal(signal.SIGINT)
+        # Stopping now (nothing was read from stderr before: select sees all there is).
+        assert select.select([proc.stderr], [], [], EXIT_TIMEOUT)[0], "no word of stopping"
+        assert "Ctrl-C again kills the workers" in proc.stderr.readline()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=EXIT_TIMEOUT)
     assert proc.returncode == 130, err
     assert time.monotonic() - t0 < 5
     assert "killing the workers" in err
