@@ -265,6 +265,7 @@ class ExecutorCore:
         import asyncio
 
         from .context import ambient_dispatch_timeout
+        from .routine import _timed_out
         from .workers import __proxy__
 
         __proxy__.set(hub.proxy)  # this call's context is its own copy
@@ -279,9 +280,7 @@ class ExecutorCore:
                 return await hub.call(body, args, kwargs)
         except TimeoutError:
             if deadline.expired():  # this limit, not a TimeoutError the routine raised
-                raise TimeoutError(
-                    f"{routine.__qualname__}() exceeded dispatch_timeout={limit} s"
-                ) from None
+                raise _timed_out(routine, limit) from None
             raise
 
     def finished(self, fut: Future, _task: Any = None) -> None:
