@@ -113,10 +113,6 @@ class BackgroundPool:
             self.start()
         return self.pool.hub
 
-    def in_loop_thread(self) -> bool:
-        """Whether the caller runs in the pool's loop thread."""
-        return threading.get_ident() == self.thread_id
-
     def check_not_loop_thread(self, what: str) -> None:
         """RuntimeError if called in the loop's thread, where waiting hangs for good."""
         if threading.get_ident() == self.thread_id:
