@@ -83,3 +83,19 @@ def watch_messages(monkeypatch: Any, see: Callable[[Any], None]) -> None:
 
     monkeypatch.setattr(protocol, "encode", spy_encode)
     monkeypatch.setattr(protocol, "encode_body", spy_body)
+
+
+def replies_on(end: Any) -> list[tuple[int, int]]:
+    """Drain what has been written to channel ``end`` and return the (id, status) of
+    every reply in it, in order, a Batch's replies one by one."""
+    from wool_local.workers.protocol import Batch, decode
+
+    replies = []
+
+    def read(view: Any) -> None:
+        msg, _ = decode(view)
+        for one in msg.messages if type(msg) is Batch else [msg]:
+            replies.append((one.id, one.status))
+
+    end.reader.drain(read)
+    return replies

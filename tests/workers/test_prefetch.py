@@ -9,7 +9,7 @@ import pytest
 
 import wool_local
 from tests import routines as r
-from tests.helpers import Pipe, run
+from tests.helpers import Pipe, replies_on, run
 from wool_local.ipc import Channel
 from wool_local.workers import payload
 from wool_local.workers.dispatch import Dispatcher, Target
@@ -18,12 +18,10 @@ from wool_local.workers.protocol import (
     GENERATOR,
     NEXT,
     YIELDED,
-    Batch,
     Call,
     Cancel,
     Reply,
     Step,
-    decode,
 )
 from wool_local.workers.worker import WorkerService
 
@@ -333,14 +331,7 @@ def test_given_a_cancel_for_a_session_whose_last_task_just_ended_then_it_is_answ
 
     try:
         run(main)
-        replies = []
-
-        def read(view):
-            msg, _ = decode(view)
-            for one in msg.messages if type(msg) is Batch else [msg]:
-                replies.append((one.id, one.status))
-
-        hub_end.reader.drain(read)
+        replies = replies_on(hub_end)
     finally:
         service.link.end.discard()
         hub_end.discard()

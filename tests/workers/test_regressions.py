@@ -10,10 +10,10 @@ import pytest
 
 import wool_local
 from tests import routines as r
-from tests.helpers import Pipe, run
+from tests.helpers import Pipe, replies_on, run
 from wool_local.ipc import Channel
 from wool_local.workers import payload
-from wool_local.workers.protocol import CANCELLED, Batch, Call, Cancel, decode
+from wool_local.workers.protocol import CANCELLED, Call, Cancel
 from wool_local.workers.worker import WorkerService
 
 
@@ -189,14 +189,7 @@ def test_given_calls_cancelled_before_their_first_step_then_they_leave_no_task()
 
     try:
         run(main)
-        replies = []
-
-        def read(view):
-            msg, _ = decode(view)
-            for one in msg.messages if type(msg) is Batch else [msg]:
-                replies.append((one.id, one.status))
-
-        hub_end.reader.drain(read)
+        replies = replies_on(hub_end)
     finally:
         service.link.end.discard()
         hub_end.discard()
