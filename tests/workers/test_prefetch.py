@@ -79,6 +79,17 @@ def _quiet(handle) -> tuple[int, int, int]:
     return handle.load, handle.open, handle.cancelling
 
 
+async def _closed_without_a_kill(pipe: Pipe, wp: wool_local.WorkerPool) -> None:
+    """Wait until the remote generator's finally ran and the hub has every answer; then
+    the worker's counts are back to zero and no worker was killed."""
+    await _read_until(pipe, lambda s: b"f" in s)
+    async with asyncio.timeout(10):
+        await wp.hub.drained()
+    (handle,) = wp.hub.workers()
+    assert _quiet(handle) == (0, 0, 0)
+    assert wp.hub.crashes == 0
+
+
 @pytest.mark.timeout(30)
 def test_given_a_caller_that_only_pulls_then_the_worker_runs_ahead_within_a_window():
     """Given a stream whose caller pulls two items and then does nothing, then the worker
@@ -173,12 +184,7 @@ def test_given_a_prefetching_stream_left_early_then_its_finally_runs_and_nobody_
                 if item == 500:
                     break
             await gen.aclose()
-            await _read_until(pipe, lambda s: b"f" in s)
-            async with asyncio.timeout(10):
-                await wp.hub.drained()
-            (handle,) = wp.hub.workers()
-            assert _quiet(handle) == (0, 0, 0)
-            assert wp.hub.crashes == 0
+            await _closed_without_a_kill(pipe, wp)
 
     try:
         run(main)
@@ -205,12 +211,7 @@ def test_given_a_prefetching_stream_cancelled_while_waiting_then_its_finally_run
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            await _read_until(pipe, lambda s: b"f" in s)
-            async with asyncio.timeout(10):
-                await wp.hub.drained()
-            (handle,) = wp.hub.workers()
-            assert _quiet(handle) == (0, 0, 0)
-            assert wp.hub.crashes == 0
+            await _closed_without_a_kill(pipe, wp)
 
     try:
         run(main)
