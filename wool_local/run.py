@@ -23,7 +23,7 @@ import sys
 import traceback
 from typing import Any
 
-#: (option, environment variable, help) of every pool option.
+#: The prefix of the environment variables that stand in for the options.
 _ENV = "WOOL_LOCAL_"
 
 
