@@ -397,10 +397,6 @@ class LeaseBook:
         """Live bindings by proxy id (those with at least one)."""
         return {key: n for key, n in self._counts.items() if n > 0}
 
-    def held(self) -> set[bytes]:
-        """The proxy ids whose shared lease this process holds."""
-        return set(self._counts)
-
     def release_idle(self) -> None:
         """Give back the shared lease of every proxy with no live binding here."""
         for key, n in list(self._counts.items()):
