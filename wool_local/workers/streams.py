@@ -91,12 +91,12 @@ async def _stream(
             if prefetching and op == NEXT:
                 # The hot path: a pull that takes the next item queued.
                 assert pending is not None and inbox is not None
-                if (
-                    context.writes != seen_writes or current_tasks.get(loop) is not seen_task
-                ) and context.snapshot() != expected:
-                    lockstep, prefetching = True, False  # for good: one step per pull now
-                    continue
-                seen_writes, seen_task = context.writes, current_tasks.get(loop)
+                writes, task = context.writes, current_tasks.get(loop)
+                if writes != seen_writes or task is not seen_task:
+                    if context.snapshot() != expected:
+                        lockstep, prefetching = True, False  # for good: one step per pull now
+                        continue
+                    seen_writes, seen_task = writes, task
                 answers = inbox.answers
                 window = inbox.window
                 if 2 * (window - pending.owed - len(answers)) >= window:
