@@ -14,8 +14,9 @@ its shutdown leaves it running. A caller never touches the loop: ``submit``
 puts the call in an inbox (a deque) and wakes the loop once per burst; the
 loop starts a task per call that awaits ``hub.call`` and settles the call's
 :class:`concurrent.futures.Future`, whose callbacks therefore run in the
-loop's thread. ``map`` runs :meth:`WorkerPool.map` on the loop and hands its
-results over through :mod:`wool_local.executor_map`.
+loop's thread. ``map`` runs the machinery of :meth:`WorkerPool.map`
+(:func:`wool_local.mapping.map_over`, a chunk's results at a time) on the loop
+and hands them over through :mod:`wool_local.executor_map`.
 
 Pending and running. A call of a plain function is *running*, and
 ``cancel()`` no longer works on it, once it is handed to the pool; the
