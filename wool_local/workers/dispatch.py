@@ -373,10 +373,11 @@ class Dispatcher:
             if pending.target is None:  # still queued: it never left this process
                 del self._pending[rid]  # (its queue entry is skipped when reached)
             else:
-                self.cancel_remote(pending, rid)
+                self.cancel_remote(pending)
 
-    def cancel_remote(self, pending: Pending, rid: int) -> None:
-        """Send Cancel for ``rid``; escalate if no final answer comes within the grace."""
+    def cancel_remote(self, pending: Pending) -> None:
+        """Send Cancel for ``pending``; escalate if no final answer comes within the grace."""
+        rid = pending.id
         target = pending.target
         assert target is not None
         pending.cancelled = True

@@ -100,7 +100,7 @@ class Relay:
             self._dispatcher.forget(pending)
             pending.future.set_result((Reply(call_id, CANCELLED), []))
         else:
-            self._dispatcher.cancel_remote(pending, pending.id)
+            self._dispatcher.cancel_remote(pending)
 
     def finished(self, asker: WorkerHandle, call_id: int) -> None:
         """The nested call ``call_id`` of ``asker`` got its final answer."""
@@ -117,7 +117,7 @@ class Relay:
             if pending.target is None:
                 self._dispatcher.forget(pending)
             elif pending.target.alive and not pending.cancelled:
-                self._dispatcher.cancel_remote(pending, hid)
+                self._dispatcher.cancel_remote(pending)
         asker.relays.clear()
         asker.nested = 0
 

@@ -268,7 +268,7 @@ async def _close_remote(d: Dispatcher, rid: int, pending: Pending) -> None:
         return
     if type(fut) is _Inbox:
         if pending.owed:
-            d.cancel_remote(pending, rid)
+            d.cancel_remote(pending)
             try:
                 async with asyncio.timeout(d.cancel_grace):
                     while d.request(rid) is pending:
