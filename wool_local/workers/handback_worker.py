@@ -113,7 +113,8 @@ class StartGate:
         now = perf_counter()
         held = link.held_since
         if held and (now - held > HOLD_BOUND or now - self._last_start > HOLD_BOUND):
-            link.push()  # it waited long enough, or the call before ran long: send it
+            with link.lock:  # the returner thread writes to the ring too
+                link.push()  # it waited long enough, or the call before ran long: send it
         self._last_start = now
         if link.has_input():
             link.pump()  # never re-entered: message handlers start no task's step
