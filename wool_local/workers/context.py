@@ -309,7 +309,7 @@ def encode_back(synced: dict[str, Any]) -> tuple[Snapshot | None, dict[str, Any]
     out = {}
     for key, value in values.items():
         try:
-            out.update(encode({key: value}) or {})
+            out[key] = _pickle(key, value)
         except BaseException as exc:
             stand_in = _Unsendable(key, type(value).__name__, payload.safe_str(exc))
             out[key] = pickle.dumps(stand_in, 5)
