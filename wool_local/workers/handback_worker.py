@@ -59,6 +59,8 @@ class LockedLink(Link):
 
     def send(self, message: Message, buffers: Sequence[Any] = ()) -> None:
         with self.lock:
+            if not self.held_since and self.lost is None:
+                self.held_since = perf_counter()  # read by StartGate.start
             super().send(message, buffers)
 
     def _on_bell(self) -> None:

@@ -84,7 +84,8 @@ class Link:
         self._outbox: list[bytes] = []  # message bodies for the next frame
         self._outbox_bytes = 0
         self._unrung = False  # a frame went out that the peer was not rung for
-        #: When output began waiting for a push (``perf_counter``; 0: none waits).
+        #: When output began waiting for a push (``perf_counter``; 0: none waits). Only
+        #: a worker's link keeps it (see ``LockedLink.send``); a push clears it.
         self.held_since = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spin_window = SPIN_WINDOW if spin_window is None else spin_window
@@ -177,8 +178,6 @@ class Link:
         """
         if self.lost is not None:
             raise LinkLost(f"cannot send: {self.lost}")
-        if not self.held_since:
-            self.held_since = time.perf_counter()
         if buffers or not (self._after_send_scheduled or self._loop is None):
             # With buffers, or the first message of this iteration: write it now (a
             # peer spinning for an answer has it at once; a burst batches the rest).
