@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
 from typing import Protocol
 
 from .handle import WorkerHandle
@@ -32,7 +31,6 @@ log = logging.getLogger("wool_local")
 class Membership(Protocol):
     """What the recycler asks of the hub."""
 
-    def workers(self) -> Iterable[WorkerHandle]: ...
     def worker(self, pid: int) -> WorkerHandle | None: ...
     def serving_count(self) -> int: ...
     @property
