@@ -59,6 +59,20 @@ def dumps(obj: Any, what: str, of: Any = None) -> Pickled:
         return _by_value(obj, _named(what, of, obj)), ()
 
 
+def dumps_small_first(obj: Any, what: str, of: Any = None) -> Pickled:
+    """:func:`dumps` for values that are mostly small (a generator's yields): plain
+    pickle first, since a pickle shorter than ``OOB_MIN`` holds no bytes that would go
+    out of band, so the look for them (which costs more than pickling a small record)
+    is taken only for larger ones."""
+    try:
+        data = pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        return dumps(obj, what, of)
+    if len(data) < OOB_MIN or not _has_big(obj, 2):
+        return data, ()
+    return dumps(obj, what, of)  # with its large bytes apart
+
+
 def _named(what: str, of: Any, obj: Any) -> str:
     return what if of is None else f"{what} {name_of(of)} ({type(obj).__name__})"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import pickle
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -74,19 +73,6 @@ def sync_back(synced: dict[str, Any]) -> dict[str, bytes] | None:
     snapshot, changed = context.encode_back(synced)
     synced.update(changed)
     return snapshot
-
-
-def _dumps_yielded(item: Any, gen: Any) -> payload.Pickled:
-    """``payload.dumps`` of a yielded value, with plain pickle first: a pickle shorter
-    than ``OOB_MIN`` holds no bytes that would go out of band, so the look for them
-    (which costs more than pickling a small record) is taken only for larger ones."""
-    try:
-        data = pickle.dumps(item, payload.PROTOCOL)
-    except Exception:
-        return payload.dumps(item, "a value yielded by", of=gen)
-    if len(data) < payload.OOB_MIN or not payload._has_big(item, 2):
-        return data, ()
-    return payload.dumps(item, "a value yielded by", of=gen)  # with its large bytes apart
 
 
 class Sessions:
@@ -293,7 +279,7 @@ class Sessions:
         """Answer a step that yielded ``item``; False if it cannot be sent (the session
         then ends with the error)."""
         try:
-            data, out = _dumps_yielded(item, session.gen)
+            data, out = payload.dumps_small_first(item, "a value yielded by", session.gen)
         except BaseException as exc:  # whatever pickling raised, the caller hears
             error = payload.dumps_failure("a value yielded", session.gen, exc)
             self.end(rid, RAISED, error, close=True)
