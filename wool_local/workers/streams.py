@@ -182,7 +182,7 @@ async def _stream(
                     d.outcome(answer, fn)
                     return
                 data = reply.value or b""
-                if inbox is None:
+                if inbox is None and not lockstep:  # a lock-step stream never sizes a window
                     first_size = len(data) + sum(len(b) for b in answer[1])
                 item = payload.loads(data, "a value yielded by", answer[1], of=fn)
             try:
