@@ -37,9 +37,7 @@ class _Forward:
         reply, buffers = answer
         if reply.status != YIELDED:
             self.relay.finished(self.asker, self.call_id)
-        self._send(
-            Reply(self.call_id, reply.status, reply.value, reply.context, reply.more), buffers
-        )
+        self._send(msgspec.structs.replace(reply, id=self.call_id), buffers)
 
     def set_exception(self, exc: BaseException) -> None:
         self.relay.finished(self.asker, self.call_id)
@@ -89,7 +87,7 @@ class Relay:
             gone = RuntimeError("the remote generator session is gone")
             asker.send(Reply(step.id, RAISED, payload.dumps_exception(gone)))
             return
-        relayed = Step(pending.id, step.op, step.value, step.context, step.ahead)
+        relayed = msgspec.structs.replace(step, id=pending.id)
         self._dispatcher.send_step(pending.target, relayed, buffers, pending)
 
     def cancel(self, asker: WorkerHandle, call_id: int) -> None:
