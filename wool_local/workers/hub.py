@@ -447,10 +447,7 @@ class Hub(Dispatcher):
             fut.set_result(handle)
 
     def _on_exited(self, pid: int, status: int) -> None:
-        handle = self._workers.pop(pid, None)
-        waiter = self._exits.pop(pid, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        handle = self._remove(pid)
         if handle is None:
             return
         # Out of the serving list first: the answers delivered next make room,
@@ -467,6 +464,15 @@ class Hub(Dispatcher):
             self.spawn_worker()  # replace a crashed worker
         else:
             self.scheduler.send_queued()
+
+    def _remove(self, pid: int) -> WorkerHandle | None:
+        """Worker ``pid`` is gone: out of the membership, and whoever waits for its exit
+        (closing) is told. Its handle, if it was still a member."""
+        handle = self._workers.pop(pid, None)
+        waiter = self._exits.pop(pid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return handle
 
     def _forget(self, handle: WorkerHandle, exc: BaseException) -> None:
         """``handle``'s process is gone: its calls fail with ``exc``, its resources go."""
@@ -500,10 +506,7 @@ class Hub(Dispatcher):
                     signal.pidfd_send_signal(peer.fd, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            del self._workers[handle.pid]
-            waiter = self._exits.pop(handle.pid, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._remove(handle.pid)
             self.crashes += 1
             self._forget(
                 handle,
