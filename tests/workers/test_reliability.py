@@ -377,3 +377,18 @@ def test_given_a_stopping_worker_whose_channel_is_corrupt_then_it_is_killed():
         run(main)
     finally:
         pipe.close()
+
+
+def test_given_a_stream_started_after_its_pool_closed_then_it_raises_and_leaves_nothing():
+    """Given a stream made inside the block and first pulled after the pool closed, the
+    pull raises PoolClosed and the hub keeps no request for it."""
+
+    async def main():
+        async with wool_local.WorkerPool(spawn=1) as wp:
+            hub = wp.hub
+            stream = count_to(3)
+        with pytest.raises(wool_local.PoolClosed):
+            await stream.__anext__()
+        assert not hub.outstanding
+
+    run(main)

@@ -122,7 +122,12 @@ async def _stream(
                     call = Call(0, fid, None, args[0], GENERATOR, op, value, snapshot)
                     pending = d.track(fut, call, buffers)
                     rid = pending.id
-                    d.submit(pending)
+                    try:
+                        d.submit(pending)
+                    except BaseException:
+                        d.forget(pending)  # refused (a closed pool): nothing to close
+                        pending = None
+                        raise
                     expected = snapshot
                     answer = await d.answer(pending)
                 else:
