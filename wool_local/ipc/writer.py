@@ -198,11 +198,15 @@ class RingWriter(RingEnd):
         return tuple(name for end, name in self._spills if end > tail)
 
     def _forget_spills(self) -> None:
-        # The reader unlinks a spill segment before releasing its frame.
+        # The reader unlinks a spill segment when it maps it, before releasing its
+        # frame; the name is unlinked here too (gone already: a no-op), because a
+        # corrupt or forged ring can release a frame whose spill was never mapped,
+        # and its segment would then outlive the channel. One syscall per spill,
+        # which is a frame of hundreds of kilobytes or more.
         tail = self._hdr[H_TAIL]
         spills = self._spills
         while spills and spills[0][0] <= tail:
-            spills.popleft()
+            unlink_name(spills.popleft()[1])
 
     # -- waiting -----------------------------------------------------------
 
