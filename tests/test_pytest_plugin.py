@@ -488,3 +488,69 @@ def test_max_restarts_from_the_ini_file_stops_the_run(pytester: pytest.Pytester)
         ]
     )
     result.assert_outcomes(failed=2)
+
+
+SESSION_FIXTURE = """
+import os
+import pytest
+
+@pytest.fixture(scope="session", autouse=True)
+def per_session():
+    with open({path!r}, "a") as f:
+        f.write(f"{{os.getpid()}} setup session\\n")
+    yield
+    with open({path!r}, "a") as f:
+        f.write(f"{{os.getpid()}} teardown session\\n")
+    if os.environ.get("BREAK_SESSION"):
+        raise RuntimeError("session teardown broke")
+
+@pytest.fixture(scope="class")
+def per_class():
+    yield
+"""
+
+
+def test_session_fixtures_live_as_long_as_their_worker(pytester: pytest.Pytester) -> None:
+    """Given an autouse session fixture and three modules of four tests (nine units)
+    When they run with --wool 2 and with --wool 2 --wool-max-tests 2 (recycling)
+    Then each worker sets the session fixture up once, before its first test, and
+    tears it down once, when it stops (the run's end or its recycle): two workers,
+    two setups; with recycling, one per worker the run used, each torn down."""
+    events = pytester.path / "events.txt"
+    pytester.makeconftest(SESSION_FIXTURE.format(path=str(events)))
+    pytester.makepyfile(test_m1=MODULE, test_m2=MODULE, test_m3=MODULE)
+    result = run(pytester, "--wool", "2")
+    result.assert_outcomes(passed=12)
+    lines = fixture_events(events)
+    assert collections.Counter(event for _, event, _ in lines) == {"setup": 2, "teardown": 2}
+
+    events.unlink()
+    result = run(pytester, "--wool", "2", "--wool-max-tests", "2")
+    result.assert_outcomes(passed=12)
+    result.stdout.re_match_lines([r"wool_local: \d+ workers recycled \(\d+ ran --wool-max-tests"])
+    lines = fixture_events(events)
+    pids = {pid for pid, _, _ in lines}
+    assert len(pids) >= 4  # 9 units, 2 per worker
+    assert collections.Counter(event for _, event, _ in lines) == {
+        "setup": len(pids),
+        "teardown": len(pids),
+    }
+
+
+def test_a_failing_session_teardown_is_an_error_of_the_workers_last_test(
+    pytester: pytest.Pytester,
+) -> None:
+    """Given a session fixture whose teardown raises
+    When the suite runs with --wool 1 (one worker, so one session)
+    Then the run reports one error at the teardown of the last test that worker ran,
+    with the fixture's exception, and exits 1, as a serial run does."""
+    events = pytester.path / "events.txt"
+    pytester.makeconftest(SESSION_FIXTURE.format(path=str(events)))
+    pytester.makepyfile(test_m1=MODULE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BREAK_SESSION", "1")
+        serial = run(pytester, "-rE")
+        result = run(pytester, "-rE", "--wool", "1")
+    assert result.ret == serial.ret == pytest.ExitCode.TESTS_FAILED
+    assert result.parseoutcomes() == serial.parseoutcomes() == {"passed": 4, "errors": 1}
+    result.stdout.fnmatch_lines(["ERROR test_m1.py::* - RuntimeError: session teardown broke"])

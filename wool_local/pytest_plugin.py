@@ -10,8 +10,8 @@ index: no worker imports or collects. Units of work are grouped by
 ``--wool-dist`` (:mod:`wool_local.testing.units`; by default a class, or a
 module's functions); a worker runs a unit with the right ``nextitem`` for each item and
 ``None`` after the last, so module and class fixtures are set up and torn down
-as a serial run would on that worker (session fixtures: once per unit, in this
-version). The reports come back and are replayed in this process.
+as a serial run would on that worker; session fixtures live as long as the
+worker. The reports come back and are replayed in this process.
 """
 
 from __future__ import annotations

@@ -59,6 +59,10 @@ if TYPE_CHECKING:
 #: How often the controller reads the spools of running units (seconds).
 POLL = 0.02
 
+#: How long the pool waits for its workers to tear down their sessions and exit
+#: (seconds) before killing them.
+STOP_TIMEOUT = 60.0
+
 
 @dataclass
 class _Call:
@@ -207,6 +211,7 @@ class Controller:
             testrunuid=uuid.uuid4().hex,
             stop=shared,
             basetemp=basetemp,
+            spool_dir=spool_dir,
             lock=lock,
         )
         worker.register_fork_hooks()
@@ -214,7 +219,9 @@ class Controller:
         inflight: dict[Any, _Call] = {}
         seq = 0
         stopping = False
-        ex = Executor(max_workers=n, limits=self.limits, max_inflight=1)
+        # Stopping, each worker tears its session down (see .worker): wait for that as
+        # a serial run would, within reason.
+        ex = Executor(max_workers=n, limits=self.limits, max_inflight=1, stop_timeout=STOP_TIMEOUT)
         try:
             with ex:
                 while queue or inflight:
@@ -259,6 +266,7 @@ class Controller:
                                 break
                             queue.append(units.Unit(stolen, True))
                 self._note_recycles(ex)
+            self._replay_exits(session, spool_dir)
         except BaseException:
             shared[0] = 1  # Ctrl-C, an error: the workers stop after their current item
             raise
@@ -293,6 +301,28 @@ class Controller:
         best.cut = new_cut
         self.steals += 1
         return best.indices[new_cut:cut]
+
+    def _replay_exits(self, session: pytest.Session, spool_dir: str) -> None:
+        """The workers have stopped: replay what their session teardowns reported. A
+        failure is an error at the teardown of the worker's last item, as in a serial
+        run; a teardown that passed adds nothing (its item was reported already)."""
+        for name in sorted(os.listdir(spool_dir)):
+            if not name.startswith("exit-"):
+                continue
+            reader = spool.Reader(os.path.join(spool_dir, name))
+            try:
+                events = reader.read()
+            finally:
+                reader.close()
+            if not events or events[0][0] != "start":
+                continue
+            index, wid = events[0][1], events[0][2]
+            kept = [
+                e
+                for e in events
+                if e[0] == "warning" or (e[0] == "report" and e[1].get("outcome") == "failed")
+            ]
+            self._replay(session, index, kept, {"logstart"}, wid)
 
     def _note_recycles(self, ex: Any) -> None:
         try:

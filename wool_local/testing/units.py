@@ -2,8 +2,8 @@
 
 A unit is a list of indices into ``session.items``, run by one worker in one call,
 in collection order, with ``nextitem=None`` after its last item (so whatever it
-set up is torn down before the worker takes another unit). ``--wool-dist``
-chooses the grouping, with pytest-xdist's meanings:
+set up, but the session's fixtures, is torn down before the worker takes another
+unit). ``--wool-dist`` chooses the grouping, with pytest-xdist's meanings:
 
 ``loadscope`` (the default)
     the items of one class together (the innermost class), and the module-level

@@ -5,10 +5,16 @@ starts the pool, so the zygote, and every worker forked from it, inherit the
 collected session: a worker never imports or collects. A unit is one call of
 :func:`run_unit` with the indices of its items in ``session.items``; the worker
 runs each through ``pytest_runtest_protocol`` with ``nextitem`` the unit's next
-item (None for the last one, so everything the unit set up is torn down before
-the call returns, session fixtures included), and writes what pytest would have
-reported (log start and finish, the reports, the warnings) to the call's spool,
-which the controller replays.
+item (None for the last one, so what the unit set up is torn down before the
+call returns), and writes what pytest would have reported (log start and
+finish, the reports, the warnings) to the call's spool, which the controller
+replays.
+
+Session fixtures live as long as the worker: a unit's last item tears down
+everything but the session (:func:`_keep_session`), and the worker tears the
+session down when it stops serving (the run's end, a recycle), as a last
+teardown of the last item it ran; its events go to an exit spool of its own
+(``exit-<pid>.spool``), which the controller replays after the pool stopped.
 
 Numbering. Each worker gets ``gw<k>``: ``k`` counts the forks of the current
 zygote (the fork hooks count them in the zygote, which is single-threaded), so
@@ -56,6 +62,8 @@ class State:
     #: an error); from :data:`SLOTS_AT`, a call's slot (see :func:`claim`).
     stop: mmap.mmap
     basetemp: Path | None
+    #: Where the spools are (a worker writes its exit spool there).
+    spool_dir: str = ""
     #: Guards the slots (a ``multiprocessing.Lock``, shared through the fork).
     lock: Any = None
     controller_pid: int = field(default_factory=os.getpid)
@@ -64,6 +72,8 @@ class State:
     forks: int = 0
     number: int | None = None
     ready: bool = False  # _setup_worker done
+    last: int | None = None  # the index of the last item this worker ran
+    retiring: bool = False  # tearing the session down: teardown_exact(None) is whole
 
 
 #: Where the calls' slots start in :attr:`State.stop`, and the size of one: two
@@ -227,8 +237,68 @@ def _setup_worker(st: State) -> _Recorder:
     recorder = _Recorder(config)
     pm.register(recorder, "wool_local-worker")
     _recorder = recorder
+    _keep_session(st)
+    from wool_local.workers.worker import at_exit
+
+    at_exit(lambda: _teardown_session(st, recorder))
     st.ready = True
     return recorder
+
+
+class _SessionOnly:
+    """A stand-in next item whose only ancestor is the session: tearing down up to it
+    leaves the session's own fixtures set up."""
+
+    def __init__(self, session: pytest.Session) -> None:
+        self._chain = [session]
+
+    def listchain(self) -> list[pytest.Session]:
+        return self._chain
+
+
+def _keep_session(st: State) -> None:
+    """Make the worker's teardowns to ``nextitem=None`` (a unit's end, a stop) keep
+    the session's fixtures for the worker's next unit, until it retires. Hooks still
+    see ``nextitem=None``: only the setup state's idea of what comes next changes."""
+    setupstate = st.session._setupstate
+    teardown_exact = setupstate.teardown_exact
+    keep = _SessionOnly(st.session)
+
+    def teardown_to(nextitem: Any) -> None:
+        if nextitem is None and not st.retiring:
+            nextitem = keep
+        teardown_exact(nextitem)
+
+    setupstate.teardown_exact = teardown_to  # type: ignore[method-assign]
+
+
+def _teardown_session(st: State, recorder: _Recorder) -> None:
+    """The worker stops serving: tear the session down, as a last teardown of the
+    last item it ran, writing the events to its exit spool."""
+    session = st.session
+    st.retiring = True
+    if st.last is None or not session._setupstate.stack:
+        return
+    from _pytest.runner import call_and_report
+
+    item = session.items[st.last]
+    try:
+        # The logging plugin's teardown hook expects what its setup hook left (and
+        # removed it at the item's first teardown).
+        from _pytest.logging import caplog_records_key
+
+        item.stash.setdefault(caplog_records_key, {})
+    except ImportError:
+        pass
+    path = os.path.join(st.spool_dir, f"exit-{os.getpid()}.spool")
+    with open(path, "ab", buffering=0) as out:
+        recorder.out = out
+        try:
+            recorder.emit(("start", st.last, worker_id()))
+            call_and_report(item, "teardown", log=True, nextitem=None)
+            recorder.emit(("done", st.last, 0.0))
+        finally:
+            recorder.out = None
 
 
 def run_unit(path: str, indices: list[int], slot: int) -> int:
@@ -283,6 +353,7 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int], sl
                 item = items[index]
                 nextitem = None if k + 1 >= cut else items[indices[k + 1]]
                 recorder.emit(("start", index, worker_id()))
+                st.last = index
                 t0 = time.perf_counter()
                 try:
                     item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
@@ -304,7 +375,8 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int], sl
 
 
 def _teardown_all(session: pytest.Session) -> None:
-    """A unit cut short: tear down what its last item left set up for the next one."""
+    """A unit cut short: tear down what its last item left set up for the next one
+    (but the session, see :func:`_keep_session`)."""
     try:
         session._setupstate.teardown_exact(None)
     except BaseException as exc:

@@ -21,8 +21,9 @@ import functools
 import inspect
 import logging
 import os
+import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -386,6 +387,27 @@ def _not_started(task: asyncio.Task[Any]) -> bool:
     return inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED  # type: ignore[arg-type]
 
 
+#: Called by :func:`worker_main` once the worker stopped serving (see :func:`at_exit`).
+_exit_hooks: list[Callable[[], None]] = []
+
+
+def at_exit(fn: Callable[[], None]) -> None:
+    """Have this worker call ``fn()`` when it stops serving: told to stop (the pool
+    closing, a recycle) or its hub gone; not when it is killed. It runs in the main
+    thread with no event loop, after every call has ended; the hub waits for it up
+    to ``stop_timeout``. Register it in the worker (the list is per process)."""
+    _exit_hooks.append(fn)
+
+
+def _run_exit_hooks() -> None:
+    while _exit_hooks:
+        fn = _exit_hooks.pop()
+        try:
+            fn()
+        except BaseException as exc:  # one failing hook must not skip the others
+            print(f"wool_local: worker exit hook {fn!r} failed: {exc!r}", file=sys.stderr)
+
+
 def worker_main(
     segment: Segment,
     capacity: int,
@@ -411,6 +433,8 @@ def worker_main(
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        asyncio.set_event_loop(None)
         if return_fd >= 0:
             os.close(return_fd)
+        _run_exit_hooks()
     return 0
