@@ -244,9 +244,12 @@ def test_exitfirst_stops_the_run(pytester: pytest.Pytester) -> None:
 CRASHES = """
 import os
 import signal
+import sys
 
 def test_before(): pass
-def test_exit(): os._exit(3)
+def test_exit():
+    print("last words before exiting", file=sys.stderr)
+    os._exit(3)
 def test_between(): pass
 def test_kill(): os.kill(os.getpid(), signal.SIGKILL)
 def test_after(): pass
@@ -256,8 +259,9 @@ def test_after(): pass
 def test_crashing_tests_fail_and_the_rest_of_their_module_runs(pytester: pytest.Pytester) -> None:
     """Given a module with one test that calls os._exit and one that SIGKILLs itself
     When it runs with --wool 2 next to another module
-    Then each crashing test fails once, naming itself and how the worker ended, and
-    every other test passes (the rest of the module ran on a replacement worker)."""
+    Then each crashing test fails once, naming itself and how the worker ended, with
+    the stderr it left, and every other test passes (the rest of the module ran on a
+    replacement worker)."""
     pytester.makepyfile(test_crash=CRASHES, test_other="def test_x(): pass\n")
     result = run(pytester, "--wool", "2", "-rA")
     result.assert_outcomes(passed=4, failed=2)
@@ -268,6 +272,9 @@ def test_crashing_tests_fail_and_the_rest_of_their_module_runs(pytester: pytest.
             "PASSED test_crash.py::test_between",
             "PASSED test_crash.py::test_after",
         ]
+    )
+    result.stdout.fnmatch_lines(
+        ["*exited with code 3*", "*Captured stderr call*", "last words before exiting"]
     )
 
 
@@ -554,3 +561,49 @@ def test_a_failing_session_teardown_is_an_error_of_the_workers_last_test(
     assert result.ret == serial.ret == pytest.ExitCode.TESTS_FAILED
     assert result.parseoutcomes() == serial.parseoutcomes() == {"passed": 4, "errors": 1}
     result.stdout.fnmatch_lines(["ERROR test_m1.py::* - RuntimeError: session teardown broke"])
+
+
+def test_s_writes_whole_lines_from_every_worker(pytester: pytest.Pytester) -> None:
+    """Given two modules whose tests print 400 lines of 60 characters each, every
+    line in two writes
+    When run with --wool 2 -s (output not captured; here a file, so block-buffered)
+    Then every line reaches the output whole: none is cut or mixed with another."""
+    pytester.makepyfile(
+        **{
+            f"test_talk{m}": "import pytest\n"
+            "@pytest.mark.parametrize('k', range(4))\n"
+            "def test_talk(k):\n"
+            "    for i in range(100):\n"
+            f"        print('m{m}-', k, '-', i, '-', sep='', end='')\n"
+            "        print('x' * 50)\n"
+            for m in (1, 2)
+        }
+    )
+    result = run(pytester, "--wool", "2", "-s", "-p", "no:randomly")
+    result.assert_outcomes(passed=8)
+    said = [m.group(0) for m in map(re.compile(r"m\d-\d-\d+-.*").search, result.stdout.lines) if m]
+    whole = re.compile(r"m\d-\d-\d+-x{50}")
+    assert [line for line in said if not whole.fullmatch(line)] == []
+    assert len(said) == 800
+
+
+def test_threads_started_at_import_are_named_in_the_warnings_summary(
+    pytester: pytest.Pytester,
+) -> None:
+    """Given a test module that starts a thread (named "ticker") when imported
+    When run with --wool 1
+    Then the tests pass and the warnings summary names the thread and says to start
+    it in a fixture, once (not also the pool's general warning)."""
+    pytester.makepyfile(
+        test_threads="import threading\n"
+        "stop = threading.Event()\n"
+        "threading.Thread(target=stop.wait, name='ticker', daemon=True).start()\n"
+        "def test_a(): pass\n"
+    )
+    result = run(pytester, "--wool", "1")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["*ThreadedForkWarning: wool_local: 1 thread (ticker) ran in the pytest process*"]
+    )
+    assert "Start them in a fixture" in result.stdout.str()
+    assert "start the pool before starting threads" not in result.stdout.str()

@@ -1,7 +1,8 @@
 """Worker output on a shared terminal: whole lines, optionally prefixed with the worker's pid.
 
 Workers inherit the hub's stdout and stderr. When those are pipes or files,
-Python buffers stdout in blocks, so two workers' output can mix mid-line.
+Python buffers stdout in blocks (or, unbuffered, writes every piece of a
+``print`` on its own), so two workers' output can mix mid-line.
 :func:`whole_lines` makes every process forked from here on (the zygote and
 its workers) write line by line: a line goes out in one ``write``, which the
 kernel keeps whole on a pipe up to ``PIPE_BUF`` (4 KiB) and on a terminal.
@@ -74,7 +75,9 @@ def _in_child() -> None:
             stream.prefix = f"[{os.getpid()}] "  # a worker of the zygote: its own pid
             continue
         try:
-            stream.reconfigure(line_buffering=True)
+            # Not write_through (PYTHONUNBUFFERED sets it): each print() argument would
+            # be a write of its own, and a line could be cut by another process's.
+            stream.reconfigure(line_buffering=True, write_through=False)
         except (AttributeError, ValueError):
             pass  # not a TextIOWrapper (replaced by the script): leave it
         if _prefix:

@@ -129,6 +129,7 @@ class Controller:
         self.recycles: dict[str, int] = {}
         self.durations: dict[str, float] = {}  # seconds, by nodeid, of this run
         self.nodes: dict[str, _WorkerNode] = {}
+        self.spool_dir = ""
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
@@ -204,7 +205,7 @@ class Controller:
         shared = mmap.mmap(-1, worker.SLOTS_AT + worker.SLOT.size * nslots)
         free_slots = list(range(nslots))
         lock = multiprocessing.get_context("fork").Lock()
-        spool_dir = tempfile.mkdtemp(prefix="wool_local-pytest-")
+        spool_dir = self.spool_dir = tempfile.mkdtemp(prefix="wool_local-pytest-")
         worker.state = worker.State(
             session=session,
             workercount=n,
@@ -215,10 +216,17 @@ class Controller:
             lock=lock,
         )
         worker.register_fork_hooks()
+        if self.config.getoption("capture", None) == "no":
+            # -s: workers write to the terminal themselves; a line at a time, so the
+            # lines of two workers never mix.
+            from wool_local.output import whole_lines
+
+            whole_lines()
         queue: deque[units.Unit] = deque(todo)
         inflight: dict[Any, _Call] = {}
         seq = 0
         stopping = False
+        self._warn_threads(session)
         # Stopping, each worker tears its session down (see .worker): wait for that as
         # a serial run would, within reason.
         ex = Executor(max_workers=n, limits=self.limits, max_inflight=1, stop_timeout=STOP_TIMEOUT)
@@ -302,6 +310,38 @@ class Controller:
         self.steals += 1
         return best.indices[new_cut:cut]
 
+    def _warn_threads(self, session: pytest.Session) -> None:
+        """Threads run in this process now, after collection (a test module or conftest
+        started them at import, or a plugin): say so in the warnings summary, in
+        pytest's terms, instead of the pool's general warning."""
+        import threading
+
+        from wool_local.workers import zygote
+
+        threads = [t for t in threading.enumerate() if t is not threading.current_thread()]
+        if not threads:
+            return
+        zygote._warned_threads = True  # this one says it better, once
+        names = ", ".join(sorted(t.name for t in threads))
+        message = (
+            f"wool_local: {len(threads)} thread{'s' if len(threads) != 1 else ''} "
+            f"({names}) ran in the pytest process after collection (started when a test "
+            "module or conftest was imported, or by a plugin). Workers are forked after "
+            "collection: those threads do not run there, and a lock one held at the fork "
+            "stays locked in every worker. Start them in a fixture instead (a session "
+            "fixture runs once per worker)."
+        )
+        data = {
+            "message": message,
+            "category": ("wool_local.workers.zygote", "ThreadedForkWarning"),
+            "filename": __file__,
+            "lineno": 0,
+            "when": "collect",
+            "nodeid": "",
+            "location": None,
+        }
+        _replay_warning(session.ihook, data)
+
     def _replay_exits(self, session: pytest.Session, spool_dir: str) -> None:
         """The workers have stopped: replay what their session teardowns reported. A
         failure is an error at the teardown of the worker's last item, as in a serial
@@ -362,7 +402,8 @@ class Controller:
         if crashed is not None:
             item = session.items[crashed]
             why = f"worker crashed while running {item.nodeid}"
-            pending = [*call.pending, ("crash", why, exc)]
+            stderr = _tail(worker.stderr_path(self.spool_dir, exc.pid))
+            pending = [*call.pending, ("crash", why, exc, stderr)]
             if not any(e[0] == "logfinish" for e in pending):
                 pending.append(("logfinish", item.nodeid, item.location))
             self._replay(session, crashed, pending, call.replayed, call.wid)
@@ -411,7 +452,7 @@ class Controller:
                     outcome="failed",
                     longrepr=f"{event[1]}: {event[2]}",
                     when=when,
-                    sections=[],
+                    sections=[(f"Captured stderr {when}", event[3])] if event[3] else [],
                     duration=0.0,
                     start=0.0,
                     stop=0.0,
@@ -419,6 +460,21 @@ class Controller:
                 )
                 rep.node = self._node(wid)  # type: ignore[attr-defined]
                 ihook.pytest_runtest_logreport(report=rep)
+
+
+#: How much of a crashed worker's captured stderr its test's report shows (bytes).
+STDERR_TAIL = 8192
+
+
+def _tail(path: str) -> str:
+    """The end of the file at ``path`` (a crashed worker's captured stderr), or ''."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - STDERR_TAIL))
+            data = f.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace")
 
 
 def _replay_warning(ihook: Any, data: dict[str, Any]) -> None:

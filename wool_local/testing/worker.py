@@ -229,6 +229,7 @@ def _setup_worker(st: State) -> _Recorder:
         capman._global_capturing = None  # type: ignore[union-attr]
         capman.start_global_capturing()  # type: ignore[union-attr]
         capman.suspend_global_capture()  # type: ignore[union-attr]
+        _name_stderr_file(capman._global_capturing, stderr_path(st.spool_dir, os.getpid()))  # type: ignore[union-attr]
     factory = getattr(config, "_tmp_path_factory", None)
     if st.basetemp is not None and factory is not None:
         mine = st.basetemp / wid
@@ -243,6 +244,28 @@ def _setup_worker(st: State) -> _Recorder:
     at_exit(lambda: _teardown_session(st, recorder))
     st.ready = True
     return recorder
+
+
+def stderr_path(spool_dir: str, pid: int) -> str:
+    """Where worker ``pid`` captures its tests' stderr (see :func:`_name_stderr_file`)."""
+    return os.path.join(spool_dir, f"stderr-{pid}")
+
+
+def _name_stderr_file(capturing: Any, path: str) -> None:
+    """Move the file fd-capture keeps stderr in to ``path``, by putting a named file
+    under the same descriptor: capture works as before, and after a crash the
+    controller finds there what the crashed test wrote (each phase starts it afresh).
+    Nothing to do when stderr is not captured at the fd level."""
+    tmpfile = getattr(getattr(capturing, "err", None), "tmpfile", None)
+    try:
+        target = tmpfile.fileno()  # type: ignore[union-attr]
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    except (AttributeError, OSError, ValueError):
+        return
+    try:
+        os.dup2(fd, target)
+    finally:
+        os.close(fd)
 
 
 class _SessionOnly:
