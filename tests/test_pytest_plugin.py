@@ -607,3 +607,32 @@ def test_threads_started_at_import_are_named_in_the_warnings_summary(
     )
     assert "Start them in a fixture" in result.stdout.str()
     assert "start the pool before starting threads" not in result.stdout.str()
+
+
+def test_last_failed_and_selection_options_apply_before_the_workers(
+    pytester: pytest.Pytester,
+) -> None:
+    """Given two modules of three tests, one failing, and pytest's cache on
+    When run with --wool 2, then again with --lf, then with -k and --deselect
+    Then --lf reruns only the failure (the first run's reports reached the cache),
+    as a serial --lf does, and -k / --deselect leave the tests a serial run would."""
+    pytester.makepyfile(
+        test_one="def test_a(): pass\ndef test_b(): assert 0\ndef test_c(): pass\n",
+        test_two="def test_d(): pass\ndef test_e(): pass\ndef test_f(): pass\n",
+    )
+
+    def wool(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess("--wool", "2", *args, timeout=TIMEOUT)
+
+    first = wool()
+    first.assert_outcomes(passed=5, failed=1)
+    serial = pytester.runpytest_subprocess("--lf", timeout=TIMEOUT)
+    again = wool("--lf")
+    assert again.parseoutcomes() == serial.parseoutcomes()
+    assert again.parseoutcomes()["failed"] == 1 and "passed" not in again.parseoutcomes()
+    again.stdout.fnmatch_lines(["*rerun previous 1 failure*", "FAILED test_one.py::test_b*"])
+    select = ("-k", "test_a or test_d or test_e", "--deselect", "test_two.py::test_e")
+    picked = wool(*select)
+    picked.assert_outcomes(passed=2, deselected=4)
+    serial = pytester.runpytest_subprocess(*select, timeout=TIMEOUT)
+    assert serial.parseoutcomes() == picked.parseoutcomes()
