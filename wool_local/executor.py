@@ -63,7 +63,8 @@ class Executor(concurrent.futures.Executor):
     chunk counts as one), as ``WorkerLimits(max_tasks=...)``. The keyword options
     are :class:`~wool_local.WorkerPool`'s: ``limits``, ``min_workers``,
     ``max_inflight``, ``cancel_grace``, ``monitor_interval``, ``ring_capacity``,
-    ``proxy_retry_after``, ``stop_timeout`` (None: the pool's default).
+    ``proxy_retry_after``, ``stop_timeout`` (None: the pool's default), and
+    ``backend``/``discovery`` (``backend="wool"``: the calls run on a wool pool).
 
     ``fn`` may be a plain function (a ``def``, builtin, lambda or closure, pickled
     by value when it cannot be imported), an ``async def`` function or a routine
@@ -91,6 +92,8 @@ class Executor(concurrent.futures.Executor):
         ring_capacity: int | None = None,
         proxy_retry_after: float | None = None,
         stop_timeout: float | None = None,
+        backend: str | None = None,
+        discovery: Any = None,
     ) -> None:
         from .pool import WorkerPool  # validates the options now, starts nothing
 
@@ -116,6 +119,8 @@ class Executor(concurrent.futures.Executor):
             "ring_capacity": ring_capacity,
             "proxy_retry_after": proxy_retry_after,
             "stop_timeout": stop_timeout,
+            "backend": backend,
+            "discovery": discovery,
         }
         ambient = background.ambient
         plain = max_workers is None and initializer is None and not initargs

@@ -31,6 +31,24 @@ def available_cpus() -> int:
 #: Pools between enter and exit, in entering order (for out-of-order exits).
 _running: list[WorkerPool] = []
 
+#: The backends a pool runs on: forked workers on this host, or a wool pool.
+BACKENDS = ("local", "wool")
+#: What ``backend=None`` means (``wool-local run --backend`` sets it), and
+#: ``discovery=None`` on the wool backend (``--discovery``).
+default_backend = "local"
+default_discovery: Any = None
+
+#: The options only forked workers have: a wool-backed pool refuses other values.
+_LOCAL_ONLY = (
+    "limits",
+    "min_workers",
+    "max_inflight",
+    "cancel_grace",
+    "monitor_interval",
+    "ring_capacity",
+    "proxy_retry_after",
+)
+
 
 class WorkerPool:
     """A pool of forked worker processes that routines called in its block run on.
@@ -47,6 +65,14 @@ class WorkerPool:
     ``stop_timeout`` is how long leaving the block waits for workers to stop
     (cancelling what they run) before killing them.
     Defaults and checks: :class:`~wool_local.workers.PoolOptions`.
+
+    ``backend="wool"`` runs the routines on a wool pool instead (``pip install
+    'wool-local[wool]'``; docs/scaling.md): ``spawn`` wool workers on this host,
+    and with ``discovery`` (a namespace string, for ``wool.LanDiscovery``, or a
+    wool discovery factory) the workers other hosts publish too (``spawn=None``
+    then spawns none here). ``stop_timeout`` is wool's ``shutdown_timeout``; the
+    options of forked workers must keep their defaults. ``backend=None`` is
+    ``"local"`` unless ``wool-local run --backend`` says otherwise.
     """
 
     def __init__(
@@ -61,7 +87,28 @@ class WorkerPool:
         ring_capacity: int = PoolOptions.ring_capacity,
         proxy_retry_after: float = PoolOptions.proxy_retry_after,
         stop_timeout: float = PoolOptions.stop_timeout,
+        backend: str | None = None,
+        discovery: Any = None,
     ) -> None:
+        backend = default_backend if backend is None else backend
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be 'local' or 'wool', got {backend!r}")
+        self.backend = backend
+        if backend == "wool":
+            given = locals()
+            odd = [name for name in _LOCAL_ONLY if _differs(name, given[name])]
+            if odd:
+                raise ValueError(
+                    f"{', '.join(odd)}: not an option of the wool backend (wool runs its "
+                    "own workers); leave it out, or use backend='local'"
+                )
+            if discovery is None:
+                discovery = default_discovery
+        elif discovery is not None:
+            raise ValueError("discovery= needs backend='wool' (local pools run on this host)")
+        self.discovery = discovery
+        # wool: with discovery, spawn=None spawns no worker here (joins the others).
+        self._wool_spawn = spawn
         self.options = PoolOptions(
             size=available_cpus() if spawn is None else spawn,
             limits=WorkerLimits() if limits is None else limits,
@@ -73,7 +120,7 @@ class WorkerPool:
             proxy_retry_after=proxy_retry_after,
             stop_timeout=stop_timeout,
         )
-        self._hub: Hub | None = None
+        self._hub: Any = None  # a Hub, or the wool backend's WoolHub
         self._proxy_token: Any = None
         # The binding this pool's replaced, restored when it exits (see _unbind).
         self._below: Any = None
@@ -86,7 +133,14 @@ class WorkerPool:
     async def __aenter__(self) -> WorkerPool:
         if self._hub is not None:
             raise RuntimeError("this WorkerPool is already running")
-        hub = Hub(self.options)
+        hub: Any
+        if self.backend == "wool":
+            from .onwool.hub import WoolHub
+
+            spawn = self._wool_spawn if self.discovery is not None else self.options.size
+            hub = WoolHub(self.options, spawn, self.discovery)
+        else:
+            hub = Hub(self.options)
         await hub.start()
         self._hub = hub
         # Routines called in this block dispatch through the hub's proxy;
@@ -94,8 +148,8 @@ class WorkerPool:
         self._below = __proxy__.get(None)
         self._proxy_token = __proxy__.set(hub.proxy)
         _running.append(self)
-        assert hub.leases is not None
-        hub.leases.acquire(hub.id)
+        if hub.leases is not None:
+            hub.leases.acquire(hub.id)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -170,12 +224,20 @@ class WorkerPool:
         return self._hub.pids if self._hub is not None else []
 
     def stats(self) -> PoolStats:
-        """Per-worker health, recycle counts by reason, and totals."""
+        """Per-worker health, recycle counts by reason, and totals (local backend)."""
         return self.hub.stats()
 
     @property
-    def hub(self) -> Hub:
-        """The running hub (scheduling, workers, counters); RuntimeError outside the block."""
+    def hub(self) -> Any:
+        """The running hub (scheduling, workers, counters; on the wool backend, a
+        :class:`~wool_local.onwool.hub.WoolHub`); RuntimeError outside the block."""
         if self._hub is None:
             raise RuntimeError("the WorkerPool is not running")
         return self._hub
+
+
+def _differs(name: str, value: Any) -> bool:
+    """Whether option ``name`` was given a value other than its default."""
+    if name == "limits":
+        return value is not None and value != WorkerLimits()
+    return bool(value != getattr(PoolOptions, name))

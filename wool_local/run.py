@@ -99,6 +99,20 @@ def add_parser(commands: Any) -> None:
     option("--stop-timeout", var="STOP_TIMEOUT", metavar="DURATION",
            help="at exit or Ctrl-C, how long workers get to stop before being killed "
            "(default 5s)")  # fmt: skip
+    option(
+        "--backend",
+        var="BACKEND",
+        metavar="local|wool",
+        help="where routines run: forked workers on this host (local, the default), or a "
+        "wool pool (pip install 'wool-local[wool]'); WorkerPool()s of the script follow it",
+    )
+    option(
+        "--discovery",
+        var="DISCOVERY",
+        metavar="NAMESPACE",
+        help="with --backend wool: also use the wool workers other hosts publish under "
+        "NAMESPACE on the LAN (--workers then defaults to none here)",
+    )
     run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -170,6 +184,15 @@ def pool_options(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             limits[key] = None if off(value) else parse(value, "--" + key.replace("_", "-"))
     options: dict[str, Any] = {"limits": WorkerLimits(**limits)}
+    backend = args.backend.strip().lower() if args.backend else None
+    if backend is not None:
+        if backend not in ("local", "wool"):
+            raise ValueError(f"--backend must be 'local' or 'wool', got {args.backend!r}")
+        options["backend"] = backend
+    if args.discovery:
+        if backend != "wool":
+            raise ValueError("--discovery needs --backend wool")
+        options["discovery"] = args.discovery
     workers = args.workers
     if workers is not None and workers.strip().lower() != "auto":
         options["spawn"] = _count(workers, "--workers")
@@ -202,9 +225,16 @@ def command(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose - args.quiet)
 
     from . import ambient
+    from . import pool as pools
 
-    pool = ambient.install(options, timeout=timeout, progress=args.progress,
-                           prefix_output=args.verbose > 0)  # fmt: skip
+    # The script's own WorkerPool()s run on the chosen backend too.
+    pools.default_backend = options.get("backend", pools.default_backend)
+    pools.default_discovery = options.get("discovery")
+    try:
+        pool = ambient.install(options, timeout=timeout, progress=args.progress,
+                               prefix_output=args.verbose > 0)  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
     code, aborted = 1, True
     try:
         code, aborted = _run_main(args)

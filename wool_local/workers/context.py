@@ -92,6 +92,10 @@ class ContextVar(Generic[T]):
             raise TypeError("context variable name must be a str")
         if namespace is None:
             namespace = sys._getframe(1).f_globals.get("__name__", "__main__")
+            if namespace == "__mp_main__":
+                # The main script re-run by a spawned process (wool's workers): its
+                # variables are the caller's ``__main__`` ones.
+                namespace = "__main__"
         key = f"{namespace}:{name}"
         if key in _registry:
             raise ValueError(

@@ -1,0 +1,293 @@
+"""The caller's side of the wool backend: a dispatcher with the hub's interface.
+
+Routines, ``map`` and the executor dispatch through an object with
+``call(fn, args, kwargs)`` (awaitable) and ``stream(fn, args, kwargs)`` (an
+async generator); the hub is one, :class:`WoolDispatcher` is the other. It
+sends ``fn`` through the trampolines of :mod:`.trampolines` on the wool pool
+whose ``wool.WorkerProxy`` it holds, with the caller's context snapshot, and
+applies what comes back. ``__proxy__`` holds a :class:`WoolProxy` while a
+wool-backed pool runs; in a wool worker, the trampolines bind the worker's
+own (:func:`worker_proxy`), whose dispatcher uses the ``wool.__proxy__`` wool
+bound for the routine, so nested calls dispatch through wool again.
+
+Calls from another event loop than the pool's (a script under ``wool-local
+run`` whose ambient pool runs in a thread) run on the pool's loop, as the
+hub's do (:mod:`wool_local.workers.crossloop`): wool's connections belong to
+the loop that opened them.
+
+Errors: what the callable raised arrives with its type (wool pickles it with
+its traceback); a worker lost mid-call (a gRPC ``UNAVAILABLE``) is raised as
+:class:`WoolWorkerLost`, a :class:`~wool_local.WorkerCrashed`; wool's
+``NoWorkersAvailable`` as :class:`~wool_local.PoolClosed`; a call through a
+pool that has stopped as :class:`~wool_local.PoolClosed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from typing import Any
+
+import wool
+
+from ..routine import _Body
+from ..workers import context, crossloop
+from ..workers.errors import PoolClosed, WorkerCrashed
+from ..workers.proxy import PROXY_KEY
+from . import trampolines
+from .trampolines import BACK_ATTR, DONE, NEXT, THROW
+
+
+class WoolWorkerLost(WorkerCrashed):
+    """A wool worker was lost (its connection dropped) while it ran this dispatch;
+    its pid is not known here (``pid`` is 0)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(0, detail=detail)
+
+    def __str__(self) -> str:
+        return f"a wool worker was lost while running this dispatch ({self.detail})"
+
+    def __reduce__(self) -> Any:
+        return (WoolWorkerLost, (self.detail,))
+
+
+class WoolProxy:
+    """What ``wool_local.__proxy__`` holds where routines dispatch through wool."""
+
+    __wool_immutable__ = True  # its pickle never changes: encoders may reuse it
+
+    def __init__(self, dispatcher: WoolDispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    @property
+    def dispatcher(self) -> WoolDispatcher:
+        return self._dispatcher
+
+    async def start(self) -> WoolDispatcher:
+        return self._dispatcher
+
+    def __reduce__(self) -> Any:
+        # Never sent by the backend itself (it binds the worker's proxy); a copy the
+        # user sends somewhere is the receiving process's own.
+        return (worker_proxy, (self._dispatcher.by_name,))
+
+    def __repr__(self) -> str:
+        return f"<WoolProxy {self._dispatcher!r}>"
+
+
+class WoolDispatcher:
+    """Dispatches calls and streams through a wool pool.
+
+    ``wool_context``: the context the wool pool was entered in, which dispatches
+    run in (None in a wool worker: the routine's context has what wool needs).
+    ``home``: the loop the pool runs on (None: any). ``by_name``: send routines of
+    ``__main__`` by name (every worker is a spawned child that re-ran the script)
+    rather than by value (workers elsewhere, found through discovery).
+    """
+
+    def __init__(
+        self,
+        wool_context: contextvars.Context | None,
+        home: asyncio.AbstractEventLoop | None,
+        *,
+        by_name: bool,
+    ) -> None:
+        self.wool_context = wool_context
+        self.loop = home
+        self.by_name = by_name
+        self.closed = False
+        self.proxy = WoolProxy(self)
+
+    # -- calls ------------------------------------------------------------------
+
+    async def call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run ``fn(*args, **kwargs)`` (a coroutine function) in a wool worker."""
+        self._check()
+        fn = self._shippable(fn)
+        snapshot = _outgoing()
+        home = self.loop
+        try:
+            if home is None or home is asyncio.get_running_loop():
+                result, back = await self._exchange(fn, args, kwargs, snapshot)
+            else:
+                result, back = await crossloop.run_on(
+                    home, self._exchange(fn, args, kwargs, snapshot)
+                )
+        except Exception as exc:
+            _apply_carried(exc, _apply_here)
+            translated = translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        if back:  # what the routine set comes back, as in one process
+            context.apply(context.decode(back), back=True)
+        return result
+
+    async def _exchange(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], snapshot: Any
+    ) -> tuple[Any, Any]:
+        return await self._in_pool(trampolines.run_call(fn, args, kwargs, snapshot, self.by_name))
+
+    def _in_pool(self, coro: Coroutine[Any, Any, Any], ctx: Any = None) -> Awaitable[Any]:
+        """``coro`` run in a copy of the context the pool was entered in (or ``ctx``).
+
+        wool keeps the pool's state in stdlib context variables (its proxy, the
+        discovery subscribers, its context chain) set when the pool is entered; a
+        dispatch from a task that does not descend from that context (a thread's
+        call, the background pool's tasks) would wait forever. Awaiting the task
+        passes a cancellation on to it."""
+        base = self.wool_context
+        if base is None:  # in a wool worker: the routine's own context has them
+            return coro
+        return asyncio.get_running_loop().create_task(coro, context=ctx or base.copy())
+
+    # -- streams ----------------------------------------------------------------
+
+    def stream(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncGenerator:
+        """Iterate the async generator function ``fn`` in a wool worker, one step per
+        pull; ``asend``, ``athrow`` and ``aclose`` reach the remote generator."""
+        self._check()
+        fn = self._shippable(fn)
+        home = self.loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = home
+        if home is None or home is here:
+            return self._steps(fn, args, kwargs, _apply_here)
+        changes: list[dict[str, Any]] = []
+        return crossloop.relay_stream(home, self._steps(fn, args, kwargs, changes.append), changes)
+
+    async def _steps(
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        on_back: Callable[[dict[str, Any]], None],
+    ) -> AsyncGenerator:
+        sent = _outgoing() or {}
+        remote = trampolines.run_stream(fn, args, kwargs, sent or None, self.by_name)
+        # Every step in one context: the pool's, as for calls (see _in_pool).
+        ctx = None if self.wool_context is None else self.wool_context.copy()
+        try:
+            kind, item, back = await self._in_pool(remote.__anext__(), ctx)
+            while True:
+                if back:
+                    on_back(context.decode(back))
+                    sent.update(back)  # the caller has them now: not news to send
+                if kind == DONE:
+                    return
+                try:
+                    value = yield item
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:
+                    message: tuple[int, Any, Any] = (THROW, exc, _news(sent))
+                else:
+                    message = (NEXT, value, _news(sent))
+                kind, item, back = await self._in_pool(remote.asend(message), ctx)
+        except Exception as exc:
+            _apply_carried(exc, on_back)
+            translated = translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            await self._in_pool(remote.aclose(), ctx)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.closed:
+            raise PoolClosed("this wool-backed pool has stopped: it takes no more dispatches")
+
+    def _shippable(self, fn: Any) -> Any:
+        """``fn``, or for a routine of the main script, a stand-in that names it."""
+        if self.by_name and type(fn) is _Body:
+            routine = fn.routine
+            module = sys.modules.get(routine.__module__)
+            name = routine.__qualname__
+            if (
+                routine.__module__ in ("__main__", "__mp_main__")
+                and module is not None
+                and vars(module).get(name) is routine
+            ):
+                return _MainBody(name)
+        return fn
+
+    def __repr__(self) -> str:
+        where = "worker" if self.wool_context is None else "pool"
+        return f"<WoolDispatcher {where}{' closed' if self.closed else ''}>"
+
+
+class _MainBody:
+    """A routine of ``__main__`` sent by name: the worker looks it up in its own
+    ``__main__`` (the script, re-run by the spawn start method)."""
+
+    __slots__ = ("qualname",)
+
+    def __init__(self, qualname: str) -> None:
+        self.qualname = qualname
+
+    def __reduce__(self) -> Any:
+        return (trampolines.main_body, (self.qualname,))
+
+
+def _outgoing() -> context.Snapshot | None:
+    """The caller's context snapshot, less ``__proxy__`` (the worker binds its own)."""
+    snapshot = context.snapshot()
+    if snapshot:
+        snapshot.pop(PROXY_KEY, None)
+    return snapshot or None
+
+
+def _news(sent: dict[str, bytes]) -> context.Snapshot | None:
+    """What the caller set since ``sent`` (now brought up to date)."""
+    now = _outgoing()
+    if not now:
+        return None
+    news = {key: data for key, data in now.items() if sent.get(key) != data}
+    sent.update(news)
+    return news or None
+
+
+def _apply_here(values: dict[str, Any]) -> None:
+    context.apply(values, back=True)
+
+
+def _apply_carried(exc: BaseException, on_back: Callable[[dict[str, Any]], None]) -> None:
+    """Apply the context changes an exception carries from the worker, and drop them."""
+    back = getattr(exc, BACK_ATTR, None)
+    if back is not None:
+        try:
+            delattr(exc, BACK_ATTR)
+        except AttributeError:
+            pass
+        on_back(context.decode(back))
+
+
+def translate(exc: BaseException) -> BaseException:
+    """wool's transport errors as wool_local's; any other exception as it is."""
+    if isinstance(exc, wool.NoWorkersAvailable):
+        return PoolClosed(f"no wool worker is available: {exc}")
+    code = getattr(exc, "code", None)
+    if type(exc).__module__.startswith("grpc") and callable(code):
+        name = getattr(code(), "name", "")
+        if name == "UNAVAILABLE":
+            details = getattr(exc, "details", None)
+            return WoolWorkerLost(f"gRPC {name}: {details() if callable(details) else exc}")
+    return exc
+
+
+_worker_proxies: dict[bool, WoolProxy] = {}
+
+
+def worker_proxy(by_name: bool = True) -> WoolProxy:
+    """In a wool worker: the proxy routines dispatch through (one per process)."""
+    proxy = _worker_proxies.get(by_name)
+    if proxy is None:
+        proxy = _worker_proxies[by_name] = WoolProxy(WoolDispatcher(None, None, by_name=by_name))
+    return proxy
