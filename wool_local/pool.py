@@ -104,6 +104,9 @@ class WorkerPool:
                 )
             if discovery is None:
                 discovery = default_discovery
+            from .onwool import check_installed
+
+            check_installed()
         elif discovery is not None:
             raise ValueError("discovery= needs backend='wool' (local pools run on this host)")
         self.discovery = discovery

@@ -233,7 +233,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         pool = ambient.install(options, timeout=timeout, progress=args.progress,
                                prefix_output=args.verbose > 0)  # fmt: skip
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ImportError) as exc:
         parser.error(str(exc))
     code, aborted = 1, True
     try:

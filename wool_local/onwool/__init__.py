@@ -21,6 +21,17 @@ from types import ModuleType
 INSTALL_HINT = "pip install 'wool-local[wool]'"
 
 
+def check_installed() -> None:
+    """ImportError saying how to install wool if it is not installed (without
+    importing it: that takes a fifth of a second, paid when the pool starts)."""
+    import importlib.util
+
+    if importlib.util.find_spec("wool") is None:
+        raise ImportError(
+            f"the wool backend needs the wool package, which is not installed: {INSTALL_HINT}"
+        )
+
+
 def import_wool() -> ModuleType:
     """The ``wool`` module; ImportError saying how to install it if it is missing."""
     try:

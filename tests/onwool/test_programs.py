@@ -1,0 +1,213 @@
+"""The wool backend end to end: the same programs on both backends print the same.
+
+Each program runs in a subprocess: wool's workers are spawned processes with gRPC
+servers, and gRPC keeps threads and fds for the life of a process that used it,
+which the suite's leak check would (rightly) count against the test. The
+subprocess ends its wool workers as it exits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "both_backends.py"
+#: A run's bound; a wool pool starts in about 0.3 s, a program here takes 1-3 s.
+RUN_TIMEOUT = 50
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(
+        importlib.util.find_spec("wool") is None,
+        reason="the wool backend needs wool: pip install 'wool-local[wool]' (CI installs it)",
+    ),
+]
+
+
+def run(*argv: str, cwd: Path = ROOT) -> str:
+    """Run ``python argv...``; it must succeed; its stdout."""
+    done = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "job.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_given_the_example_program_then_both_backends_print_the_same():
+    """Given examples/both_backends.py (coroutines, an async generator driven with asend,
+    a context variable set by the caller and changed by routines, a nested dispatch, an
+    exception caught by its type, a map), when it runs on forked workers, on wool, and
+    on wool through ``wool-local run --backend wool``, then the three outputs are equal."""
+    local = run(str(EXAMPLE))
+    on_wool = run(str(EXAMPLE), "--backend", "wool")
+    through_run = run("-m", "wool_local", "run", "--backend", "wool", str(EXAMPLE))
+    assert "caught: OutOfStock no mango left | took mango" in local
+    assert "basket: 70 | priced by basket after set by caller" in local
+    assert on_wool == local
+    assert through_run == local
+
+
+EXECUTOR = """
+    import sys
+    import wool_local
+
+    def cube(x):
+        return x ** 3
+
+    @wool_local.routine
+    async def plus_one(x):
+        return x + 1
+
+    if __name__ == "__main__":
+        backend = sys.argv[1] if len(sys.argv) > 1 else None
+        options = {} if backend is None else {"backend": backend}
+        with wool_local.Executor(2, **options) as ex:
+            print(ex.submit(cube, 3).result(), ex.submit(plus_one, 41).result())
+            print(ex.submit(lambda n: n * 2, 21).result())
+            print(sum(ex.map(cube, range(2000))))
+            try:
+                ex.submit(int, "x").result()
+            except ValueError as exc:
+                print("ValueError:", exc)
+            try:
+                list(ex.map(int, ["1", "2", "y"]))
+            except ValueError as exc:
+                print("map stopped:", exc, exc.__notes__)
+"""
+
+
+def test_given_an_executor_then_submit_and_map_work_on_wool_as_on_forked_workers(tmp_path):
+    """Given a program using Executor(2, backend=...) for submit (a function, a routine, a
+    lambda), map (chunked) and two failures, then wool prints what forked workers do."""
+    path = script(tmp_path, EXECUTOR)
+    local = run(str(path), "local", cwd=tmp_path)
+    assert local.splitlines()[0] == "27 42"
+    assert "map stopped: invalid literal for int() with base 10: 'y'" in local
+    assert run(str(path), "wool", cwd=tmp_path) == local
+
+
+AMBIENT = """
+    import asyncio, os, sys
+    import wool_local
+
+    mark = wool_local.ContextVar("mark", default="none")
+
+    @wool_local.routine
+    async def square(x):
+        mark.set(f"squared {x}")
+        return x * x
+
+    @wool_local.routine
+    async def count(n):
+        for i in range(n):
+            mark.set(f"at {i}")
+            yield i
+
+    @wool_local.routine
+    async def sleeper():
+        try:
+            await asyncio.sleep(30)
+        finally:
+            pass
+
+    @wool_local.routine
+    async def die():
+        os._exit(3)
+
+    def cube(x):
+        return x ** 3
+
+    async def main():
+        print(sum(await asyncio.gather(*(square(i) for i in range(100)))))
+        mark.set("caller")
+        print(await square(3), mark.get())
+        print([i async for i in count(3)], mark.get())
+        task = asyncio.ensure_future(sleeper())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            print("cancelled")
+        with wool_local.Executor() as ex:  # the ambient pool's
+            print(list(ex.map(cube, range(4))))
+        try:  # last: wool does not replace a worker that died
+            await die()
+        except wool_local.WorkerCrashed:
+            print("a worker died: WorkerCrashed")
+        print(await square(4))
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+"""
+
+
+def test_given_wool_local_run_with_the_wool_backend_then_the_ambient_pool_is_wool(tmp_path):
+    """Given a script that calls routines outside any pool block (the ambient pool, whose
+    loop runs in another thread), cancels one, loses a worker and uses Executor(), when
+    run by ``wool-local run`` on each backend, then the outputs are equal: context
+    changes come back, the cancel reaches the worker, a lost worker is WorkerCrashed
+    and the pool goes on."""
+    path = script(tmp_path, AMBIENT)
+    local = run("-m", "wool_local", "run", "-n", "2", str(path), cwd=tmp_path)
+    assert local.splitlines() == [
+        "328350",
+        "9 squared 3",
+        "[0, 1, 2] at 2",
+        "cancelled",
+        "[0, 1, 8, 27]",
+        "a worker died: WorkerCrashed",
+        "16",
+    ]
+    wool_run = ("-m", "wool_local", "run", "--backend", "wool", "-n", "2")
+    assert run(*wool_run, str(path), cwd=tmp_path) == local
+
+
+AFTER_EXIT = """
+    import asyncio
+    import wool_local
+
+    @wool_local.routine
+    async def one():
+        return 1
+
+    async def main():
+        async with wool_local.WorkerPool(1, backend="wool") as pool:
+            hub = pool.hub
+            print(await one())
+        try:
+            await one()
+        except wool_local.NoPoolError:
+            print("NoPoolError")
+        try:
+            await hub.call(one._body, (), {})
+        except wool_local.PoolClosed:
+            print("PoolClosed")
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+"""
+
+
+def test_given_a_wool_pool_that_exited_then_calls_fail_as_on_a_local_one(tmp_path):
+    """Given a wool-backed pool that has exited, when a routine is called, then it raises
+    NoPoolError; and through the pool's hub kept from inside the block, PoolClosed."""
+    assert run(str(script(tmp_path, AFTER_EXIT)), cwd=tmp_path).split() == [
+        "1",
+        "NoPoolError",
+        "PoolClosed",
+    ]
