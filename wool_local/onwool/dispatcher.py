@@ -152,6 +152,7 @@ class WoolDispatcher:
         self._check()
         fn = self._shippable(fn)
         home = self.loop
+        here: asyncio.AbstractEventLoop | None
         try:
             here = asyncio.get_running_loop()
         except RuntimeError:

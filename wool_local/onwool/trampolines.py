@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, cast
 
 import wool
 
@@ -44,7 +44,8 @@ def enter(snapshot: context.Snapshot | None, by_name: bool) -> dict[str, Any]:
     values.pop(PROXY_KEY, None)  # (never sent; a value here would be stale)
     if values:
         context.apply(values)
-    __proxy__.set(worker_proxy(by_name))
+    # (A WoolProxy where __proxy__ holds WorkerProxys: routines use either alike.)
+    __proxy__.set(cast(Any, worker_proxy(by_name)))
     return values
 
 
