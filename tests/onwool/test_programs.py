@@ -211,3 +211,39 @@ def test_given_a_wool_pool_that_exited_then_calls_fail_as_on_a_local_one(tmp_pat
         "NoPoolError",
         "PoolClosed",
     ]
+
+
+AT_EXIT = """
+    import asyncio, sys, time
+    import wool_local
+
+    @wool_local.routine
+    async def nap(seconds):
+        await asyncio.sleep(seconds)
+        return "woke"
+
+    async def main(backend):
+        start = time.perf_counter()
+        async with wool_local.WorkerPool(1, backend=backend, stop_timeout=2):
+            naps = [asyncio.ensure_future(nap(s)) for s in (0.5, 20)]
+            await asyncio.sleep(0.2)
+        for task in naps:
+            try:
+                print(await task)
+            except wool_local.PoolClosed:
+                print("PoolClosed")
+        print(time.perf_counter() - start < 5)
+
+    if __name__ == "__main__":
+        asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_given_calls_in_flight_when_the_block_ends_then_they_fail_with_pool_closed(tmp_path):
+    """Given two calls in flight when a pool's block ends, then on both backends they
+    fail with PoolClosed and the exit does not wait for them (wool itself would let
+    them run to the end)."""
+    path = script(tmp_path, AT_EXIT)
+    expected = ["PoolClosed", "PoolClosed", "True"]
+    assert run(str(path), "local", cwd=tmp_path).split() == expected
+    assert run(str(path), "wool", cwd=tmp_path).split() == expected

@@ -100,6 +100,7 @@ class WoolDispatcher:
         self.by_name = by_name
         self.closed = False
         self.proxy = WoolProxy(self)
+        self._running: set[asyncio.Task[Any]] = set()  # dispatches in flight
 
     # -- calls ------------------------------------------------------------------
 
@@ -116,6 +117,9 @@ class WoolDispatcher:
                 result, back = await crossloop.run_on(
                     home, self._exchange(fn, args, kwargs, snapshot)
                 )
+        except asyncio.CancelledError:
+            self._stopped_under()
+            raise
         except Exception as exc:
             _apply_carried(exc, _apply_here)
             translated = translate(exc)
@@ -142,7 +146,28 @@ class WoolDispatcher:
         base = self.wool_context
         if base is None:  # in a wool worker: the routine's own context has them
             return coro
-        return asyncio.get_running_loop().create_task(coro, context=ctx or base.copy())
+        task = asyncio.get_running_loop().create_task(coro, context=ctx or base.copy())
+        self._running.add(task)  # (for close; done tasks leave the set)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    async def close(self, timeout: float) -> None:
+        """The pool is stopping: refuse new dispatches and cancel those in flight (in
+        their workers too), waiting up to ``timeout`` seconds for them to end; their
+        callers get PoolClosed, as a local pool's do (wool itself would let them run)."""
+        self.closed = True
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+
+    def _stopped_under(self) -> None:
+        """A dispatch ended cancelled: PoolClosed if the pool's close did it (not a
+        cancellation of the caller's own)."""
+        task = asyncio.current_task()
+        if self.closed and (task is None or not task.cancelling()):
+            raise PoolClosed("the pool stopped while this dispatch ran") from None
 
     # -- streams ----------------------------------------------------------------
 
@@ -190,6 +215,9 @@ class WoolDispatcher:
                 else:
                     message = (NEXT, value, _news(sent))
                 kind, item, back = await self._in_pool(remote.asend(message), ctx)
+        except asyncio.CancelledError:
+            self._stopped_under()
+            raise
         except Exception as exc:
             _apply_carried(exc, on_back)
             translated = translate(exc)
@@ -197,7 +225,8 @@ class WoolDispatcher:
                 raise
             raise translated from exc
         finally:
-            await self._in_pool(remote.aclose(), ctx)
+            if not self.closed:  # (a closed pool cancelled the remote generator)
+                await self._in_pool(remote.aclose(), ctx)
 
     # -- helpers ----------------------------------------------------------------
 

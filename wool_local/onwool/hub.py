@@ -64,11 +64,11 @@ class WoolHub:
         )
 
     async def close(self) -> None:
-        """Stop dispatching, then leave the wool pool (it lets calls in flight finish,
-        up to ``stop_timeout``, then cancels them)."""
+        """Stop dispatching, cancel the calls in flight (up to ``stop_timeout``), then
+        leave the wool pool."""
         pool, self._pool = self._pool, None
         if self.dispatcher is not None:
-            self.dispatcher.closed = True
+            await self.dispatcher.close(self.options.stop_timeout)
         if pool is not None:
             await pool.__aexit__(None, None, None)
 
