@@ -146,7 +146,9 @@ class WoolDispatcher:
         base = self.wool_context
         if base is None:  # in a wool worker: the routine's own context has them
             return coro
-        task = asyncio.get_running_loop().create_task(coro, context=ctx or base.copy())
+        task = asyncio.get_running_loop().create_task(
+            coro, context=ctx if ctx is not None else base.copy()
+        )
         self._running.add(task)  # (for close; done tasks leave the set)
         task.add_done_callback(self._running.discard)
         return task
