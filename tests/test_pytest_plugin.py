@@ -636,3 +636,25 @@ def test_last_failed_and_selection_options_apply_before_the_workers(
     picked.assert_outcomes(passed=2, deselected=4)
     serial = pytester.runpytest_subprocess(*select, timeout=TIMEOUT)
     assert serial.parseoutcomes() == picked.parseoutcomes()
+
+
+def test_a_property_that_does_not_pickle_reaches_the_report_as_its_repr(
+    pytester: pytest.Pytester,
+) -> None:
+    """Given a test that records a property whose value cannot be pickled (a lock)
+    and one that records a plain number
+    When run with --wool 1 --junitxml
+    Then both pass, and the XML has the number as is and the lock as its repr."""
+    pytester.makepyfile(
+        test_props="import threading\n"
+        "def test_lock(record_property): record_property('lock', threading.Lock())\n"
+        "def test_number(record_property): record_property('n', 42)\n"
+    )
+    result = run(pytester, "--wool", "1", "--junitxml=out.xml")
+    result.assert_outcomes(passed=2)
+    props = {
+        p.get("name"): p.get("value")
+        for p in ET.parse(pytester.path / "out.xml").getroot().iter("property")
+    }
+    assert props["n"] == "42"
+    assert "lock" in props["lock"] and "unlocked" in props["lock"]

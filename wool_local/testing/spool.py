@@ -1,7 +1,8 @@
 """The spool a worker writes one unit's events to, and the controller reads while it runs.
 
-Each call (one unit) has a file of its own. The worker appends a frame per event, a
-4-byte little-endian length and a pickle, in one ``write`` on an unbuffered file, so
+Each call (one unit) has a file of its own. The worker appends frames, each a 4-byte
+little-endian length and the pickle of a list of events (those of one item, or its
+``start``), in one ``write`` on an unbuffered file, so
 what the controller reads is a prefix of whole frames and at most one partial frame,
 which it keeps until the rest arrives. A file survives its writer: after a crash the
 controller still reads what the worker wrote before it died.
@@ -21,9 +22,9 @@ from typing import Any, BinaryIO
 _HEADER = struct.Struct("<I")
 
 
-def write(out: BinaryIO, event: tuple[Any, ...]) -> None:
-    """Append ``event`` to the spool ``out`` as one frame, in one write."""
-    data = pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL)
+def write(out: BinaryIO, events: list[tuple[Any, ...]]) -> None:
+    """Append ``events`` to the spool ``out`` as one frame, in one write."""
+    data = pickle.dumps(events, protocol=pickle.HIGHEST_PROTOCOL)
     out.write(_HEADER.pack(len(data)) + data)
 
 
@@ -46,7 +47,7 @@ class Reader:
             end = pos + _HEADER.size + length
             if end > size:
                 break
-            events.append(pickle.loads(buf[pos + _HEADER.size : end]))
+            events.extend(pickle.loads(buf[pos + _HEADER.size : end]))
             pos = end
         self._buf = buf[pos:]
         return events

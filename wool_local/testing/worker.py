@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import pickle
 import signal
 import struct
 import sys
@@ -134,15 +135,33 @@ def worker_id() -> str:
 
 
 class _Recorder:
-    """The worker's reporting hooks: each event goes to the current unit's spool."""
+    """The worker's reporting hooks: each event goes to the current unit's spool.
+
+    Events are held and written together when the item ends (``done``, ``exit``),
+    one pickle and one write per item; ``start`` is written at once, so that
+    after a crash the controller knows which item was running."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.out: BinaryIO | None = None
+        self._held: list[tuple[Any, ...]] = []
 
-    def emit(self, event: tuple[Any, ...]) -> None:
-        if self.out is not None:
-            spool.write(self.out, event)
+    def emit(self, event: tuple[Any, ...], flush: bool = False) -> None:
+        if self.out is None:
+            return
+        self._held.append(event)
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the events held so far."""
+        held, self._held = self._held, []
+        if not held or self.out is None:
+            return
+        try:
+            spool.write(self.out, held)
+        except Exception:  # something in a report does not pickle: user_properties
+            spool.write(self.out, [_picklable(e) for e in held])
 
     @pytest.hookimpl
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
@@ -155,11 +174,7 @@ class _Recorder:
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        try:
-            self.emit(("report", data))
-        except Exception:  # something in it does not pickle: user_properties, say
-            data["user_properties"] = [(k, repr(v)) for k, v in data.get("user_properties", ())]
-            self.emit(("report", data))
+        self.emit(("report", data))
 
     @pytest.hookimpl
     def pytest_warning_recorded(
@@ -176,6 +191,19 @@ class _Recorder:
             "location": location,
         }
         self.emit(("warning", data))
+
+
+def _picklable(event: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``event``, a report's ``user_properties`` made reprs if it does not pickle."""
+    try:
+        pickle.dumps(event)
+    except Exception:
+        if event[0] != "report":
+            raise
+        data = dict(event[1])
+        data["user_properties"] = [(k, repr(v)) for k, v in data.get("user_properties", ())]
+        return ("report", data)
+    return event
 
 
 class _QuietReporter:
@@ -317,10 +345,11 @@ def _teardown_session(st: State, recorder: _Recorder) -> None:
     with open(path, "ab", buffering=0) as out:
         recorder.out = out
         try:
-            recorder.emit(("start", st.last, worker_id()))
+            recorder.emit(("start", st.last, worker_id()), flush=True)
             call_and_report(item, "teardown", log=True, nextitem=None)
-            recorder.emit(("done", st.last, 0.0))
+            recorder.emit(("done", st.last, 0.0), flush=True)
         finally:
+            recorder.flush()
             recorder.out = None
 
 
@@ -375,24 +404,27 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int], sl
                     slot_set(st.stop, slot, k + 1, cut)
                 item = items[index]
                 nextitem = None if k + 1 >= cut else items[indices[k + 1]]
-                recorder.emit(("start", index, worker_id()))
+                recorder.emit(("start", index, worker_id()), flush=True)
                 st.last = index
                 t0 = time.perf_counter()
                 try:
                     item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
                 except pytest.exit.Exception as exc:
-                    recorder.emit(("exit", exc.msg, exc.returncode))
+                    recorder.emit(("exit", exc.msg, exc.returncode), flush=True)
                     break
                 except KeyboardInterrupt:
-                    recorder.emit(("exit", "KeyboardInterrupt", pytest.ExitCode.INTERRUPTED))
+                    recorder.emit(
+                        ("exit", "KeyboardInterrupt", pytest.ExitCode.INTERRUPTED), flush=True
+                    )
                     break
-                recorder.emit(("done", index, time.perf_counter() - t0))
+                recorder.emit(("done", index, time.perf_counter() - t0), flush=True)
                 ran += 1
                 if session.shouldfail or session.shouldstop:
                     break  # -x / --maxfail seen in this worker: the controller stops too
             if ran <= last:  # cut short (a stop, or the rest given away)
                 _teardown_all(session)
         finally:
+            recorder.flush()
             recorder.out = None
     return ran
 
