@@ -11,6 +11,7 @@ imported only here, and this package only when that backend is chosen.
   ``wool_local`` context variables both ways.
 * :mod:`.dispatcher`: the caller's side, the same ``call``/``stream``
   interface as the hub's, and the proxy routines find in ``__proxy__``.
+* :mod:`.errors`: wool's transport failures as wool_local's exceptions.
 * :mod:`.hub`: starts and stops the ``wool.WorkerPool`` behind a ``WorkerPool``.
 """
 

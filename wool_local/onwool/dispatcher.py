@@ -16,10 +16,8 @@ hub's do (:mod:`wool_local.workers.crossloop`): wool's connections belong to
 the loop that opened them.
 
 Errors: what the callable raised arrives with its type (wool pickles it with
-its traceback); a worker lost mid-call (a gRPC ``UNAVAILABLE``) is raised as
-:class:`WoolWorkerLost`, a :class:`~wool_local.WorkerCrashed`; wool's
-``NoWorkersAvailable`` as :class:`~wool_local.PoolClosed`; a call through a
-pool that has stopped as :class:`~wool_local.PoolClosed`.
+its traceback); wool's transport errors become wool_local's (:mod:`.errors`);
+a call through a pool that has stopped raises :class:`~wool_local.PoolClosed`.
 """
 
 from __future__ import annotations
@@ -30,28 +28,13 @@ import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any
 
-import wool
-
 from ..routine import _Body
 from ..workers import context, crossloop
-from ..workers.errors import PoolClosed, WorkerCrashed
+from ..workers.errors import PoolClosed
 from ..workers.proxy import PROXY_KEY
 from . import trampolines
+from .errors import translate
 from .trampolines import BACK_ATTR, DONE, NEXT, THROW
-
-
-class WoolWorkerLost(WorkerCrashed):
-    """A wool worker was lost (its connection dropped) while it ran this dispatch;
-    its pid is not known here (``pid`` is 0)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(0, detail=detail)
-
-    def __str__(self) -> str:
-        return f"a wool worker was lost while running this dispatch ({self.detail})"
-
-    def __reduce__(self) -> Any:
-        return (WoolWorkerLost, (self.detail,))
 
 
 class WoolProxy:
@@ -299,19 +282,6 @@ def _apply_carried(exc: BaseException, on_back: Callable[[dict[str, Any]], None]
         except AttributeError:
             pass
         on_back(context.decode(back))
-
-
-def translate(exc: BaseException) -> BaseException:
-    """wool's transport errors as wool_local's; any other exception as it is."""
-    if isinstance(exc, wool.NoWorkersAvailable):
-        return PoolClosed(f"no wool worker is available: {exc}")
-    code = getattr(exc, "code", None)
-    if type(exc).__module__.startswith("grpc") and callable(code):
-        name = getattr(code(), "name", "")
-        if name == "UNAVAILABLE":
-            details = getattr(exc, "details", None)
-            return WoolWorkerLost(f"gRPC {name}: {details() if callable(details) else exc}")
-    return exc
 
 
 _worker_proxies: dict[bool, WoolProxy] = {}
