@@ -103,8 +103,11 @@ class ChunkRunner:
 class _Sizer:
     """The next chunk's size, from the cost per item the workers measure."""
 
-    def __init__(self, chunksize: int | str, workers: int, total: int | None) -> None:
+    def __init__(
+        self, chunksize: int | str, workers: int, total: int | None, seconds: float = CHUNK_SECONDS
+    ) -> None:
         self.fixed = chunksize if isinstance(chunksize, int) else None
+        self.seconds = seconds  # the work a chunk aims at
         self.per_item: float | None = None
         self.size = 1
         # With a known length, at least a few chunks per worker: balance at the end.
@@ -120,7 +123,7 @@ class _Sizer:
             return
         cost = seconds / items
         self.per_item = cost if self.per_item is None else 0.5 * (self.per_item + cost)
-        want = int(CHUNK_SECONDS / self.per_item) if self.per_item > 0 else self.cap
+        want = int(self.seconds / self.per_item) if self.per_item > 0 else self.cap
         self.size = max(1, min(want, self.cap, self.size * GROWTH))
 
 
@@ -145,7 +148,9 @@ def map_over(
     star = len(iterables) > 1
     runner = ChunkRunner(body_of(fn), star)
     total = _length(iterables)
-    sizer = _Sizer(chunksize, workers, total)
+    # A dispatcher whose dispatches cost more (the wool backend's) asks for longer chunks.
+    seconds = getattr(dispatcher, "chunk_seconds", CHUNK_SECONDS)
+    sizer = _Sizer(chunksize, workers, total, seconds)
     if progress is None:
         progress = default_progress
     report = _progress(progress, total, payload.name_of(fn))
