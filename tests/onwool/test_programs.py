@@ -247,3 +247,85 @@ def test_given_calls_in_flight_when_the_block_ends_then_they_fail_with_pool_clos
     expected = ["PoolClosed", "PoolClosed", "True"]
     assert run(str(path), "local", cwd=tmp_path).split() == expected
     assert run(str(path), "wool", cwd=tmp_path).split() == expected
+
+
+HOST_JOB = """
+    import os
+    import wool_local
+
+    seen = wool_local.ContextVar("seen", default="nobody")
+
+    @wool_local.routine
+    async def where(x):
+        seen.set(f"worker saw {x}")
+        return x * 2, os.getppid()
+"""
+
+WORKER_HOST = """
+    import asyncio, functools, sys
+    import wool, wool_local
+    import hostjob  # noqa: F401  (the routines these workers run)
+
+    async def main(namespace):
+        discovery = functools.partial(wool.LocalDiscovery, namespace)
+        async with wool_local.WorkerPool(2, backend="wool", discovery=discovery):
+            print("serving", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    if __name__ == "__main__":
+        asyncio.run(main(sys.argv[1]))
+"""
+
+CLIENT = """
+    import asyncio, functools, sys
+    import wool, wool_local
+    from hostjob import seen, where
+
+    async def main(namespace):
+        discovery = functools.partial(wool.LocalDiscovery, namespace)
+        async with wool_local.WorkerPool(backend="wool", discovery=discovery):
+            results = await asyncio.gather(*(where(i) for i in range(4)))
+            print([x for x, _ in results], *sorted({parent for _, parent in results}))
+            print((await where(9))[0], seen.get())
+
+    if __name__ == "__main__":
+        asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_given_workers_published_under_a_namespace_then_a_pool_joining_it_uses_them(tmp_path):
+    """Given a process serving 2 wool workers under a discovery namespace (the several
+    hosts recipe, on one host: wool's LocalDiscovery in place of LanDiscovery), when a
+    pool with discovery and no workers of its own calls routines of an importable
+    module, then they run in the other process's workers and context changes come back."""
+    import select
+    import uuid
+
+    (tmp_path / "hostjob.py").write_text(textwrap.dedent(HOST_JOB))
+    namespace = f"wool-local-test-{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    host = subprocess.Popen(
+        [sys.executable, str(script(tmp_path, WORKER_HOST)), namespace], cwd=tmp_path, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        ready, _, _ = select.select([host.stdout], [], [], RUN_TIMEOUT)
+        assert ready and host.stdout.readline().strip() == "serving"
+        client = tmp_path / "client.py"
+        client.write_text(textwrap.dedent(CLIENT))
+        done = subprocess.run(
+            [sys.executable, str(client), namespace], capture_output=True, text=True,
+            timeout=RUN_TIMEOUT, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        # The workers' parent is the worker host: none runs in the client's process tree.
+        assert done.stdout.splitlines() == [f"[0, 2, 4, 6] {host.pid}", "18 worker saw 9"]
+    finally:
+        host.stdin.close()  # the worker host leaves its pool and exits
+        try:
+            host.wait(timeout=RUN_TIMEOUT)
+        finally:
+            if host.poll() is None:
+                host.kill()
+                host.wait()
+            host.stdout.close()
