@@ -418,3 +418,20 @@ async def answer_then_exit(delay: float) -> str:
 async def nap(seconds: float) -> int:
     await asyncio.sleep(seconds)
     return os.getpid()
+
+
+def _note_exit(path: str) -> None:
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+@wool_local.routine
+async def note_exit_then_nest(path: str) -> tuple[int, int]:
+    """Register an exit hook in this worker that appends its pid to ``path``, then
+    run a call on a pool of this worker's own; (this pid, the nested worker's)."""
+    from wool_local.workers.worker import at_exit
+
+    at_exit(lambda: _note_exit(path))
+    async with wool_local.WorkerPool(1):
+        inner = await whoami()
+    return os.getpid(), inner

@@ -179,3 +179,22 @@ def test_given_a_normal_stop_then_nothing_is_logged_at_warning_or_above(caplog):
     with caplog.at_level(logging.WARNING):
         run(main)
     assert [rec for rec in caplog.records if rec.levelno >= logging.WARNING] == []
+
+
+def test_given_an_exit_hook_then_only_the_worker_that_registered_it_calls_it(tmp_path):
+    """Given a routine that registers an exit hook in its worker, then starts a pool
+    of its own there (whose worker is forked with the hook list) and stops it
+    When the outer pool stops too
+    Then the hook ran once, in the worker that registered it, when it stopped; not
+    in the nested pool's worker when that one stopped."""
+    path = tmp_path / "exits.txt"
+
+    async def main():
+        async with wool_local.WorkerPool(1):
+            outer, inner = await r.note_exit_then_nest(str(path))
+            assert outer != inner
+            assert not path.exists()  # the nested worker has stopped: nothing written
+        return outer
+
+    outer = run(main)
+    assert path.read_text().split() == [str(outer)]

@@ -387,21 +387,26 @@ def _not_started(task: asyncio.Task[Any]) -> bool:
     return inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED  # type: ignore[arg-type]
 
 
-#: Called by :func:`worker_main` once the worker stopped serving (see :func:`at_exit`).
-_exit_hooks: list[Callable[[], None]] = []
+#: Called by :func:`worker_main` once the worker stopped serving (see :func:`at_exit`),
+#: with the pid of the process that registered each.
+_exit_hooks: list[tuple[int, Callable[[], None]]] = []
 
 
 def at_exit(fn: Callable[[], None]) -> None:
     """Have this worker call ``fn()`` when it stops serving: told to stop (the pool
     closing, a recycle) or its hub gone; not when it is killed. It runs in the main
     thread with no event loop, after every call has ended; the hub waits for it up
-    to ``stop_timeout``. Register it in the worker (the list is per process)."""
-    _exit_hooks.append(fn)
+    to ``stop_timeout``. Only the process that registered it calls it: the workers
+    of a pool that a routine starts in this worker inherit the list, not the hook."""
+    _exit_hooks.append((os.getpid(), fn))
 
 
 def _run_exit_hooks() -> None:
+    me = os.getpid()
     while _exit_hooks:
-        fn = _exit_hooks.pop()
+        pid, fn = _exit_hooks.pop()
+        if pid != me:
+            continue
         try:
             fn()
         except BaseException as exc:  # one failing hook must not skip the others
