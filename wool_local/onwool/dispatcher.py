@@ -26,7 +26,7 @@ import asyncio
 import contextvars
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 from ..routine import _Body
 from ..workers import context, crossloop
@@ -104,11 +104,7 @@ class WoolDispatcher:
             self._stopped_under()
             raise
         except Exception as exc:
-            _apply_carried(exc, _apply_here)
-            translated = translate(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+            _raise_translated(exc, _apply_here)
         if back:  # what the routine set comes back, as in one process
             context.apply(context.decode(back), back=True)
         return result
@@ -204,11 +200,7 @@ class WoolDispatcher:
             self._stopped_under()
             raise
         except Exception as exc:
-            _apply_carried(exc, on_back)
-            translated = translate(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+            _raise_translated(exc, on_back)
         finally:
             if not self.closed:  # (a closed pool cancelled the remote generator)
                 await self._in_pool(remote.aclose(), ctx)
@@ -271,6 +263,17 @@ def _news(sent: dict[str, bytes]) -> context.Snapshot | None:
 
 def _apply_here(values: dict[str, Any]) -> None:
     context.apply(values, back=True)
+
+
+def _raise_translated(exc: Exception, on_back: Callable[[dict[str, Any]], None]) -> NoReturn:
+    """Raise what a dispatch failed with: the routine's own exception as it is (after
+    ``on_back`` applied the context changes it carried), wool's transport errors as
+    wool_local's (:func:`.errors.translate`)."""
+    _apply_carried(exc, on_back)
+    translated = translate(exc)
+    if translated is exc:
+        raise exc
+    raise translated from exc
 
 
 def _apply_carried(exc: BaseException, on_back: Callable[[dict[str, Any]], None]) -> None:
