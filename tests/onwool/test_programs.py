@@ -329,3 +329,60 @@ def test_given_workers_published_under_a_namespace_then_a_pool_joining_it_uses_t
                 host.kill()
                 host.wait()
             host.stdout.close()
+
+
+OPEN_STREAM_AND_GRPC_ERROR = """
+    import asyncio, sys
+    import grpc
+    import wool_local
+
+    @wool_local.routine
+    async def ticks(path):
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            with open(path, "a") as f:
+                f.write("closed\\n")
+
+    @wool_local.routine
+    async def pay():
+        # A routine that calls some other gRPC service, which is down.
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+            details="payments service down",
+        )
+
+    async def main(backend, path):
+        async with wool_local.WorkerPool(1, backend=backend, stop_timeout=30):
+            try:
+                await pay()
+            except Exception as exc:
+                print(type(exc).__name__, isinstance(exc, wool_local.WorkerCrashed))
+            gen = ticks(path)
+            print(await gen.__anext__())
+        print(open(path).read().split())
+        try:
+            await gen.__anext__()
+        except Exception as exc:
+            print(type(exc).__name__)
+
+    if __name__ == "__main__":
+        asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_given_a_stream_open_and_a_routines_own_grpc_error_then_both_backends_agree(tmp_path):
+    """Given a routine that lets a gRPC UNAVAILABLE error of its own out, and a stream
+    still open (between steps) when the pool's block ends, then on both backends the
+    error arrives as the routine's (not as a lost worker), the stream's remote
+    ``finally`` has run by the time the block is left, and its next step raises
+    PoolClosed."""
+    path = script(tmp_path, OPEN_STREAM_AND_GRPC_ERROR)
+    expected = ["AioRpcError", "False", "0", "['closed']", "PoolClosed"]
+    for backend in ("local", "wool"):
+        marker = tmp_path / f"closed-{backend}.txt"
+        out = run(str(path), backend, str(marker), cwd=tmp_path)
+        assert out.split() == expected, backend

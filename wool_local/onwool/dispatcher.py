@@ -34,7 +34,7 @@ from ..workers.errors import PoolClosed
 from ..workers.proxy import PROXY_KEY
 from . import trampolines
 from .errors import translate
-from .trampolines import BACK_ATTR, DONE, NEXT, THROW
+from .trampolines import BACK_ATTR, DONE, NEXT, RAISED, THROW
 
 
 class WoolProxy:
@@ -84,6 +84,9 @@ class WoolDispatcher:
         self.closed = False
         self.proxy = WoolProxy(self)
         self._running: set[asyncio.Task[Any]] = set()  # dispatches in flight
+        #: Remote generators of streams open here (between steps too), with the context
+        #: their steps run in: closed with the pool.
+        self._open: dict[Any, contextvars.Context | None] = {}
 
     # -- calls ------------------------------------------------------------------
 
@@ -107,6 +110,8 @@ class WoolDispatcher:
             _raise_translated(exc, _apply_here)
         if back:  # what the routine set comes back, as in one process
             context.apply(context.decode(back), back=True)
+        if type(result) is trampolines.Raised:
+            raise result.exc
         return result
 
     async def _exchange(
@@ -140,6 +145,11 @@ class WoolDispatcher:
         running = list(self._running)
         for task in running:
             task.cancel()
+        # A stream paused between steps has no task to cancel: close its remote
+        # generator (its finally runs there), or wool's worker would never stop.
+        open_streams, self._open = self._open, {}
+        for remote, ctx in open_streams.items():
+            running.append(asyncio.ensure_future(self._in_pool(_aclose(remote), ctx)))
         if running:
             await asyncio.wait(running, timeout=timeout)
 
@@ -179,6 +189,7 @@ class WoolDispatcher:
         remote = trampolines.run_stream(fn, args, kwargs, sent or None, self.by_name)
         # Every step in one context: the pool's, as for calls (see _in_pool).
         ctx = None if self.wool_context is None else self.wool_context.copy()
+        self._open[remote] = ctx
         try:
             kind, item, back = await self._in_pool(remote.__anext__(), ctx)
             while True:
@@ -187,6 +198,9 @@ class WoolDispatcher:
                     sent.update(back)  # the caller has them now: not news to send
                 if kind == DONE:
                     return
+                if kind == RAISED:
+                    setattr(item, BACK_ATTR, None)  # the routine's own: raised as it is
+                    raise item
                 try:
                     value = yield item
                 except GeneratorExit:
@@ -195,6 +209,8 @@ class WoolDispatcher:
                     message: tuple[int, Any, Any] = (THROW, exc, _news(sent))
                 else:
                     message = (NEXT, value, _news(sent))
+                if self.closed:  # (and close() closed the remote generator)
+                    raise PoolClosed("the pool stopped while this stream was open")
                 kind, item, back = await self._in_pool(remote.asend(message), ctx)
         except asyncio.CancelledError:
             self._stopped_under()
@@ -202,7 +218,7 @@ class WoolDispatcher:
         except Exception as exc:
             _raise_translated(exc, on_back)
         finally:
-            if not self.closed:  # (a closed pool cancelled the remote generator)
+            if self._open.pop(remote, False) is not False:  # (else close() closes it)
                 await self._in_pool(remote.aclose(), ctx)
 
     # -- helpers ----------------------------------------------------------------
@@ -268,23 +284,39 @@ def _apply_here(values: dict[str, Any]) -> None:
 def _raise_translated(exc: Exception, on_back: Callable[[dict[str, Any]], None]) -> NoReturn:
     """Raise what a dispatch failed with: the routine's own exception as it is (after
     ``on_back`` applied the context changes it carried), wool's transport errors as
-    wool_local's (:func:`.errors.translate`)."""
-    _apply_carried(exc, on_back)
+    wool_local's (:func:`.errors.translate`). A gRPC error the routine let out (it
+    called some other service) is the routine's, not a lost worker."""
+    if _apply_carried(exc, on_back):
+        raise exc
     translated = translate(exc)
     if translated is exc:
         raise exc
     raise translated from exc
 
 
-def _apply_carried(exc: BaseException, on_back: Callable[[dict[str, Any]], None]) -> None:
-    """Apply the context changes an exception carries from the worker, and drop them."""
-    back = getattr(exc, BACK_ATTR, None)
+def _apply_carried(exc: BaseException, on_back: Callable[[dict[str, Any]], None]) -> bool:
+    """Apply the context changes an exception carries from the worker, and drop them;
+    whether it came from the callable (see :data:`.trampolines.BACK_ATTR`)."""
+    if not hasattr(exc, BACK_ATTR):
+        return False
+    back = getattr(exc, BACK_ATTR)
+    try:
+        delattr(exc, BACK_ATTR)
+    except AttributeError:
+        pass
     if back is not None:
-        try:
-            delattr(exc, BACK_ATTR)
-        except AttributeError:
-            pass
         on_back(context.decode(back))
+    return True
+
+
+async def _aclose(remote: Any) -> None:
+    """Close a remote generator as the pool stops; one that is stepping (its step is
+    cancelled) or already gone needs nothing more, and an error there has nobody
+    left to tell."""
+    try:
+        await remote.aclose()
+    except Exception:
+        pass
 
 
 _worker_proxies: dict[bool, WoolProxy] = {}

@@ -30,14 +30,19 @@ class WoolWorkerLost(WorkerCrashed):
         return (WoolWorkerLost, (self.detail,))
 
 
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is what wool's transport raises for a worker it lost."""
+    code = getattr(exc, "code", None)
+    if type(exc).__module__.startswith("grpc") and callable(code):
+        return getattr(code(), "name", "") == "UNAVAILABLE"
+    return False
+
+
 def translate(exc: BaseException) -> BaseException:
     """wool's transport errors as wool_local's; any other exception as it is."""
     if isinstance(exc, wool.NoWorkersAvailable):
         return PoolClosed(f"no wool worker is available: {exc}")
-    code = getattr(exc, "code", None)
-    if type(exc).__module__.startswith("grpc") and callable(code):
-        name = getattr(code(), "name", "")
-        if name == "UNAVAILABLE":
-            details = getattr(exc, "details", None)
-            return WoolWorkerLost(f"gRPC {name}: {details() if callable(details) else exc}")
+    if is_transport_error(exc):
+        details = getattr(exc, "details", None)
+        return WoolWorkerLost(f"gRPC UNAVAILABLE: {details() if callable(details) else exc}")
     return exc

@@ -23,14 +23,17 @@ import wool
 
 from ..workers import context
 from ..workers.proxy import PROXY_KEY, __proxy__
+from .errors import is_transport_error
 
 #: What the caller sends a stream at each step after the first: (op, value, context).
 NEXT, THROW = 0, 1
-#: What a stream yields: (kind, item, context changes); DONE after the last item.
-ITEM, DONE = 0, 1
+#: What a stream yields: (kind, item, context changes); DONE after the last item,
+#: RAISED with an exception the callable raised that wool would take for its own.
+ITEM, DONE, RAISED = 0, 1, 2
 
 #: Where an exception raised by the callable carries its context changes back (an
-#: attribute survives wool's pickling of the exception; the caller removes it).
+#: attribute survives wool's pickling of the exception; the caller removes it). Its
+#: presence also marks the exception as the callable's own, never wool's transport's.
 BACK_ATTR = "_wool_local_back"
 
 
@@ -56,12 +59,20 @@ def sync_back(synced: dict[str, Any]) -> context.Snapshot | None:
     return snapshot
 
 
+class Raised:
+    """An exception the callable raised, returned as a value: raised, a gRPC error of
+    the callable's own (it called some other service) would look to the caller like
+    wool's transport losing the worker (see :func:`.errors.is_transport_error`)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
 def carry_back(exc: BaseException, synced: dict[str, Any]) -> None:
-    """Attach the context changes to ``exc`` on its way out (as a reply would carry them)."""
+    """Attach the context changes to ``exc`` on its way out (as a reply would carry them),
+    None if there are none: the attribute says the callable raised it."""
     try:
-        back = sync_back(synced)
-        if back:
-            setattr(exc, BACK_ATTR, back)
+        setattr(exc, BACK_ATTR, sync_back(synced))
     except Exception:
         pass  # an exception without a __dict__: the changes are lost, the error is not
 
@@ -79,6 +90,8 @@ async def run_call(
     try:
         result = await fn(*args, **kwargs)
     except BaseException as exc:
+        if is_transport_error(exc):
+            return Raised(exc), sync_back(synced)
         carry_back(exc, synced)
         raise
     return result, sync_back(synced)
@@ -111,6 +124,9 @@ async def run_stream(
                 yield DONE, None, sync_back(synced)
                 return
             except BaseException as exc:
+                if is_transport_error(exc):
+                    yield RAISED, exc, sync_back(synced)
+                    return
                 carry_back(exc, synced)
                 raise
             op, value, changes = yield ITEM, item, sync_back(synced)
