@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import pathlib
 import re
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -658,3 +663,73 @@ def test_a_property_that_does_not_pickle_reaches_the_report_as_its_repr(
     }
     assert props["n"] == "42"
     assert "lock" in props["lock"] and "unlocked" in props["lock"]
+
+
+def test_a_failure_then_a_crash_in_teardown_keeps_the_failure(pytester: pytest.Pytester) -> None:
+    """Given a fixture that kills its worker in its teardown, a test using it that
+    fails, and one that passes
+    When run with --wool 1
+    Then the failure is reported with its own assertion, the passing test passes, and
+    each gets an error at teardown naming the crash (1 failed, 1 passed, 2 errors)."""
+    pytester.makepyfile(
+        test_dying="import os\n"
+        "import pytest\n"
+        "@pytest.fixture\n"
+        "def dies():\n"
+        "    yield\n"
+        "    os._exit(3)\n"
+        "def test_fails(dies): assert 1 == 2, 'the real failure'\n"
+        "def test_passes(dies): pass\n"
+    )
+    result = run(pytester, "--wool", "1", "-rA")
+    result.assert_outcomes(failed=1, passed=1, errors=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*AssertionError: the real failure*",
+            "ERROR test_dying.py::test_fails - worker crashed while running*",
+            "ERROR test_dying.py::test_passes - worker crashed while running*",
+        ]
+    )
+
+
+def test_sigint_to_the_pytest_process_alone_interrupts_the_running_tests(
+    pytester: pytest.Pytester,
+) -> None:
+    """Given two modules whose test announces its start in a file and then sleeps
+    60 s, running with --wool 2
+    When SIGINT reaches the pytest process alone (as from an IDE's stop button), once
+    both have started
+    Then the run ends interrupted (exit 2) well before the sleeps would: the workers'
+    tests get KeyboardInterrupt, as in a serial run, and nothing is left running."""
+    started = pytester.path / "started"
+    started.mkdir()
+    pytester.makepyfile(
+        **{
+            f"test_sleepy{k}": "import os, time\n"
+            "def test_sleep():\n"
+            f"    open(os.path.join({str(started)!r}, '{k}'), 'w').close()\n"
+            "    time.sleep(60)\n"
+            for k in range(2)
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--wool", "2", "-q"],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(os.listdir(started)) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the tests never started"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)  # the sleeps would take 60 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "KeyboardInterrupt" in out

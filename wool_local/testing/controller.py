@@ -40,6 +40,7 @@ import concurrent.futures
 import mmap
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
@@ -226,62 +227,72 @@ class Controller:
         inflight: dict[Any, _Call] = {}
         seq = 0
         stopping = False
-        self._warn_threads(session)
+        quieted = self._warn_threads(session)
         # Stopping, each worker tears its session down (see .worker): wait for that as
         # a serial run would, within reason.
         ex = Executor(max_workers=n, limits=self.limits, max_inflight=1, stop_timeout=STOP_TIMEOUT)
         try:
             with ex:
-                while queue or inflight:
-                    while queue and not stopping and len(inflight) < 2 * n:
-                        unit = queue.popleft()
-                        seq += 1
-                        path = os.path.join(spool_dir, f"{seq}.spool")
-                        open(path, "wb").close()
-                        slot = free_slots.pop()
-                        worker.slot_set(shared, slot, 0, len(unit.indices))
-                        call = _Call(unit.indices, path, spool.Reader(path), slot=slot)
-                        call.splittable, call.cut = unit.splittable, len(unit.indices)
-                        call.future = ex.submit(worker.run_unit, path, unit.indices, slot)
-                        inflight[call.future] = call
-                    finished, _ = concurrent.futures.wait(
-                        list(inflight), timeout=POLL, return_when=concurrent.futures.FIRST_COMPLETED
-                    )
-                    for call in inflight.values():
-                        self._pump(session, call)
-                    for fut in finished:
-                        call = inflight.pop(fut)
-                        self._pump(session, call)
-                        free_slots.append(call.slot)
-                        rest = self._finish(session, call)
-                        if rest:
-                            queue.appendleft(units.Unit(rest, call.splittable))
-                    if self.crashes > max_restarts and not session.shouldfail:
-                        session.shouldfail = (
-                            f"wool_local: {self.crashes} workers crashed, more than "
-                            f"--wool-max-restarts {max_restarts}: stopping"
+                try:
+                    while queue or inflight:
+                        while queue and not stopping and len(inflight) < 2 * n:
+                            unit = queue.popleft()
+                            seq += 1
+                            path = os.path.join(spool_dir, f"{seq}.spool")
+                            open(path, "wb").close()
+                            slot = free_slots.pop()
+                            worker.slot_set(shared, slot, 0, len(unit.indices))
+                            call = _Call(unit.indices, path, spool.Reader(path), slot=slot)
+                            call.splittable, call.cut = unit.splittable, len(unit.indices)
+                            call.future = ex.submit(worker.run_unit, path, unit.indices, slot)
+                            inflight[call.future] = call
+                        finished, _ = concurrent.futures.wait(
+                            list(inflight),
+                            timeout=POLL,
+                            return_when=concurrent.futures.FIRST_COMPLETED,
                         )
-                    if not stopping and (
-                        session.shouldfail or session.shouldstop or self.exit is not None
-                    ):
-                        stopping = True
-                        shared[0] = 1
-                        queue.clear()
-                    if not stopping and not queue:
-                        for _ in range(n - len(inflight)):
-                            stolen = self._steal(inflight, shared, lock)
-                            if not stolen:
-                                break
-                            queue.append(units.Unit(stolen, True))
+                        for call in inflight.values():
+                            self._pump(session, call)
+                        for fut in finished:
+                            call = inflight.pop(fut)
+                            self._pump(session, call)
+                            free_slots.append(call.slot)
+                            rest = self._finish(session, call)
+                            if rest:
+                                queue.appendleft(units.Unit(rest, call.splittable))
+                        if self.crashes > max_restarts and not session.shouldfail:
+                            session.shouldfail = (
+                                f"wool_local: {self.crashes} workers crashed, more than "
+                                f"--wool-max-restarts {max_restarts}: stopping"
+                            )
+                        if not stopping and (
+                            session.shouldfail or session.shouldstop or self.exit is not None
+                        ):
+                            stopping = True
+                            shared[0] = 1
+                            queue.clear()
+                        if not stopping and not queue:
+                            for _ in range(n - len(inflight)):
+                                stolen = self._steal(inflight, shared, lock)
+                                if not stolen:
+                                    break
+                                queue.append(units.Unit(stolen, True))
+                except BaseException:
+                    self._abort(ex, shared)
+                    raise
                 self._note_recycles(ex)
             self._replay_exits(session, spool_dir)
         except BaseException:
-            shared[0] = 1  # Ctrl-C, an error: the workers stop after their current item
+            shared[0] = 1  # the workers stop after their current item
             raise
         finally:
             for call in inflight.values():
                 call.reader.close()
             worker.state = None
+            if quieted:  # later pools of this process warn as usual
+                from wool_local.workers import zygote
+
+                zygote._warned_threads = False
             shutil.rmtree(spool_dir, ignore_errors=True)
             shared.close()
 
@@ -310,18 +321,35 @@ class Controller:
         self.steals += 1
         return best.indices[new_cut:cut]
 
-    def _warn_threads(self, session: pytest.Session) -> None:
+    def _abort(self, ex: Any, shared: mmap.mmap) -> None:
+        """Ctrl-C or an error, before the pool stops: no worker starts another item, and
+        the tests running now are interrupted (KeyboardInterrupt, as in a serial run),
+        so leaving does not wait for them. Ctrl-C in a terminal reaches the workers
+        anyway; a SIGINT sent to this process alone (an IDE, a CI runner) would not."""
+        shared[0] = 1
+        try:
+            pids = list(ex.pool.pids)
+        except Exception:  # the pool never started, or has stopped
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGINT)
+            except OSError:
+                pass
+
+    def _warn_threads(self, session: pytest.Session) -> bool:
         """Threads run in this process now, after collection (a test module or conftest
         started them at import, or a plugin): say so in the warnings summary, in
-        pytest's terms, instead of the pool's general warning."""
+        pytest's terms, instead of the pool's general warning (then True: that one is
+        held back until the run ends)."""
         import threading
 
         from wool_local.workers import zygote
 
         threads = [t for t in threading.enumerate() if t is not threading.current_thread()]
-        if not threads:
-            return
-        zygote._warned_threads = True  # this one says it better, once
+        if not threads or zygote._warned_threads:
+            return False
+        zygote._warned_threads = True  # this one says it better
         names = ", ".join(sorted(t.name for t in threads))
         message = (
             f"wool_local: {len(threads)} thread{'s' if len(threads) != 1 else ''} "
@@ -341,6 +369,7 @@ class Controller:
             "location": None,
         }
         _replay_warning(session.ihook, data)
+        return True
 
     def _replay_exits(self, session: pytest.Session, spool_dir: str) -> None:
         """The workers have stopped: replay what their session teardowns reported. A

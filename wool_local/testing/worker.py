@@ -137,9 +137,10 @@ def worker_id() -> str:
 class _Recorder:
     """The worker's reporting hooks: each event goes to the current unit's spool.
 
-    Events are held and written together when the item ends (``done``, ``exit``),
-    one pickle and one write per item; ``start`` is written at once, so that
-    after a crash the controller knows which item was running."""
+    Events are held and written together, one pickle and one write for several:
+    ``start`` at once (after a crash the controller knows which item was running),
+    then up to the call's report, or to any report that did not pass (a crash in
+    the teardown that follows must not lose the failure), then up to ``done``."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -174,7 +175,7 @@ class _Recorder:
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        self.emit(("report", data))
+        self.emit(("report", data), flush=report.when == "call" or not report.passed)
 
     @pytest.hookimpl
     def pytest_warning_recorded(
