@@ -180,7 +180,7 @@ EXIT_TIMEOUT = 20
 
 @contextlib.contextmanager
 def _running_until(path: Path, marker: Path, *args: str) -> Iterator[subprocess.Popen]:
-    """``wool-local run`` of ``path``, once its routine has written ``marker``; killed
+    """``wool-local run`` of ``path``, once its routine has written to ``marker``; killed
     (its zygote and workers die with it) if the test leaves it running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "wool_local", "run", *args, str(path)],
@@ -188,7 +188,8 @@ def _running_until(path: Path, marker: Path, *args: str) -> Iterator[subprocess.
     )  # fmt: skip
     try:
         deadline = time.monotonic() + EXIT_TIMEOUT
-        while not marker.exists():  # the routine says it runs (polled: another process)
+        # The routine says it runs (polled: another process), once its pid is in.
+        while not (marker.exists() and marker.read_text()):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the routine never started"
             time.sleep(0.02)
