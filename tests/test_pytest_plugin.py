@@ -733,3 +733,47 @@ def test_sigint_to_the_pytest_process_alone_interrupts_the_running_tests(
             proc.communicate()
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert "KeyboardInterrupt" in out
+
+
+def test_one_worker_sets_up_and_tears_down_as_a_serial_run(pytester: pytest.Pytester) -> None:
+    """Given a module with a module-scoped fixture, two classes with a class-scoped one
+    and a function: three loadscope units, run in collection order by one worker
+    When it runs serially and with --wool 1
+    Then the fixtures are set up and torn down in the same order, each once: a unit's
+    end does not tear down the module the next unit shares (its first test is the
+    ``nextitem`` that decides, as in a serial run)."""
+    events = pytester.path / "events.txt"
+    pytester.makeconftest(FIXTURES.format(path=str(events)))
+    pytester.makepyfile(test_m1=MODULE)
+    run(pytester).assert_outcomes(passed=4)
+    serial = [line.split()[1:] for line in events.read_text().splitlines()]
+    events.unlink()
+    result = run(pytester, "--wool", "1")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["wool_local: 1 worker, 3 units (loadscope), 4 items"])
+    wool = [line.split()[1:] for line in events.read_text().splitlines()]
+    assert wool == serial
+    assert serial[0] == ["setup", "test_m1"] and serial[-1] == ["teardown", "test_m1"]
+
+
+def test_a_failing_module_teardown_is_reported_once_as_in_a_serial_run(
+    pytester: pytest.Pytester,
+) -> None:
+    """Given two modules whose module-scoped fixture fails in its teardown
+    When they run serially and with --wool 1 (the failure of the first module's
+    teardown surfaces as the next unit starts, of the second's as the worker stops)
+    Then both runs report the same counts (4 passed, 2 errors) and exit status."""
+    pytester.makeconftest(
+        "import pytest\n"
+        "@pytest.fixture(scope='module', autouse=True)\n"
+        "def breaks_at_the_end():\n"
+        "    yield\n"
+        "    raise RuntimeError('module teardown broke')\n"
+    )
+    module = "def test_a(): pass\ndef test_b(): pass\n"
+    pytester.makepyfile(test_one=module, test_two=module)
+    serial = run(pytester)
+    result = run(pytester, "--wool", "1")
+    assert result.parseoutcomes() == serial.parseoutcomes() == {"passed": 4, "errors": 2}
+    assert result.ret == serial.ret == pytest.ExitCode.TESTS_FAILED
+    assert result.stdout.str().count("RuntimeError: module teardown broke") >= 2

@@ -8,10 +8,10 @@ The controller collects once, as pytest always does, then starts the pool, so
 every worker is forked with the collected session in memory and runs items by
 index: no worker imports or collects. Units of work are grouped by
 ``--wool-dist`` (:mod:`wool_local.testing.units`; by default a class, or a
-module's functions); a worker runs a unit with the right ``nextitem`` for each item and
-``None`` after the last, so module and class fixtures are set up and torn down
-as a serial run would on that worker; session fixtures live as long as the
-worker. The reports come back and are replayed in this process.
+module's functions); a worker runs its items with the right ``nextitem`` (for the
+last of a unit, the first of its next unit, as far as teardown goes), so fixtures
+are set up and torn down as a serial run of the worker's sequence of items would.
+The reports come back and are replayed in this process.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ report through ``pytest_runtest_logreport``, the warnings,
 (``--lf``), ``--maxfail`` and the exit status see a serial sequence of items.
 When the session should stop (``-x``, ``--maxfail``) the controller drops the
 units not started and sets the shared stop byte: each worker stops after its
-current item and tears down what it had set up.
+current item, and tears down what it had set up as it stops.
 
 A worker that dies fails its call with ``WorkerCrashed``; the item it had
 started is reported failed (``worker crashed while running <nodeid>``, with
@@ -372,26 +372,28 @@ class Controller:
         return True
 
     def _replay_exits(self, session: pytest.Session, spool_dir: str) -> None:
-        """The workers have stopped: replay what their session teardowns reported. A
-        failure is an error at the teardown of the worker's last item, as in a serial
-        run; a teardown that passed adds nothing (its item was reported already)."""
+        """The workers have stopped: replay what their last teardowns reported."""
         for name in sorted(os.listdir(spool_dir)):
-            if not name.startswith("exit-"):
-                continue
-            reader = spool.Reader(os.path.join(spool_dir, name))
-            try:
-                events = reader.read()
-            finally:
-                reader.close()
-            if not events or events[0][0] != "start":
-                continue
-            index, wid = events[0][1], events[0][2]
-            kept = [
-                e
-                for e in events
-                if e[0] == "warning" or (e[0] == "report" and e[1].get("outcome") == "failed")
-            ]
-            self._replay(session, index, kept, {"logstart"}, wid)
+            if name.startswith("exit-"):
+                reader = spool.Reader(os.path.join(spool_dir, name))
+                try:
+                    for event in reader.read():
+                        if event[0] == "late":
+                            self._replay_late(session, event)
+                finally:
+                    reader.close()
+
+    def _replay_late(self, session: pytest.Session, event: tuple[Any, ...]) -> None:
+        """A worker tore down, late, what its last item left set up (at its next unit,
+        or as it stopped): a failure is an error at that item's teardown, as in a
+        serial run; a teardown that passed adds nothing (the item was reported)."""
+        _, index, wid, events = event
+        kept = [
+            e
+            for e in events
+            if e[0] == "warning" or (e[0] == "report" and e[1].get("outcome") == "failed")
+        ]
+        self._replay(session, index, kept, {"logstart"}, wid)
 
     def _note_recycles(self, ex: Any) -> None:
         try:
@@ -413,6 +415,8 @@ class Controller:
                 call.started, call.pending = None, []
             elif kind == "exit":
                 self.exit = (event[1], event[2])
+            elif kind == "late":
+                self._replay_late(session, event)
             else:
                 call.pending.append(event)
 

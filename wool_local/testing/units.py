@@ -1,15 +1,16 @@
 """Units of work for ``pytest --wool``: which items run together, in which order.
 
 A unit is a list of indices into ``session.items``, run by one worker in one call,
-in collection order, with ``nextitem=None`` after its last item (so whatever it
-set up, but the session's fixtures, is torn down before the worker takes another
-unit). ``--wool-dist`` chooses the grouping, with pytest-xdist's meanings:
+in collection order; what its last item leaves set up is torn down when the
+worker's next unit starts, as far as that unit's first item does not share it
+(see :mod:`.worker`). ``--wool-dist`` chooses the grouping, with pytest-xdist's
+meanings:
 
 ``loadscope`` (the default)
     the items of one class together (the innermost class), and the module-level
     items of one module together: a module runs class by class, and its classes
     may go to different workers (each worker then sets up the module's fixtures
-    for the classes it runs, and tears them down after each).
+    for the classes it runs).
 ``loadfile``
     the items of one file (module) together.
 ``loadgroup``

@@ -5,16 +5,18 @@ starts the pool, so the zygote, and every worker forked from it, inherit the
 collected session: a worker never imports or collects. A unit is one call of
 :func:`run_unit` with the indices of its items in ``session.items``; the worker
 runs each through ``pytest_runtest_protocol`` with ``nextitem`` the unit's next
-item (None for the last one, so what the unit set up is torn down before the
-call returns), and writes what pytest would have reported (log start and
-finish, the reports, the warnings) to the call's spool, which the controller
-replays.
+item (None for the last one), and writes what pytest would have reported (log
+start and finish, the reports, the warnings) to the call's spool, which the
+controller replays.
 
-Session fixtures live as long as the worker: a unit's last item tears down
-everything but the session (:func:`_keep_session`), and the worker tears the
-session down when it stops serving (the run's end, a recycle), as a last
-teardown of the last item it ran; its events go to an exit spool of its own
-(``exit-<pid>.spool``), which the controller replays after the pool stopped.
+Fixtures are torn down as a serial run of the worker's own sequence of items
+would: the last item of a unit tears down only itself (:func:`_defer_teardowns`),
+the next unit starts by tearing down what its first item does not share (a
+``late`` teardown of the previous item, :func:`_teardown_last`), and the worker
+tears down the rest when it stops serving (the run's end, a recycle), into an
+exit spool of its own (``exit-<pid>.spool``) that the controller replays after
+the pool stopped. So a module's fixture stays up between two units of that
+module on one worker, and session fixtures live as long as the worker.
 
 Numbering. Each worker gets ``gw<k>``: ``k`` counts the forks of the current
 zygote (the fork hooks count them in the zygote, which is single-threaded), so
@@ -146,9 +148,14 @@ class _Recorder:
         self.config = config
         self.out: BinaryIO | None = None
         self._held: list[tuple[Any, ...]] = []
+        #: Where events go instead while not None (a late teardown's, see _teardown_last).
+        self.aside: list[tuple[Any, ...]] | None = None
 
     def emit(self, event: tuple[Any, ...], flush: bool = False) -> None:
         if self.out is None:
+            return
+        if self.aside is not None:
+            self.aside.append(event)
             return
         self._held.append(event)
         if flush:
@@ -267,7 +274,7 @@ def _setup_worker(st: State) -> _Recorder:
     recorder = _Recorder(config)
     pm.register(recorder, "wool_local-worker")
     _recorder = recorder
-    _keep_session(st)
+    _defer_teardowns(st)
     from wool_local.workers.worker import at_exit
 
     at_exit(lambda: _teardown_session(st, recorder))
@@ -297,43 +304,50 @@ def _name_stderr_file(capturing: Any, path: str) -> None:
         os.close(fd)
 
 
-class _SessionOnly:
-    """A stand-in next item whose only ancestor is the session: tearing down up to it
-    leaves the session's own fixtures set up."""
+class _Collectors:
+    """A stand-in next item that descends from the given collectors: tearing down to it
+    tears down the rest of the stack (the item just run) and keeps them."""
 
-    def __init__(self, session: pytest.Session) -> None:
-        self._chain = [session]
+    def __init__(self, chain: list[Any]) -> None:
+        self._chain = chain
 
-    def listchain(self) -> list[pytest.Session]:
+    def listchain(self) -> list[Any]:
         return self._chain
 
 
-def _keep_session(st: State) -> None:
-    """Make the worker's teardowns to ``nextitem=None`` (a unit's end, a stop) keep
-    the session's fixtures for the worker's next unit, until it retires. Hooks still
-    see ``nextitem=None``: only the setup state's idea of what comes next changes."""
+def _defer_teardowns(st: State) -> None:
+    """Make the worker's teardowns to ``nextitem=None`` (a unit's end, a stop) tear
+    down the item alone and keep its collectors (class, module, package, session)
+    set up: the worker's next unit first tears down what its first item does not
+    share (:func:`_teardown_last`), as pytest would with that item as ``nextitem``,
+    and the worker tears down the rest when it retires. Hooks still see
+    ``nextitem=None``: only the setup state's idea of what comes next changes."""
     setupstate = st.session._setupstate
     teardown_exact = setupstate.teardown_exact
-    keep = _SessionOnly(st.session)
 
     def teardown_to(nextitem: Any) -> None:
         if nextitem is None and not st.retiring:
-            nextitem = keep
+            nextitem = _Collectors([n for n in setupstate.stack if not isinstance(n, pytest.Item)])
         teardown_exact(nextitem)
 
     setupstate.teardown_exact = teardown_to  # type: ignore[method-assign]
 
 
-def _teardown_session(st: State, recorder: _Recorder) -> None:
-    """The worker stops serving: tear the session down, as a last teardown of the
-    last item it ran, writing the events to its exit spool."""
-    session = st.session
-    st.retiring = True
-    if st.last is None or not session._setupstate.stack:
+def _teardown_last(st: State, recorder: _Recorder, nextitem: pytest.Item | None) -> None:
+    """Tear down what the worker's last item left set up that ``nextitem`` (None: the
+    worker retires) does not need, as a teardown phase of that item run once more
+    (``call_and_report``: capture and logging apply), and write its events as one
+    ``("late", index, worker id, events)``; nothing when nothing is to go."""
+    stack = st.session._setupstate.stack
+    if st.last is None or not stack:
         return
+    if nextitem is not None:
+        chain = nextitem.listchain()
+        if all(node in chain for node in stack):
+            return
     from _pytest.runner import call_and_report
 
-    item = session.items[st.last]
+    item = st.session.items[st.last]
     try:
         # The logging plugin's teardown hook expects what its setup hook left (and
         # removed it at the item's first teardown).
@@ -342,13 +356,23 @@ def _teardown_session(st: State, recorder: _Recorder) -> None:
         item.stash.setdefault(caplog_records_key, {})
     except ImportError:
         pass
+    events: list[tuple[Any, ...]] = []
+    recorder.aside = events
+    try:
+        call_and_report(item, "teardown", log=True, nextitem=nextitem)
+    finally:
+        recorder.aside = None
+    recorder.emit(("late", st.last, worker_id(), events), flush=True)
+
+
+def _teardown_session(st: State, recorder: _Recorder) -> None:
+    """The worker stops serving: tear down everything, writing to its exit spool."""
+    st.retiring = True
     path = os.path.join(st.spool_dir, f"exit-{os.getpid()}.spool")
     with open(path, "ab", buffering=0) as out:
         recorder.out = out
         try:
-            recorder.emit(("start", st.last, worker_id()), flush=True)
-            call_and_report(item, "teardown", log=True, nextitem=None)
-            recorder.emit(("done", st.last, 0.0), flush=True)
+            _teardown_last(st, recorder, None)
         finally:
             recorder.flush()
             recorder.out = None
@@ -392,7 +416,7 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int], sl
     with open(path, "ab", buffering=0) as out:
         recorder.out = out
         try:
-            last = len(indices) - 1
+            _teardown_last(st, recorder, items[indices[0]])
             for k, index in enumerate(indices):
                 if st.stop[0]:
                     break
@@ -422,18 +446,9 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int], sl
                 ran += 1
                 if session.shouldfail or session.shouldstop:
                     break  # -x / --maxfail seen in this worker: the controller stops too
-            if ran <= last:  # cut short (a stop, or the rest given away)
-                _teardown_all(session)
+            # Cut short (a stop, the rest given away) or not, what the last item
+            # left set up waits for the next unit (or the worker's exit).
         finally:
             recorder.flush()
             recorder.out = None
     return ran
-
-
-def _teardown_all(session: pytest.Session) -> None:
-    """A unit cut short: tear down what its last item left set up for the next one
-    (but the session, see :func:`_keep_session`)."""
-    try:
-        session._setupstate.teardown_exact(None)
-    except BaseException as exc:
-        print(f"wool_local: teardown after a stop failed: {exc!r}", file=sys.stderr)
