@@ -416,7 +416,11 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int], sl
     with open(path, "ab", buffering=0) as out:
         recorder.out = out
         try:
-            _teardown_last(st, recorder, items[indices[0]])
+            try:
+                _teardown_last(st, recorder, items[indices[0]])
+            except (pytest.exit.Exception, KeyboardInterrupt) as exc:
+                recorder.emit(_exit_event(exc), flush=True)
+                return 0
             for k, index in enumerate(indices):
                 if st.stop[0]:
                     break
@@ -434,13 +438,8 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int], sl
                 t0 = time.perf_counter()
                 try:
                     item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
-                except pytest.exit.Exception as exc:
-                    recorder.emit(("exit", exc.msg, exc.returncode), flush=True)
-                    break
-                except KeyboardInterrupt:
-                    recorder.emit(
-                        ("exit", "KeyboardInterrupt", pytest.ExitCode.INTERRUPTED), flush=True
-                    )
+                except (pytest.exit.Exception, KeyboardInterrupt) as exc:
+                    recorder.emit(_exit_event(exc), flush=True)
                     break
                 recorder.emit(("done", index, time.perf_counter() - t0), flush=True)
                 ran += 1
@@ -452,3 +451,10 @@ def _run_items(st: State, recorder: _Recorder, path: str, indices: list[int], sl
             recorder.flush()
             recorder.out = None
     return ran
+
+
+def _exit_event(exc: BaseException) -> tuple[Any, ...]:
+    """The spool event of ``pytest.exit()`` or a KeyboardInterrupt: the run stops."""
+    if isinstance(exc, pytest.exit.Exception):
+        return ("exit", exc.msg, exc.returncode)
+    return ("exit", "KeyboardInterrupt", pytest.ExitCode.INTERRUPTED)
