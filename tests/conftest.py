@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 
 import psutil
 import pytest
 import uvloop
 
+from tests.helpers import Pipe
 from wool_local.ipc.segment import owned_leftovers
 
 
@@ -75,3 +77,12 @@ def no_leaks(process_wide_setup):
     if fds_after:
         problems.append(f"fds left open: {_describe(fds_after)}")
     assert not problems, "; ".join(problems)
+
+
+@pytest.fixture
+def pipe() -> Iterator[Pipe]:
+    """A pipe made before the test's pool starts (its workers inherit the write end),
+    closed after the test, before the leak check."""
+    made = Pipe()
+    yield made
+    made.close()

@@ -91,11 +91,10 @@ async def _closed_without_a_kill(pipe: Pipe, wp: wool_local.WorkerPool) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_given_a_caller_that_only_pulls_then_the_worker_runs_ahead_within_a_window():
+def test_given_a_caller_that_only_pulls_then_the_worker_runs_ahead_within_a_window(pipe):
     """Given a stream whose caller pulls two items and then does nothing, then the worker
     goes on yielding without being asked (prefetch), but no further than the window; the
     caller then gets every item in order, and the generator's finally runs at the end."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=1) as wp:
@@ -109,10 +108,7 @@ def test_given_a_caller_that_only_pulls_then_the_worker_runs_ahead_within_a_wind
             (handle,) = wp.hub.workers()
             assert _quiet(handle) == (0, 0, 0)
 
-    try:
-        run(main)
-    finally:
-        pipe.close()
+    run(main)
 
 
 @pytest.mark.timeout(30)
@@ -171,11 +167,10 @@ def test_given_a_caller_that_changes_a_variable_then_the_stream_goes_lock_step()
 
 
 @pytest.mark.timeout(30)
-def test_given_a_prefetching_stream_left_early_then_its_finally_runs_and_nobody_is_killed():
+def test_given_a_prefetching_stream_left_early_then_its_finally_runs_and_nobody_is_killed(pipe):
     """Given a caller that breaks out of a prefetching stream (the worker is running
     ahead), then the remote generator's finally runs, no worker is killed, and the
     worker's counts come back to zero."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=1, cancel_grace=20) as wp:
@@ -186,18 +181,14 @@ def test_given_a_prefetching_stream_left_early_then_its_finally_runs_and_nobody_
             await gen.aclose()
             await _closed_without_a_kill(pipe, wp)
 
-    try:
-        run(main)
-    finally:
-        pipe.close()
+    run(main)
 
 
 @pytest.mark.timeout(30)
-def test_given_a_prefetching_stream_cancelled_while_waiting_then_its_finally_runs():
+def test_given_a_prefetching_stream_cancelled_while_waiting_then_its_finally_runs(pipe):
     """Given a caller waiting on a prefetching stream whose generator then waits forever,
     when the caller's task is cancelled, then the remote generator's finally runs and
     the worker's counts come back to zero, with no kill."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=1, cancel_grace=20) as wp:
@@ -213,10 +204,7 @@ def test_given_a_prefetching_stream_cancelled_while_waiting_then_its_finally_run
                 await task
             await _closed_without_a_kill(pipe, wp)
 
-    try:
-        run(main)
-    finally:
-        pipe.close()
+    run(main)
 
 
 @pytest.mark.timeout(30)

@@ -35,11 +35,10 @@ async def pid() -> int:
 
 
 @pytest.mark.timeout(30)
-def test_given_the_zygote_killed_then_calls_in_flight_fail_at_once_and_the_pool_serves_on():
+def test_given_the_zygote_killed_then_calls_in_flight_fail_at_once_and_the_pool_serves_on(pipe):
     """Given two calls parked on two workers, when an operator SIGKILLs the pool's zygote
     (its workers die with it), then both calls fail with WorkerCrashed within a second,
     the hub forks a new zygote, and the next calls succeed on new workers."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=2) as wp:
@@ -61,10 +60,7 @@ def test_given_the_zygote_killed_then_calls_in_flight_fail_at_once_and_the_pool_
             assert hub.zygote_pid not in (-1, old_zygote)
             assert not ({await pid() for _ in range(4)} & old_pids)
 
-    try:
-        run(main)
-    finally:
-        pipe.close()
+    run(main)
 
 
 @wool_local.routine
@@ -139,10 +135,9 @@ async def block(started_fd: int, seconds: float) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_given_calls_in_flight_when_the_pool_exits_then_callers_get_pool_closed():
+def test_given_calls_in_flight_when_the_pool_exits_then_callers_get_pool_closed(pipe):
     """Given ten parked calls and a stream between steps, when the block exits, then every
     caller (none of them cancelled anything) gets PoolClosed, not CancelledError."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=2):
@@ -157,18 +152,14 @@ def test_given_calls_in_flight_when_the_pool_exits_then_callers_get_pool_closed(
         with pytest.raises(wool_local.PoolClosed):
             await stream.__anext__()
 
-    try:
-        run(main)
-    finally:
-        pipe.close()
+    run(main)
 
 
 @pytest.mark.timeout(30)
-def test_given_a_blocking_call_when_the_pool_exits_then_exit_takes_the_stop_timeout(caplog):
+def test_given_a_blocking_call_when_the_pool_exits_then_exit_takes_the_stop_timeout(caplog, pipe):
     """Given a call blocking its worker's loop for 20 s, when the block exits with
     stop_timeout=0.5, then the exit takes about that long (the worker is killed), the
     caller gets PoolClosed, and the log names the worker that kept its lease."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=1, stop_timeout=0.5) as wp:
@@ -181,10 +172,7 @@ def test_given_a_blocking_call_when_the_pool_exits_then_exit_takes_the_stop_time
             await call
         return worker
 
-    try:
-        worker = run(main)
-    finally:
-        pipe.close()
+    worker = run(main)
     killed = [r.getMessage() for r in caplog.records if "stop_timeout" in r.getMessage()]
     assert any("it was running block" in m for m in killed), killed
     held = [r.getMessage() for r in caplog.records if "still held" in r.getMessage()]
@@ -238,11 +226,10 @@ async def _served_promptly() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_given_a_worker_that_blocks_after_its_calls_started_then_new_calls_go_elsewhere():
+def test_given_a_worker_that_blocks_after_its_calls_started_then_new_calls_go_elsewhere(pipe):
     """Given a worker whose calls have all started and one of which then blocks its loop
     for 3 s, when 100 new calls arrive, then none waits for it: all finish well before
     the block ends, on the other worker."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=2):
@@ -257,10 +244,7 @@ def test_given_a_worker_that_blocks_after_its_calls_started_then_new_calls_go_el
                 call.cancel()
             await asyncio.gather(other, parked, return_exceptions=True)
 
-    try:
-        run(main)
-    finally:
-        pipe.close()
+    run(main)
 
 
 @wool_local.routine
@@ -271,12 +255,11 @@ async def stubborn(fd: int, seconds: float) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_given_a_call_that_ignores_cancellation_then_only_calls_running_beside_it_fail():
+def test_given_a_call_that_ignores_cancellation_then_only_calls_running_beside_it_fail(pipe):
     """Given a call that blocks its worker's loop and ignores cancellation, a call running
     beside it, and 40 calls sent after it blocked, when its caller times out and the
     worker is killed after cancel_grace, then the 40 calls succeed, and the call running
     beside it fails with WorkerCrashed saying another call's escalation killed it."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=2, cancel_grace=0.3) as wp:
@@ -295,10 +278,7 @@ def test_given_a_call_that_ignores_cancellation_then_only_calls_running_beside_i
             elsewhere.cancel()
             await asyncio.gather(elsewhere, return_exceptions=True)
 
-    try:
-        run(main)
-    finally:
-        pipe.close()
+    run(main)
 
 
 def _slow_rebuild(fd: int, seconds: float) -> int:
@@ -324,10 +304,9 @@ async def repeat(value, times: int):
 
 
 @pytest.mark.timeout(30)
-def test_given_a_stream_argument_that_blocks_while_unpickling_then_other_calls_go_elsewhere():
+def test_given_a_stream_argument_that_blocks_while_unpickling_then_other_calls_go_elsewhere(pipe):
     """Given a stream whose argument blocks its worker for 3 s while being unpickled, when
     100 calls are made as it blocks, then all of them finish well before it unblocks."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=2):
@@ -338,10 +317,7 @@ def test_given_a_stream_argument_that_blocks_while_unpickling_then_other_calls_g
             assert await first == 3
             assert [x async for x in stream] == [3]
 
-    try:
-        run(main)
-    finally:
-        pipe.close()
+    run(main)
 
 
 @wool_local.routine
@@ -357,11 +333,10 @@ async def garbage_after(fd: int, seconds: float) -> str:
 
 
 @pytest.mark.timeout(30)
-def test_given_a_stopping_worker_whose_channel_is_corrupt_then_it_is_killed():
+def test_given_a_stopping_worker_whose_channel_is_corrupt_then_it_is_killed(pipe):
     """Given a worker told to stop while its call runs, when it answers in corrupt frames,
     then the hub kills it (corruption is no orderly close) and the call fails with
     WorkerCrashed naming the failed channel."""
-    pipe = Pipe()
 
     async def main():
         async with wool_local.WorkerPool(spawn=2) as wp:
@@ -373,10 +348,7 @@ def test_given_a_stopping_worker_whose_channel_is_corrupt_then_it_is_killed():
                 await call
             assert await add(1, 2) == 3
 
-    try:
-        run(main)
-    finally:
-        pipe.close()
+    run(main)
 
 
 def test_given_a_stream_started_after_its_pool_closed_then_it_raises_and_leaves_nothing():
