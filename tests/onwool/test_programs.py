@@ -214,19 +214,22 @@ def test_given_a_wool_pool_that_exited_then_calls_fail_as_on_a_local_one(tmp_pat
 
 
 AT_EXIT = """
-    import asyncio, sys, time
+    import asyncio, os, sys, time
     import wool_local
 
     @wool_local.routine
-    async def nap(seconds):
+    async def nap(marker, seconds):
+        open(marker, "w").close()  # running now
         await asyncio.sleep(seconds)
         return "woke"
 
     async def main(backend):
         start = time.perf_counter()
         async with wool_local.WorkerPool(1, backend=backend, stop_timeout=2):
-            naps = [asyncio.ensure_future(nap(s)) for s in (0.5, 20)]
-            await asyncio.sleep(0.2)
+            markers = [f"started-{backend}-{i}" for i in range(2)]
+            naps = [asyncio.ensure_future(nap(m, s)) for m, s in zip(markers, (10, 20))]
+            while not all(os.path.exists(m) for m in markers):  # another process: polled
+                await asyncio.sleep(0.01)
         for task in naps:
             try:
                 print(await task)
@@ -240,9 +243,9 @@ AT_EXIT = """
 
 
 def test_given_calls_in_flight_when_the_block_ends_then_they_fail_with_pool_closed(tmp_path):
-    """Given two calls in flight when a pool's block ends, then on both backends they
-    fail with PoolClosed and the exit does not wait for them (wool itself would let
-    them run to the end)."""
+    """Given two calls running (each has said so) when a pool's block ends, then on both
+    backends they fail with PoolClosed and the exit does not wait for them (wool itself
+    would let them run to the end)."""
     path = script(tmp_path, AT_EXIT)
     expected = ["PoolClosed", "PoolClosed", "True"]
     assert run(str(path), "local", cwd=tmp_path).split() == expected

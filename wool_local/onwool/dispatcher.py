@@ -109,7 +109,7 @@ class WoolDispatcher:
         except Exception as exc:
             _raise_translated(exc, _apply_here)
         if back:  # what the routine set comes back, as in one process
-            context.apply(context.decode(back), back=True)
+            _apply_here(context.decode(back))
         if type(result) is trampolines.Raised:
             raise result.exc
         return result

@@ -74,7 +74,6 @@ class State:
     zygote_pid: int | None = None
     forks: int = 0
     number: int | None = None
-    ready: bool = False  # _setup_worker done
     last: int | None = None  # the index of the last item this worker ran
     retiring: bool = False  # tearing the session down: teardown_exact(None) is whole
 
@@ -278,7 +277,6 @@ def _setup_worker(st: State) -> _Recorder:
     from wool_local.workers.worker import at_exit
 
     at_exit(lambda: _teardown_session(st, recorder))
-    st.ready = True
     return recorder
 
 
@@ -385,7 +383,7 @@ def run_unit(path: str, indices: list[int], slot: int) -> int:
     st = state
     if st is None:
         raise RuntimeError("wool_local: run_unit called outside a pytest --wool worker")
-    recorder = _recorder if st.ready and _recorder is not None else _setup_worker(st)
+    recorder = _recorder or _setup_worker(st)  # (set in this worker by its first unit)
     # This runs in the worker's event loop thread, blocking it: the tests see a plain
     # process, as in a serial run: no running loop (asyncio.run() and pytest-asyncio's
     # loops work), no pool bound (a fresh context), and no worker's dispatcher (a
