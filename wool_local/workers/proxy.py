@@ -315,11 +315,7 @@ class LeaseBook:
         if proxy is None:
             return None
         key = proxy.id
-        n = self._counts.get(key)
-        if n is None:
-            self._acquire(key)
-            n = 0
-        self._counts[key] = n + 1
+        self._take(key)
         self.takes += 1
         return key
 
@@ -345,11 +341,7 @@ class LeaseBook:
         if not isinstance(value, WorkerProxy):
             return None
         key = value.id
-        n = self._counts.get(key)
-        if n is None:
-            self._acquire(key)
-            n = 0
-        self._counts[key] = n + 1
+        self._take(key)
         rid = _frame.get()
         if rid is not None and not self.frame_open(rid):
             rid = None  # a task that outlived its routine: until reset, or the worker's end
@@ -384,9 +376,15 @@ class LeaseBook:
 
     # -- the shared table ---------------------------------------------------------
 
-    def _acquire(self, key: bytes) -> None:
-        if self.table is not None:
-            self.table.acquire(key)
+    def _take(self, key: bytes) -> None:
+        """One more binding of ``key``; the first one since the shared lease lapsed
+        takes it in the table (later ones only count)."""
+        n = self._counts.get(key)
+        if n is None:
+            if self.table is not None:
+                self.table.acquire(key)
+            n = 0
+        self._counts[key] = n + 1
 
     @property
     def holding(self) -> bool:
