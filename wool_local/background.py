@@ -49,6 +49,7 @@ stops the pool.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import sys
@@ -307,17 +308,12 @@ class BackgroundPool:
         # is safe and the warning about threads would only mislead.
         me = threading.current_thread()
         others = [t for t in threading.enumerate() if t is not me and t.ident != caller]
-        quiet = not others and not getattr(zygote, "_warned_threads", True)
-        if quiet:
-            zygote._warned_threads = True
         try:
-            await self.pool.__aenter__()
+            with contextlib.nullcontext() if others else zygote.threads_accounted_for():
+                await self.pool.__aenter__()
         except BaseException as exc:
             started.set_exception(exc)
             return
-        finally:
-            if quiet:
-                zygote._warned_threads = False
         self._done = asyncio.get_running_loop().create_future()
         started.set_result(None)
         if self._stop is not None:  # stopped while it started (the starter was interrupted)

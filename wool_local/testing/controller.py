@@ -37,6 +37,7 @@ with its worker, so the fixtures they share are not torn down early.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import mmap
 import os
 import shutil
@@ -148,8 +149,12 @@ class Controller:
             known = cache.get(units.CACHE_KEY, None) or {}
         todo = units.make_units(session.items, self.dist, wanted, known)
         if todo:
+            from wool_local.workers import zygote
+
+            warned = self._warn_threads(session)
             try:
-                self._run(session, todo, wanted)
+                with zygote.threads_accounted_for() if warned else contextlib.nullcontext():
+                    self._run(session, todo, wanted)
             finally:
                 if cache is not None and self.durations:
                     cache.set(units.CACHE_KEY, {**known, **self.durations})
@@ -227,7 +232,6 @@ class Controller:
         inflight: dict[Any, _Call] = {}
         seq = 0
         stopping = False
-        quieted = self._warn_threads(session)
         # Stopping, each worker tears its session down (see .worker): wait for that as
         # a serial run would, within reason.
         ex = Executor(max_workers=n, limits=self.limits, max_inflight=1, stop_timeout=STOP_TIMEOUT)
@@ -289,10 +293,6 @@ class Controller:
             for call in inflight.values():
                 call.reader.close()
             worker.state = None
-            if quieted:  # later pools of this process warn as usual
-                from wool_local.workers import zygote
-
-                zygote._warned_threads = False
             shutil.rmtree(spool_dir, ignore_errors=True)
             shared.close()
 
@@ -340,16 +340,12 @@ class Controller:
     def _warn_threads(self, session: pytest.Session) -> bool:
         """Threads run in this process now, after collection (a test module or conftest
         started them at import, or a plugin): say so in the warnings summary, in
-        pytest's terms, instead of the pool's general warning (then True: that one is
-        held back until the run ends)."""
+        pytest's terms; whether it did (then the pool's general warning is not given)."""
         import threading
 
-        from wool_local.workers import zygote
-
         threads = [t for t in threading.enumerate() if t is not threading.current_thread()]
-        if not threads or zygote._warned_threads:
+        if not threads:
             return False
-        zygote._warned_threads = True  # this one says it better
         names = ", ".join(sorted(t.name for t in threads))
         message = (
             f"wool_local: {len(threads)} thread{'s' if len(threads) != 1 else ''} "

@@ -19,6 +19,7 @@ parent, so only it can reap them and learn how they died.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import os
@@ -30,7 +31,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -54,6 +55,20 @@ class ThreadedForkWarning(RuntimeWarning):
 
 
 _warned_threads = False
+#: Open threads_accounted_for() blocks: forks give no ThreadedForkWarning meanwhile.
+_accounted = 0
+
+
+@contextlib.contextmanager
+def threads_accounted_for() -> Iterator[None]:
+    """Zygotes forked inside give no :class:`ThreadedForkWarning`: the caller knows
+    the other threads are harmless here, or has warned about them in its own terms."""
+    global _accounted
+    _accounted += 1
+    try:
+        yield
+    finally:
+        _accounted -= 1
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -117,7 +132,7 @@ class Zygote:
     def start(self) -> None:
         """Fork the zygote from the calling process (the hub)."""
         global _warned_threads
-        if threading.active_count() > 1 and not _warned_threads:
+        if threading.active_count() > 1 and not _warned_threads and not _accounted:
             _warned_threads = True
             names = ", ".join(
                 t.name for t in threading.enumerate() if t is not threading.current_thread()
