@@ -103,6 +103,11 @@ class RingReader(RingEnd):
         if self._tail % 8:
             self._fail(FrameError(f"ring tail {self._tail} is not on a frame boundary"))
 
+    def has_unread(self) -> bool:
+        """A frame waits unread (a cheap look at one shared word; it may be a frame
+        :meth:`try_read` then finds invalid)."""
+        return bool(self._hdr[H_HEAD] != self._pos)
+
     def try_read(self) -> Frame | None:
         """The next frame, or None if the ring is empty right now."""
         if self._broken is not None:

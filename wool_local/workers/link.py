@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..ipc import ChannelEnd, FrameError, IpcError, PeerDied, RingClosed
-from ..ipc.ring import H_HEAD
 from . import protocol
 from .protocol import Batch, Message, ProtocolError
 
@@ -214,8 +213,7 @@ class Link:
 
     def has_input(self) -> bool:
         """A frame waits unread in the ring (a cheap look: one shared word)."""
-        reader = self._reader
-        return bool(reader._hdr[H_HEAD] != reader._pos)
+        return self._reader.has_unread()
 
     def _write(self, data: Any) -> None:
         if self._backlog or not self._writer.try_write(data, wake=False):
