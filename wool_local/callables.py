@@ -16,10 +16,34 @@ from typing import Any
 
 from .routine import Routine
 
-#: Wrappers made so far, by ``id(fn)`` (the entry keeps ``fn`` alive, so the id
-#: stays its own); cleared when it grows past this many.
-_CACHE_MAX = 1024
-_wrappers: dict[int, tuple[Any, Any]] = {}
+
+class ByIdentity:
+    """A small cache keyed by an object's identity (functions, bound methods and
+    partials need not be hashable, and equal ones may differ). Each entry keeps its
+    key alive, so an id stays its key's; the cache empties when it reaches ``most``."""
+
+    def __init__(self, most: int = 1024) -> None:
+        self._most = most
+        self._entries: dict[int, tuple[Any, Any]] = {}
+
+    def get(self, key: Any) -> Any:
+        """The value kept for ``key``, or None."""
+        entry = self._entries.get(id(key))
+        return entry[1] if entry is not None and entry[0] is key else None
+
+    def put(self, key: Any, value: Any) -> Any:
+        """Keep ``value`` for ``key``; ``value``."""
+        if len(self._entries) >= self._most:
+            self._entries.clear()
+        self._entries[id(key)] = (key, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+#: The SyncBody of each plain function wrapped so far.
+_wrappers = ByIdentity()
 
 
 class SyncBody:
@@ -58,14 +82,7 @@ def body_of(fn: Any) -> Any:
         raise TypeError(f"{fn!r} is an async generator function; it cannot be submitted")
     if inspect.iscoroutinefunction(fn):
         return fn
-    entry = _wrappers.get(id(fn))
-    if entry is not None and entry[0] is fn:
-        return entry[1]
-    if len(_wrappers) >= _CACHE_MAX:
-        _wrappers.clear()
-    body = SyncBody(fn)
-    _wrappers[id(fn)] = (fn, body)
-    return body
+    return _wrappers.get(fn) or _wrappers.put(fn, SyncBody(fn))
 
 
 def _no_stream(routine: Routine) -> None:

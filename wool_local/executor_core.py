@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .callables import ByIdentity
+
 if TYPE_CHECKING:  # imported when the pool starts: ``import wool_local`` stays cheap
     import asyncio
 
@@ -64,8 +66,8 @@ class ExecutorCore:
         self.idle = threading.Event()  # shut down, and the work is done
         self.inbox: deque[Future] = deque()  # submitted, not yet seen by the loop
         self.waking = False  # a drain of the inbox is scheduled
-        self.wrapped: dict[int, tuple[Any, Any]] = {}
-        self.bodies: dict[int, tuple[Any, Any, bool, Any]] = {}
+        self.wrapped = ByIdentity()  # fn -> fn behind the initializer
+        self.bodies = ByIdentity()  # fn -> (fn, body, plain, routine): see body_for
         # -- the loop thread's alone --
         self.waiting: deque[Future] = deque()  # plain calls held back: pending
         self.tasks: dict[Future, tuple[asyncio.Task[None], bool]] = {}  # and: plain?
@@ -77,9 +79,7 @@ class ExecutorCore:
     # -- the callers' side (any thread) -------------------------------------------
 
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future:
-        entry = self.bodies.get(id(fn))
-        if entry is None or entry[0] is not fn:
-            entry = self.body_for(fn)
+        entry = self.bodies.get(fn) or self.body_for(fn)
         with self.lock:
             self.check_open()
             if not self.attached:
@@ -158,18 +158,15 @@ class ExecutorCore:
 
         body = body_of(self.wrap(fn))
         entry = (fn, body, type(body) is SyncBody, fn if isinstance(fn, Routine) else None)
-        if len(self.bodies) >= 1024:
-            self.bodies.clear()
-        self.bodies[id(fn)] = entry  # (keeps fn alive: its id stays its own)
-        return entry
+        return self.bodies.put(fn, entry)
 
     def wrap(self, fn: Any) -> Any:
         """``fn``, or with an initializer ``fn`` behind a wrapper that runs it first."""
         if self.init is None:
             return fn
-        entry = self.wrapped.get(id(fn))
-        if entry is not None and entry[0] is fn:
-            return entry[1]
+        known = self.wrapped.get(fn)
+        if known is not None:
+            return known
         from .routine import Routine
 
         initializer, initargs = self.init
@@ -181,10 +178,7 @@ class ExecutorCore:
             wrapped = _AsyncInitThen(_init_then_await, self.init_key, initializer, initargs, fn)
         else:
             wrapped = _InitThen(self.init_key, initializer, initargs, fn)
-        if len(self.wrapped) >= 1024:
-            self.wrapped.clear()
-        self.wrapped[id(fn)] = (fn, wrapped)
-        return wrapped
+        return self.wrapped.put(fn, wrapped)
 
     def close(self, wait: bool, cancel_futures: bool, abort: bool = False) -> None:
         """``shutdown``: no more submits; then the loop finishes (or, on ``abort``,
