@@ -82,7 +82,6 @@ class Monitor:
         # Below this rss no memory limit can trip (None: none is set).
         self._ceiling = limits.memory_ceiling if limits is not None else None
         self._private: dict[int, tuple[int | None, float]] = {}  # pid -> (reading, when)
-        self.private_reads = 0  # smaps_rollup (or USS) reads, for the cost report
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -148,7 +147,6 @@ class Monitor:
         ):
             return None if last[0] is None else min(last[0], rss)
         value = read_private(proc)
-        self.private_reads += 1
         self._private[proc.pid] = (value, now)
         return value
 
