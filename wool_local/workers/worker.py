@@ -31,7 +31,7 @@ from typing import Any
 import uvloop
 
 from ..ipc import Channel, Doorbell, Segment, SlotTable
-from . import context, hubclient, payload, proxy
+from . import context, hubclient, payload, proxy, zygote
 from .handback_worker import LockedLink, StartGate
 from .hubclient import HubClient
 from .options import PoolOptions
@@ -125,6 +125,7 @@ class WorkerService:
             returner = threading.Thread(
                 target=self.gate.run_returner, name="wool_local-returner", daemon=True
             )
+            zygote.harmless_to_fork(returner)  # a routine here may start a pool of its own
             returner.start()
         self.link.start()
         try:

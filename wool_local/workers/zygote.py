@@ -71,6 +71,25 @@ def threads_accounted_for() -> Iterator[None]:
         _accounted -= 1
 
 
+def _forget_accounted() -> None:
+    # A statement about this process's threads: a forked child (the zygote, and the
+    # workers after it) has other threads, and starts pools of its own.
+    global _accounted
+    _accounted = 0
+
+
+os.register_at_fork(after_in_child=_forget_accounted)
+
+#: Threads of wool_local's own that hold nothing a forked child uses (a worker's
+#: returner: the child never touches its parent's link); the warning leaves them out.
+_harmless: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def harmless_to_fork(thread: threading.Thread) -> None:
+    """Leave ``thread`` out of the :class:`ThreadedForkWarning` of later forks."""
+    _harmless.add(thread)
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Ask the kernel to SIGKILL us when our parent dies; exit now if it already has."""
     try:
@@ -132,11 +151,11 @@ class Zygote:
     def start(self) -> None:
         """Fork the zygote from the calling process (the hub)."""
         global _warned_threads
-        if threading.active_count() > 1 and not _warned_threads and not _accounted:
+        me = threading.current_thread()
+        others = [t for t in threading.enumerate() if t is not me and t not in _harmless]
+        if others and not _warned_threads and not _accounted:
             _warned_threads = True
-            names = ", ".join(
-                t.name for t in threading.enumerate() if t is not threading.current_thread()
-            )
+            names = ", ".join(t.name for t in others)
             warnings.warn(
                 f"wool_local is forking its zygote while this process runs other threads "
                 f"({names}). A lock one of them holds stays locked forever in every worker; "
